@@ -1,0 +1,169 @@
+"""The database service: owns the one connection pool, migrates at start, runs ``*_txn`` functions."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
+
+from myservices.config import DatabaseConfig, DatabaseUrl, parse_database_url
+from myservices.db.migrations import MIGRATIONS, Migration, SchemaTooNew, migrate_txn
+from myservices.db.pool import Dialect, Txn, is_connection_error, make_pool
+
+T = TypeVar("T")
+
+
+class DatabaseUnavailable(Exception):
+    """The database cannot be reached now; retrying later can help."""
+
+
+def _in_txn(cursor: Any, dialect: Dialect, fn: Callable[..., T], args: tuple, kwargs: dict) -> T:
+    return fn(Txn(cursor, dialect), *args, **kwargs)
+
+
+class Database(Service):
+    """The one L{adbapi.ConnectionPool} of the daemon.
+
+    Attach it to the root service before the services that use it, so it
+    starts first and stops last. The pool is opened in C{startService} and
+    the schema migrated; C{run} waits for that, so the database is usable
+    from the first request. If the database cannot be reached at start,
+    migration is retried with backoff and C{run} fails fast with
+    L{DatabaseUnavailable} meanwhile.
+    """
+
+    log = Logger()
+    name = "database"
+    retry_initial = 0.5
+    retry_max = 30.0
+
+    def __init__(
+        self,
+        cfg: DatabaseConfig,
+        url: DatabaseUrl,
+        reactor: Any,
+        migrations: Sequence[Migration] = MIGRATIONS,
+    ) -> None:
+        self.cfg = cfg
+        self.url = url
+        self._reactor = reactor
+        self._migrations = migrations
+        self.pool: Any = None
+        self.dialect: Dialect = "sqlite" if url.scheme == "sqlite" else "mysql"
+        self.ready = False
+        self.last_error: str | None = None
+        self._waiters: list[Deferred[None]] = []  # requests waiting for the first migration attempt
+        self._ready_waiters: list[Deferred[None]] = []
+        self._attempt_in_flight = False
+        self._retry: IDelayedCall | None = None
+        self._delay = self.retry_initial
+
+    @classmethod
+    def from_config(cls, cfg: DatabaseConfig, data_dir: os.PathLike[str] | str, reactor: Any, **kw: Any) -> Database:
+        """Build from the validated config (C{data_dir} anchors relative SQLite paths)."""
+        return cls(cfg, parse_database_url(cfg.url, Path(data_dir), cfg.password), reactor, **kw)
+
+    def startService(self) -> None:
+        super().startService()
+        if self.url.scheme == "sqlite" and self.url.path != ":memory:":
+            os.makedirs(os.path.dirname(self.url.path), exist_ok=True)
+        self.pool, self.dialect = make_pool(self.url, self.cfg, self._reactor)
+        self.log.info("database {url}: pool opened", url=self.url.safe)
+        self._attempt_migration()
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
+            self.log.info("database {url}: pool closed", url=self.url.safe)
+        self.ready = False
+        self._fire_waiters()
+
+    # --- readiness --------------------------------------------------------
+
+    def when_ready(self) -> Deferred[None]:
+        """Fires once the schema is migrated (never fails; it just waits)."""
+        if self.ready:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._ready_waiters.append(d)
+        return d
+
+    def _attempt_migration(self) -> None:
+        self._retry = None
+        self._attempt_in_flight = True
+        d = self.pool.runInteraction(_in_txn, self.dialect, migrate_txn, (self._migrations,), {})
+        d.addCallbacks(self._migrated, self._migration_failed)
+
+    def _migrated(self, applied: list[int]) -> None:
+        self._attempt_in_flight = False
+        if not self.running:
+            return
+        self.ready = True
+        self.last_error = None
+        self.log.info(
+            "database {url}: schema ready (applied {applied})",
+            url=self.url.safe, applied=", ".join(map(str, applied)) or "nothing new",
+        )
+        self._fire_waiters()
+        waiters, self._ready_waiters = self._ready_waiters, []
+        for d in waiters:
+            d.callback(None)
+
+    def _migration_failed(self, failure: Any) -> None:
+        self._attempt_in_flight = False
+        self.last_error = failure.getErrorMessage()
+        if not self.running:
+            pass
+        elif failure.check(SchemaTooNew):
+            # retrying cannot help; stay unready so readiness checks say why
+            self.log.critical("database {url}: {error}", url=self.url.safe, error=self.last_error)
+        else:
+            self.log.error(
+                "database {url}: schema migration failed, retrying in {delay}s: {error}",
+                url=self.url.safe, delay=self._delay, error=self.last_error,
+            )
+            self._retry = self._reactor.callLater(self._delay, self._attempt_migration)
+            self._delay = min(self._delay * 2, self.retry_max)
+        self._fire_waiters()
+
+    def _fire_waiters(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.callback(None)
+
+    # --- running transactions --------------------------------------------
+
+    def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> Deferred[T]:
+        """Run C{fn(txn, *args, **kwargs)} in a pool thread, in one transaction.
+
+        Fails with L{DatabaseUnavailable} when the database cannot be reached;
+        other errors (a bad query) pass through unchanged.
+        """
+        return Deferred.fromCoroutine(self._run(fn, args, kwargs))
+
+    async def _run(self, fn: Callable[..., T], args: tuple, kwargs: dict) -> T:
+        if not self.ready and self._attempt_in_flight:
+            # the first requests wait for the start-up migration instead of failing
+            d: Deferred[None] = Deferred()
+            self._waiters.append(d)
+            await d
+        if not self.ready or self.pool is None:
+            detail = f": {self.last_error}" if self.last_error else ""
+            raise DatabaseUnavailable(f"database is not ready{detail}")
+        try:
+            return await self.pool.runInteraction(_in_txn, self.dialect, fn, args, kwargs)
+        except Exception as e:
+            if is_connection_error(e):
+                raise DatabaseUnavailable(f"database unavailable: {e}") from e
+            raise

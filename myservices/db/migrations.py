@@ -1,0 +1,80 @@
+"""Versioned schema migrations, applied at startup on SQLite and MySQL alike.
+
+A migration is applied once: its version is recorded in ``schema_version``.
+Append new migrations with the next version number; never edit one that has
+shipped. MySQL commits DDL implicitly, so write each statement to be safe to
+run again (``CREATE TABLE IF NOT EXISTS``) in case a migration is interrupted
+before its version is recorded.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from myservices.db.pool import Txn
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One schema step: C{apply(txn)} may branch on C{txn.dialect}."""
+
+    version: int
+    name: str
+    apply: Callable[[Txn], None]
+
+
+class SchemaTooNew(Exception):
+    """The database was migrated by a newer myservices; running on it could corrupt data."""
+
+
+# The handlers that need tables add their migrations here, in version order.
+MIGRATIONS: Sequence[Migration] = ()
+
+_LOCK_NAME = "myservices.schema_migration"
+_LOCK_WAIT_SECONDS = 60
+
+
+def migrate_txn(txn: Txn, migrations: Sequence[Migration]) -> list[int]:
+    """Apply the migrations not yet recorded; return the versions applied now."""
+    versions = [m.version for m in migrations]
+    if versions != sorted(set(versions)):
+        raise ValueError("migration versions must be unique and increasing")
+    txn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_version ("
+        " version INTEGER NOT NULL PRIMARY KEY,"
+        " name VARCHAR(200) NOT NULL,"
+        " applied_at BIGINT NOT NULL)"
+    )
+    if txn.dialect == "mysql":
+        # several daemons may start against one database at once
+        txn.execute("SELECT GET_LOCK(?, ?)", (_LOCK_NAME, _LOCK_WAIT_SECONDS))
+        row = txn.fetchone()
+        if not row or row[0] != 1:
+            raise RuntimeError("timed out waiting for another process's schema migration")
+    try:
+        txn.execute("SELECT version FROM schema_version")
+        applied = {row[0] for row in txn.fetchall()}
+        known = set(versions)
+        unknown = sorted(v for v in applied if v not in known)
+        if unknown and unknown[-1] > max(known, default=0):
+            raise SchemaTooNew(
+                f"database schema version {unknown[-1]} is newer than this myservices knows"
+                f" ({max(known, default=0)}); upgrade myservices or use another database"
+            )
+        done = []
+        for m in migrations:
+            if m.version in applied:
+                continue
+            m.apply(txn)
+            txn.execute(
+                "INSERT INTO schema_version (version, name, applied_at) VALUES (?, ?, ?)",
+                (m.version, m.name, int(time.time())),
+            )
+            done.append(m.version)
+        return done
+    finally:
+        if txn.dialect == "mysql":
+            txn.execute("SELECT RELEASE_LOCK(?)", (_LOCK_NAME,))
+            txn.fetchone()

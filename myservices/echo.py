@@ -1,0 +1,98 @@
+"""TCP echo: every byte back to its sender, with backpressure and an idle timeout."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from twisted.application.service import IService
+from twisted.internet.interfaces import IPushProducer, IReactorTime, ITransport
+from twisted.protocols.policies import TimeoutMixin
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from myservices.config import StreamServiceConfig
+from myservices.listeners import ConnectionTrackingFactory, StreamListenerService, TrackedProtocol
+from myservices.metrics import ServiceMetrics
+from myservices.registry import BuildContext
+
+
+@dataclass(frozen=True, kw_only=True)
+class EchoConfig(StreamServiceConfig):
+    """[services.echo]: the stream listener keys only."""
+
+
+@implementer(IPushProducer)
+class _ReadThrottle:
+    """Registered as the producer of a connection's own writes: a full write
+    buffer pauses reading from that connection, a drained one resumes it."""
+
+    def __init__(self, transport: ITransport, metrics: ServiceMetrics) -> None:
+        self._transport = transport
+        self._metrics = metrics
+        self.paused = False
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+        self._metrics.backpressure_pauses.inc()
+        self._transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self._transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self._transport.loseConnection()
+
+
+class EchoProtocol(TrackedProtocol, TimeoutMixin):
+    """Writes back what it reads.
+
+    When the peer does not read, the write buffer fills, Twisted pauses the
+    L{_ReadThrottle} and the server stops reading from that peer: memory stays
+    bounded by the transport's buffer, and the peer's writes block in its own
+    kernel buffers.
+    """
+
+    factory: EchoFactory
+    throttle: _ReadThrottle
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.callLater = self.factory.clock.callLater  # TimeoutMixin schedules through this
+        self.throttle = _ReadThrottle(self.transport, self.factory.metrics)
+        self.transport.registerProducer(self.throttle, True)
+        self.setTimeout(self.factory.idle_timeout or None)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.resetTimeout()
+        n = len(data)
+        self.factory.metrics.bytes_in.inc(n)
+        self.factory.metrics.bytes_out.inc(n)
+        self.transport.write(data)
+
+    def timeoutConnection(self) -> None:
+        self.factory.metrics.closed("idle_timeout")
+        # abort: a peer that stopped reading would keep a graceful close waiting forever
+        self.transport.abortConnection()
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.setTimeout(None)
+        super().connectionLost(reason)
+
+
+class EchoFactory(ConnectionTrackingFactory):
+    """Per-listener configuration and bookkeeping for L{EchoProtocol}."""
+
+    protocol = EchoProtocol
+
+    def __init__(
+        self, service_name: str, cfg: EchoConfig, metrics: ServiceMetrics, clock: IReactorTime
+    ) -> None:
+        super().__init__(service_name, cfg.max_connections, metrics, clock)
+        self.idle_timeout = cfg.idle_timeout
+
+
+def build(name: str, cfg: EchoConfig, ctx: BuildContext) -> IService:
+    """The echo listener service for C{[services.NAME]}."""
+    factory = EchoFactory(name, cfg, ctx.metrics.for_service(name), ctx.reactor)
+    return StreamListenerService(name, cfg.endpoint, factory, ctx.reactor, ctx.config.daemon.shutdown_timeout)

@@ -1,0 +1,155 @@
+"""Endpoint strings: validation of Twisted's stream syntax and our own ``udp:`` syntax."""
+
+from __future__ import annotations
+
+import re
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet.endpoints import serverFromString
+
+
+class EndpointSyntaxError(ValueError):
+    """An endpoint string that cannot be used; the message says what is expected."""
+
+
+def split_description(description: str) -> tuple[list[str], dict[str, str]]:
+    """Split ``kind:arg:key=value`` into positional and keyword parts.
+
+    Follows Twisted's rules: ``\\`` escapes the next character, so ``\\:`` is a
+    literal colon (needed for IPv6 addresses).
+    """
+    parts: list[str] = []
+    current: list[str] = []
+    chars = iter(description)
+    for ch in chars:
+        if ch == "\\":
+            current.append(next(chars, ""))
+        elif ch == ":":
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(ch)
+    parts.append("".join(current))
+    args: list[str] = []
+    kwargs: dict[str, str] = {}
+    for part in parts:
+        # Twisted's rule: a part with "=" is a keyword argument.
+        if "=" in part:
+            key, value = part.split("=", 1)
+            kwargs[key] = value
+        else:
+            args.append(part)
+    return args, kwargs
+
+
+class _NoReactor:
+    """Stands in for the reactor while endpoint strings are parsed for validation.
+
+    Endpoint constructors only store the reactor; anything that would touch it
+    during validation is a bug worth an AttributeError.
+    """
+
+
+_STREAM_EXAMPLE = 'a Twisted endpoint string such as "tcp:1234"'
+
+
+def check_stream_endpoint(description: str) -> None:
+    """Raise L{EndpointSyntaxError} unless C{description} is a usable server endpoint.
+
+    Nothing is bound. ``systemd:`` endpoints are checked for syntax only, because
+    the inherited descriptors exist only in the process systemd starts.
+    """
+    if not isinstance(description, str) or not description.strip():
+        raise EndpointSyntaxError(f"expected {_STREAM_EXAMPLE}")
+    args, kwargs = split_description(description)
+    kind = args[0].lower() if args else ""
+    if kind == "udp":
+        raise EndpointSyntaxError(f'expected {_STREAM_EXAMPLE}; "udp:" is for the udp service only')
+    if kind == "systemd":
+        _check_systemd(args, kwargs)
+        return
+    if kind in ("tcp", "tcp6", "ssl") and (len(args) < 2 or _port_number(args[1]) is None):
+        raise EndpointSyntaxError(f"expected {_STREAM_EXAMPLE} (port is 0 to 65535)")
+    try:
+        serverFromString(_NoReactor(), description)
+    except Exception as e:  # Twisted's parsers raise ValueError, KeyError, TypeError, OSError...
+        raise EndpointSyntaxError(f"expected {_STREAM_EXAMPLE} ({_describe(e)})") from e
+
+
+def _check_systemd(args: list[str], kwargs: dict[str, str]) -> None:
+    example = '"systemd:domain=INET:index=0" or "systemd:domain=INET:name=NAME"'
+    domain = kwargs.get("domain", "")
+    if not hasattr(socket, "AF_" + domain) or len(args) > 1:
+        raise EndpointSyntaxError(f"expected {example} (domain is INET, INET6 or UNIX)")
+    if ("index" in kwargs) == ("name" in kwargs):
+        raise EndpointSyntaxError(f"expected {example} (give exactly one of index or name)")
+    if "index" in kwargs and not kwargs["index"].isdigit():
+        raise EndpointSyntaxError(f"expected {example} (index is a whole number)")
+    unknown = set(kwargs) - {"domain", "index", "name"}
+    if unknown:
+        raise EndpointSyntaxError(f"expected {example} (unknown option {sorted(unknown)[0]!r})")
+
+
+def _describe(error: Exception) -> str:
+    text = str(error) or type(error).__name__
+    unexpected = re.search(r"unexpected keyword argument '([^']*)'", text)
+    if unexpected:
+        return f"unknown option {unexpected.group(1)!r}"
+    if isinstance(error, KeyError):
+        return f"unknown option {text}"
+    return text
+
+
+@dataclass(frozen=True)
+class UdpEndpoint:
+    """A parsed ``udp:PORT[:interface=ADDRESS]`` description."""
+
+    port: int
+    interface: str = ""
+
+    @property
+    def family(self) -> int:
+        return socket.AF_INET6 if ":" in self.interface else socket.AF_INET
+
+
+_UDP_EXAMPLE = 'a UDP endpoint such as "udp:10004" or "udp:10004:interface=127.0.0.1"'
+
+
+def parse_udp_endpoint(description: Any) -> UdpEndpoint:
+    """Parse our ``udp:`` syntax (Twisted has no UDP endpoint strings)."""
+    if not isinstance(description, str):
+        raise EndpointSyntaxError(f"expected {_UDP_EXAMPLE}")
+    args, kwargs = split_description(description)
+    if len(args) != 2 or args[0].lower() != "udp":
+        raise EndpointSyntaxError(f"expected {_UDP_EXAMPLE}")
+    port = _port_number(args[1])
+    if port is None:
+        raise EndpointSyntaxError(f"expected {_UDP_EXAMPLE} (port is 0 to 65535)")
+    unknown = set(kwargs) - {"interface"}
+    if unknown:
+        raise EndpointSyntaxError(f"expected {_UDP_EXAMPLE} (unknown option {sorted(unknown)[0]!r})")
+    interface = kwargs.get("interface", "")
+    if interface and not _is_ip_address(interface):
+        raise EndpointSyntaxError(
+            f"expected {_UDP_EXAMPLE} (interface is an IP address; escape IPv6 colons as \\:)"
+        )
+    return UdpEndpoint(port=port, interface=interface)
+
+
+def _port_number(text: str) -> int | None:
+    if not text.isdigit():
+        return None
+    port = int(text)
+    return port if 0 <= port <= 65535 else None
+
+
+def _is_ip_address(text: str) -> bool:
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, text)
+            return True
+        except OSError:
+            pass
+    return False

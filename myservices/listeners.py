@@ -1,0 +1,287 @@
+"""Listening services and the connection bookkeeping every stream service shares."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IAddress, IListeningPort, IReactorTime
+from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from myservices.errors import BUSY
+from myservices.metrics import ServiceMetrics
+
+
+class ListenError(Exception):
+    """A service could not bind its endpoint; startup is aborted."""
+
+
+def format_address(address: IAddress) -> str:
+    """A bound address as a person writes it: ``127.0.0.1:1234``, ``[::1]:1234``, ``/run/x.sock``."""
+    host = getattr(address, "host", None)
+    port = getattr(address, "port", None)
+    if host is not None and port is not None:
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    name = getattr(address, "name", None)
+    if name is not None:
+        return name.decode() if isinstance(name, bytes) else str(name)
+    return str(address)
+
+
+class TrackedProtocol(Protocol):
+    """Registers itself with its L{ConnectionTrackingFactory} for limits, metrics and shutdown."""
+
+    factory: ConnectionTrackingFactory
+
+    def connectionMade(self) -> None:
+        self.factory.connection_opened(self)
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.factory.connection_closed(self)
+
+
+class _Refusal(Protocol):
+    """Sent to a connection over the limit: one short line, then close."""
+
+    def __init__(self, message: bytes) -> None:
+        self.message = message
+
+    def connectionMade(self) -> None:
+        self.transport.write(self.message)
+        self.transport.loseConnection()
+
+
+class ConnectionTrackingFactory(Factory):
+    """Base factory for stream services: enforces max_connections and closes everything on stop.
+
+    Subclasses set C{protocol} to a L{TrackedProtocol} subclass and
+    C{refusal_message} to what a refused client reads.
+    """
+
+    log = Logger()
+    noisy = False
+    refusal_message = f"{BUSY.code} {BUSY.message}\r\n".encode()
+
+    def __init__(self, service_name: str, max_connections: int, metrics: ServiceMetrics, clock: IReactorTime):
+        self.service_name = service_name
+        self.max_connections = max_connections
+        self.metrics = metrics
+        self.clock = clock
+        self.connections: set[Protocol] = set()
+        self._drained: list[Deferred[None]] = []
+        self._refused_since_log = 0
+
+    def buildProtocol(self, addr: IAddress) -> Protocol | None:
+        if len(self.connections) >= self.max_connections:
+            self.metrics.refused("max_connections")
+            # one log line per burst, not one per refused connection
+            if self._refused_since_log == 0:
+                self.log.warn(
+                    "{service}: refusing connections over max_connections={limit}",
+                    service=self.service_name,
+                    limit=self.max_connections,
+                )
+            self._refused_since_log += 1
+            return _Refusal(self.refusal_message)
+        return super().buildProtocol(addr)
+
+    def connection_opened(self, proto: Protocol) -> None:
+        self.connections.add(proto)
+        self.metrics.connections.inc()
+        self.metrics.connections_open.inc()
+
+    def connection_closed(self, proto: Protocol) -> None:
+        if proto not in self.connections:
+            return
+        self.connections.discard(proto)
+        self.metrics.connections_open.dec()
+        if len(self.connections) < self.max_connections:
+            self._refused_since_log = 0
+        if not self.connections:
+            waiters, self._drained = self._drained, []
+            for d in waiters:
+                d.callback(None)
+
+    def close_connections(self, timeout: float) -> Deferred[None]:
+        """Close every connection; abort those still open after C{timeout} seconds."""
+        if not self.connections:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._drained.append(d)
+        for proto in list(self.connections):
+            proto.transport.loseConnection()
+        # a peer that never reads keeps a closing connection's buffer full forever
+        timer = self.clock.callLater(timeout, self._abort_all)
+        d.addBoth(lambda r: (timer.cancel() if timer.active() else None, r)[1])
+        return d
+
+    def _abort_all(self) -> None:
+        for proto in list(self.connections):
+            self.metrics.closed("shutdown_timeout")
+            proto.transport.abortConnection()
+
+
+class StreamListenerService(Service):
+    """Listens on a Twisted endpoint string; a failed bind aborts startup with a clear message.
+
+    Like C{strports.service}, the bind happens in C{privilegedStartService} and
+    its failure is raised there (a bare C{StreamServerEndpointService} would only
+    log it). Unlike it, the bound port is kept, so the actual address can be
+    logged and read by readiness checks and tests.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        name: str,
+        description: str,
+        factory: ConnectionTrackingFactory,
+        reactor: Any,
+        shutdown_timeout: float,
+    ) -> None:
+        self.setName(name)
+        self.description = description
+        self.factory = factory
+        self._reactor = reactor
+        self.shutdown_timeout = shutdown_timeout
+        self.port: IListeningPort | None = None
+        self._listening: Deferred[None] | None = None
+        self._waiters: list[Deferred[IListeningPort]] = []
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        self._listen()
+
+    def startService(self) -> None:
+        super().startService()
+        if self._listening is None:
+            self._listen()
+
+    def _listen(self) -> None:
+        endpoint = serverFromString(self._reactor, self.description)
+        self._bind_error: Failure | None = None
+        self._listening = endpoint.listen(self.factory)
+        self._listening.addCallbacks(self._bound, self._bind_failed)
+        # TCP, UNIX and SSL endpoints bind synchronously: a failure is known now
+        if self._bind_error is not None:
+            raise ListenError(
+                f"services.{self.name}: cannot listen on {self.description}: "
+                f"{self._bind_error.getErrorMessage()}"
+            )
+
+    def _bound(self, port: IListeningPort) -> None:
+        self.port = port
+        self.log.info(
+            "{service} listening on {endpoint} (bound to {address})",
+            service=self.name, endpoint=self.description, address=format_address(port.getHost()),
+        )
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.callback(port)
+
+    def _bind_failed(self, failure: Failure) -> None:
+        self._bind_error = failure
+        self.log.critical(
+            "services.{service}: cannot listen on {endpoint}: {reason}",
+            service=self.name, endpoint=self.description, reason=failure.getErrorMessage(),
+        )
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.errback(failure)
+
+    def when_listening(self) -> Deferred[IListeningPort]:
+        """Fires with the listening port once bound."""
+        if self.port is not None:
+            return succeed(self.port)
+        d: Deferred[IListeningPort] = Deferred()
+        self._waiters.append(d)
+        return d
+
+    @property
+    def address(self) -> IAddress | None:
+        """The bound address, or None before binding."""
+        return self.port.getHost() if self.port is not None else None
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        return Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        if self._listening is not None and self.port is None:
+            self._listening.cancel()
+        if self.port is not None:
+            await self.port.stopListening()
+            self.port = None
+        self._listening = None
+        await self.factory.close_connections(self.shutdown_timeout)
+
+
+class UdpListenerService(Service):
+    """Listens on a UDP port (Twisted has no UDP endpoint strings); a failed bind aborts startup."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        name: str,
+        description: str,
+        port: int,
+        interface: str,
+        protocol: DatagramProtocol,
+        max_packet_size: int,
+        reactor: Any,
+    ) -> None:
+        self.setName(name)
+        self.description = description
+        self._port_number = port
+        self._interface = interface
+        self.protocol = protocol
+        self._max_packet_size = max_packet_size
+        self._reactor = reactor
+        self.port: IListeningPort | None = None
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        self._listen()
+
+    def startService(self) -> None:
+        super().startService()
+        if self.port is None:
+            self._listen()
+
+    def _listen(self) -> None:
+        try:
+            self.port = self._reactor.listenUDP(
+                self._port_number, self.protocol, interface=self._interface, maxPacketSize=self._max_packet_size
+            )
+        except Exception as e:
+            self.log.critical(
+                "services.{service}: cannot listen on {endpoint}: {reason}",
+                service=self.name, endpoint=self.description, reason=str(e),
+            )
+            raise ListenError(f"services.{self.name}: cannot listen on {self.description}: {e}") from e
+        self.log.info(
+            "{service} listening on {endpoint} (bound to {address})",
+            service=self.name, endpoint=self.description, address=format_address(self.port.getHost()),
+        )
+
+    def when_listening(self) -> Deferred[IListeningPort]:
+        if self.port is None:
+            raise RuntimeError(f"{self.name} has not been started")
+        return succeed(self.port)
+
+    @property
+    def address(self) -> IAddress | None:
+        return self.port.getHost() if self.port is not None else None
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        if self.port is None:
+            return None
+        port, self.port = self.port, None
+        return port.stopListening()

@@ -1,0 +1,48 @@
+"""Service kinds: each ``[services.NAME]`` section names a kind, which has a config class and a builder."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from twisted.application.service import IService
+
+if TYPE_CHECKING:
+    from myservices.config import Config, ServiceConfig
+    from myservices.db import Database
+    from myservices.metrics import Metrics
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """What a builder may use: shared objects are passed in, never imported as globals."""
+
+    reactor: Any
+    config: Config
+    database: Database
+    metrics: Metrics
+
+
+@dataclass(frozen=True)
+class ServiceKind:
+    """How to validate and build one kind of service."""
+
+    name: str
+    config: type[ServiceConfig]
+    build: Callable[[str, Any, BuildContext], IService]
+
+
+def service_kinds() -> dict[str, ServiceKind]:
+    """Every kind, in the order services are started."""
+    from myservices import echo, udp
+
+    kinds = [
+        ServiceKind("echo", echo.EchoConfig, echo.build),
+        ServiceKind("udp", udp.UdpConfig, udp.build),
+    ]
+    return {k.name: k for k in kinds}
+
+
+def config_classes() -> dict[str, type[ServiceConfig]]:
+    return {name: kind.config for name, kind in service_kinds().items()}

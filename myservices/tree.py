@@ -1,0 +1,109 @@
+"""The service tree: one root MultiService with the database first and one child per configured service."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from twisted.application.service import IService, MultiService, Service
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
+from twisted.internet.interfaces import IAddress
+from twisted.logger import Logger
+
+from myservices.config import Config
+from myservices.db import MIGRATIONS, Database, Migration
+from myservices.listeners import format_address
+from myservices.metrics import Metrics
+from myservices.registry import BuildContext, service_kinds
+from myservices.sdnotify import Notifier
+
+
+class OrderedMultiService(MultiService):
+    """A MultiService that stops its children one at a time, last added first.
+
+    Twisted's MultiService stops all children at once; here the database,
+    added first, closes only after every service using it has stopped.
+    """
+
+    log = Logger()
+
+    def stopService(self) -> Deferred[None]:
+        Service.stopService(self)
+        return Deferred.fromCoroutine(self._stop_children())
+
+    async def _stop_children(self) -> None:
+        for child in reversed(list(self)):
+            try:
+                await maybeDeferred(child.stopService)
+            except Exception:
+                self.log.failure("stopping {service} failed", service=child.name)
+
+
+class ServiceTree(OrderedMultiService):
+    """The daemon: the database service and the configured listeners, sharing one reactor.
+
+    Once the reactor runs and every listener is bound, it tells the service
+    manager READY=1 with a STATUS line of the bound addresses (see L{Notifier}).
+    """
+
+    def __init__(
+        self, config: Config, database: Database, metrics: Metrics, reactor: Any, notifier: Notifier | None = None
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.database = database
+        self.metrics = metrics
+        self.listeners: dict[str, IService] = {}
+        self._reactor = reactor
+        self.notifier = notifier or Notifier()
+
+    def startService(self) -> None:
+        super().startService()
+        # after the reactor runs, so twistd's signal handlers are in place when systemd hears READY
+        self._reactor.callWhenRunning(self._announce_ready)
+
+    def _announce_ready(self) -> None:
+        d = self.when_listening()
+        d.addCallback(lambda _: self.notifier.notify(READY="1", STATUS=self.status()))
+        d.addErrback(lambda f: self.log.failure("not announcing readiness: a listener failed", f))
+
+    def status(self) -> str:
+        """One line naming each service and its bound address."""
+        return "serving " + ", ".join(
+            f"{name}={format_address(service.address)}" for name, service in self.listeners.items() if service.address
+        )
+
+    def stopService(self) -> Deferred[None]:
+        self.notifier.notify(STOPPING="1", STATUS="stopping")
+        return super().stopService()
+
+    def when_listening(self) -> Deferred[list[Any]]:
+        """Fires once every listener is bound."""
+        return gatherResults([s.when_listening() for s in self.listeners.values()], consumeErrors=True)
+
+    def address(self, name: str) -> IAddress:
+        """The bound address of service C{name}."""
+        address = self.listeners[name].address
+        if address is None:
+            raise RuntimeError(f"{name} is not listening")
+        return address
+
+
+def build_service_tree(
+    config: Config,
+    reactor: Any,
+    migrations: Sequence[Migration] = MIGRATIONS,
+    notifier: Notifier | None = None,
+) -> ServiceTree:
+    """Build (without starting) the whole daemon from a validated config."""
+    database = Database.from_config(config.database, config.daemon.data_dir, reactor, migrations=migrations)
+    metrics = Metrics()
+    tree = ServiceTree(config, database, metrics, reactor, notifier)
+    database.setServiceParent(tree)  # first in, last out
+    ctx = BuildContext(reactor=reactor, config=config, database=database, metrics=metrics)
+    kinds = service_kinds()
+    for name, cfg in config.enabled_services():
+        service = kinds[name].build(name, cfg, ctx)
+        service.setServiceParent(tree)
+        tree.listeners[name] = service
+    return tree

@@ -1,0 +1,119 @@
+"""Helpers shared by the tests: configs on disk, running service trees, real clients."""
+
+from __future__ import annotations
+
+import os
+import socket
+import textwrap
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Protocol
+from twisted.trial.unittest import TestCase
+
+from myservices.config import Config, load_config
+from myservices.tree import ServiceTree, build_service_tree
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def write_config(testcase: TestCase, text: str, name: str = "myservices.toml") -> Path:
+    """Write a TOML config into a fresh temporary directory and return its path."""
+    directory = Path(testcase.mktemp())
+    directory.mkdir(parents=True)
+    path = directory / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def load(testcase: TestCase, text: str, environ: dict[str, str] | None = None) -> Config:
+    return load_config(write_config(testcase, text), environ=environ or {})
+
+
+LOCAL_SERVICES = """
+    [services.echo]
+    endpoint = "tcp:0:interface=127.0.0.1"
+
+    [services.udp]
+    endpoint = "udp:0:interface=127.0.0.1"
+"""
+
+
+async def start_tree(testcase: TestCase, config: Config, **kw: Any) -> ServiceTree:
+    """Build and start the real service tree; it is stopped when the test ends."""
+    tree = build_service_tree(config, reactor, **kw)
+    tree.privilegedStartService()
+    tree.startService()
+    testcase.addCleanup(tree.stopService)
+    await tree.when_listening()
+    await tree.database.when_ready()
+    return tree
+
+
+def port_of(tree: ServiceTree, name: str) -> int:
+    return tree.address(name).port
+
+
+class Collector(Protocol):
+    """A client protocol that keeps what it reads and tells when the connection ends."""
+
+    def __init__(self) -> None:
+        self.data = b""
+        self.closed: Deferred[None] = Deferred()
+        self.made: Deferred[Collector] = Deferred()
+        self._want: tuple[int, Deferred[bytes]] | None = None
+
+    def connectionMade(self) -> None:
+        self.made.callback(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+        self._check()
+
+    def receive(self, n: int) -> Deferred[bytes]:
+        """Fires once at least C{n} bytes in total have been read."""
+        d: Deferred[bytes] = Deferred()
+        self._want = (n, d)
+        self._check()
+        return d
+
+    def _check(self) -> None:
+        if self._want and len(self.data) >= self._want[0]:
+            d = self._want[1]
+            self._want = None
+            d.callback(self.data)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if self._want:
+            d = self._want[1]
+            self._want = None
+            d.errback(reason)
+        self.closed.callback(None)
+
+
+async def connect(testcase: TestCase, port: int, host: str = "127.0.0.1") -> Collector:
+    """A real TCP client on loopback; disconnected when the test ends."""
+    from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+
+    proto = Collector()
+    await connectProtocol(TCP4ClientEndpoint(reactor, host, port), proto)
+
+    async def cleanup() -> None:
+        if proto.transport.connected:
+            proto.transport.abortConnection()
+            await proto.closed
+
+    testcase.addCleanup(lambda: Deferred.fromCoroutine(cleanup()))
+    return proto
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")

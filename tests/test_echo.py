@@ -1,0 +1,184 @@
+"""TCP echo: unit tests with a Clock and StringTransport, integration tests over loopback."""
+
+from __future__ import annotations
+
+import socket
+
+from twisted.internet import reactor
+from twisted.internet.task import Clock, deferLater
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import TestCase
+
+from myservices.echo import EchoConfig, EchoFactory
+from myservices.metrics import Metrics
+from tests.support import connect, load, port_of, start_tree
+
+
+def sample(metrics: Metrics, name: str, **labels: str) -> float:
+    value = metrics.registry.get_sample_value(name, labels)
+    return 0.0 if value is None else value
+
+
+class EchoUnitTests(TestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.metrics = Metrics()
+        cfg = EchoConfig(endpoint="tcp:0", idle_timeout=10, max_connections=5)
+        self.factory = EchoFactory("echo", cfg, self.metrics.for_service("echo"), self.clock)
+
+    def connect(self) -> tuple[object, StringTransport]:
+        proto = self.factory.buildProtocol(None)
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        return proto, transport
+
+    def test_echoes_bytes_unchanged(self) -> None:
+        proto, transport = self.connect()
+        proto.dataReceived(b"hello\x00\xff")
+        proto.dataReceived(b" world")
+        self.assertEqual(transport.value(), b"hello\x00\xff world")
+        self.assertEqual(sample(self.metrics, "myservices_received_bytes_total", service="echo"), 13)
+
+    def test_idle_connection_is_aborted_and_counted(self) -> None:
+        proto, transport = self.connect()
+        self.clock.advance(9)
+        proto.dataReceived(b"x")  # activity restarts the timer
+        self.clock.advance(9)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(1.5)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(
+            sample(self.metrics, "myservices_connections_closed_by_server_total", service="echo", reason="idle_timeout"),
+            1,
+        )
+
+    def test_connection_lost_cancels_the_idle_timer(self) -> None:
+        proto, transport = self.connect()
+        proto.connectionLost(None)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_zero_idle_timeout_means_never(self) -> None:
+        cfg = EchoConfig(endpoint="tcp:0", idle_timeout=0)
+        factory = EchoFactory("echo", cfg, self.metrics.for_service("echo"), self.clock)
+        proto = factory.buildProtocol(None)
+        proto.makeConnection(StringTransport())
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        proto.connectionLost(None)
+
+    def test_full_write_buffer_pauses_reading(self) -> None:
+        proto, transport = self.connect()
+        self.assertIs(transport.producer, proto.throttle)
+        self.assertTrue(transport.streaming)
+        proto.throttle.pauseProducing()
+        self.assertEqual(transport.producerState, "paused")
+        self.assertTrue(proto.throttle.paused)
+        proto.throttle.resumeProducing()
+        self.assertEqual(transport.producerState, "producing")
+
+    def test_close_connections_aborts_those_that_do_not_close(self) -> None:
+        proto, transport = self.connect()
+        d = self.factory.close_connections(timeout=2)
+        self.assertTrue(transport.disconnecting)
+        self.assertNoResult(d)
+        aborted = []
+        transport.abortConnection = lambda: (aborted.append(True), proto.connectionLost(None))
+        self.clock.advance(2)
+        self.assertEqual(aborted, [True])
+        self.successResultOf(d)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+ECHO_CONFIG = """
+    [daemon]
+    shutdown_timeout = 2
+    [services.echo]
+    endpoint = "tcp:0:interface=127.0.0.1"
+    max_connections = 2
+    idle_timeout = 60
+"""
+
+
+class EchoIntegrationTests(TestCase):
+    async def test_echo_over_loopback(self) -> None:
+        tree = await start_tree(self, load(self, ECHO_CONFIG))
+        client = await connect(self, port_of(tree, "echo"))
+        client.transport.write(b"hi")
+        self.assertEqual(await client.receive(2), b"hi")
+        payload = bytes(range(256)) * 4096  # 1 MiB in several reads
+        client.transport.write(payload)
+        self.assertEqual((await client.receive(2 + len(payload)))[2:], payload)
+
+    async def test_over_max_connections_is_refused_with_a_message(self) -> None:
+        tree = await start_tree(self, load(self, ECHO_CONFIG))
+        port = port_of(tree, "echo")
+        first = await connect(self, port)
+        await connect(self, port)
+        first.transport.write(b"x")
+        await first.receive(1)  # both accepted connections are registered by now
+        third = await connect(self, port)
+        await third.closed
+        self.assertEqual(third.data, b"BUSY too many connections, try again later\r\n")
+        refused = sample(tree.metrics, "myservices_connections_refused_total", service="echo", reason="max_connections")
+        self.assertEqual(refused, 1)
+        # a freed slot is usable again
+        first.transport.loseConnection()
+        await first.closed
+        while len(tree.listeners["echo"].factory.connections) > 1:
+            await deferLater(reactor, 0, lambda: None)
+        fourth = await connect(self, port)
+        fourth.transport.write(b"again")
+        self.assertEqual(await fourth.receive(5), b"again")
+
+    async def test_stop_closes_open_connections(self) -> None:
+        tree = await start_tree(self, load(self, ECHO_CONFIG))
+        client = await connect(self, port_of(tree, "echo"))
+        client.transport.write(b"x")
+        await client.receive(1)
+        await tree.stopService()
+        await client.closed
+        self.assertEqual(tree.listeners["echo"].factory.connections, set())
+
+    async def test_a_client_that_never_reads_cannot_grow_server_memory(self) -> None:
+        """Send up to 200 MB without reading: the server must stop reading long before."""
+        tree = await start_tree(self, load(self, ECHO_CONFIG))
+        factory = tree.listeners["echo"].factory
+        sock = socket.socket()
+        self.addCleanup(sock.close)
+        sock.connect(("127.0.0.1", port_of(tree, "echo")))
+        sock.setblocking(False)
+        chunk = bytes(range(256)) * 256  # 64 KiB
+        sent = 0
+        limit = 200 * 1024 * 1024
+        while sent < limit:
+            try:
+                sent += sock.send(chunk)
+                continue
+            except BlockingIOError:
+                pass
+            if any(p.throttle.paused for p in factory.connections):
+                break
+            await deferLater(reactor, 0, lambda: None)  # let the server run
+        self.assertLess(sent, 20 * 1024 * 1024, "the server kept reading from a peer that does not read")
+        (server,) = factory.connections
+        self.assertTrue(server.throttle.paused)
+        received_by_server = sample(tree.metrics, "myservices_received_bytes_total", service="echo")
+        # further reactor turns do not make the server read more
+        for _ in range(20):
+            await deferLater(reactor, 0, lambda: None)
+        self.assertEqual(sample(tree.metrics, "myservices_received_bytes_total", service="echo"), received_by_server)
+
+        # once the client reads, everything comes back in order and reading resumes
+        expected = (chunk * (sent // len(chunk) + 1))[:sent]
+        got = bytearray()
+        while len(got) < sent:
+            try:
+                data = sock.recv(1 << 20)
+            except BlockingIOError:
+                await deferLater(reactor, 0, lambda: None)
+                continue
+            self.assertTrue(data, "server closed the connection")
+            got += data
+        self.assertEqual(bytes(got), expected)
+        self.assertFalse(server.throttle.paused)
+        self.assertGreaterEqual(sample(tree.metrics, "myservices_backpressure_pauses_total", service="echo"), 1)
+

@@ -1,0 +1,167 @@
+"""The service tree and the twistd plugin: building, --check, startup failures, stop order."""
+
+from __future__ import annotations
+
+import io
+import socket
+import sys
+
+from twisted.application.service import IService
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.logger import globalLogPublisher
+from twisted.plugin import getPlugins
+from twisted.trial.unittest import TestCase
+
+from myservices import tap
+from myservices.listeners import ListenError, format_address
+from myservices.tree import OrderedMultiService, build_service_tree
+from tests.support import LOCAL_SERVICES, REPO, load, start_tree, write_config
+
+
+class PluginTests(TestCase):
+    def test_twistd_finds_the_plugin(self) -> None:
+        from twisted.plugins import myservices_plugin  # noqa: F401 (installed into twisted/plugins/)
+        from twisted.application.service import IServiceMaker
+
+        names = {p.tapname: p for p in getPlugins(IServiceMaker)}
+        self.assertIn("myservices", names)
+        self.assertEqual(names["myservices"].module, "myservices.tap")
+
+
+class OptionsTests(TestCase):
+    def run_options(self, *argv: str) -> tuple[int | None, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        self.patch(sys, "stdout", out)
+        self.patch(sys, "stderr", err)
+        code = None
+        try:
+            tap.Options().parseOptions(list(argv))
+        except SystemExit as e:
+            code = e.code
+        return code, out.getvalue(), err.getvalue()
+
+    def test_check_valid_config_exits_zero_and_lists_listeners(self) -> None:
+        code, out, err = self.run_options("--check", "--config", str(REPO / "config" / "myservices.toml"))
+        self.assertEqual(code, 0, err)
+        self.assertIn("configuration is valid", out)
+        self.assertIn("echo      tcp:1234:interface=127.0.0.1", out)
+        self.assertIn("udp       udp:10004:interface=127.0.0.1", out)
+
+    def test_check_misspelt_key_exits_one_and_names_it(self) -> None:
+        path = write_config(self, '[services.echo]\nendpiont = "tcp:1234"\n')
+        code, out, err = self.run_options("--check", "--config", str(path))
+        self.assertEqual(code, 1)
+        self.assertIn(f"{path}: services.echo.endpiont: unknown key", err)
+        self.assertIn("configuration is invalid", err)
+
+    def test_invalid_config_without_check_also_exits_one(self) -> None:
+        path = write_config(self, '[services.echo]\nendpoint = "tcp:nope"\n')
+        code, _, err = self.run_options("--config", str(path))
+        self.assertEqual(code, 1)
+        self.assertIn("services.echo.endpoint: expected a Twisted endpoint string", err)
+
+    def test_config_is_required(self) -> None:
+        from twisted.python.usage import UsageError
+
+        with self.assertRaises(UsageError):
+            tap.Options().parseOptions([])
+
+    def test_check_does_not_print_the_password(self) -> None:
+        path = write_config(self, '[database]\nurl = "mysql://u:hunter2@db:3306/x"\n')
+        code, out, err = self.run_options("--check", "--config", str(path))
+        self.assertEqual(code, 0, err)
+        self.assertIn("mysql://u:***@db:3306/x", out)
+        self.assertNotIn("hunter2", out + err)
+
+    def test_make_service_builds_the_tree_without_starting_it(self) -> None:
+        options = tap.Options()
+        options.parseOptions(["--config", str(REPO / "config" / "myservices.toml")])
+        root = tap.makeService(options)
+        self.assertTrue(IService.providedBy(root))
+        self.assertEqual([s.name for s in root], ["database", "echo", "udp"])
+        self.assertFalse(root.running)
+        self.assertIsNone(root.database.pool)
+
+
+class TreeTests(TestCase):
+    def test_port_in_use_aborts_startup_naming_the_service(self) -> None:
+        blocker = socket.socket()
+        self.addCleanup(blocker.close)
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        port = blocker.getsockname()[1]
+        config = load(self, f'[services.echo]\nendpoint = "tcp:{port}:interface=127.0.0.1"\n')
+        tree = build_service_tree(config, reactor)
+        with self.assertRaises(ListenError) as caught:
+            tree.privilegedStartService()
+        message = str(caught.exception)
+        self.assertIn(f"services.echo: cannot listen on tcp:{port}:interface=127.0.0.1", message)
+        self.assertIn("in use", message)
+
+    def test_udp_port_in_use_aborts_startup(self) -> None:
+        blocker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(blocker.close)
+        blocker.bind(("127.0.0.1", 0))
+        port = blocker.getsockname()[1]
+        config = load(self, f'[services.udp]\nendpoint = "udp:{port}:interface=127.0.0.1"\n')
+        tree = build_service_tree(config, reactor)
+        with self.assertRaises(ListenError) as caught:
+            tree.privilegedStartService()
+        self.assertIn(f"services.udp: cannot listen on udp:{port}:interface=127.0.0.1", str(caught.exception))
+
+    async def test_startup_logs_each_service_with_its_bound_address(self) -> None:
+        events: list[dict] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        tree = await start_tree(self, load(self, LOCAL_SERVICES))
+        listening = {e["service"]: e for e in events if e.get("log_format", "").endswith("(bound to {address})")}
+        self.assertEqual(set(listening), {"echo", "udp"})
+        self.assertEqual(listening["echo"]["endpoint"], "tcp:0:interface=127.0.0.1")
+        self.assertEqual(listening["echo"]["address"], f"127.0.0.1:{tree.address('echo').port}")
+        self.assertNotEqual(tree.address("echo").port, 0)
+
+    async def test_unix_socket_endpoint(self) -> None:
+        path = self.mktemp() + ".sock"
+        tree = await start_tree(self, load(self, f'[services.echo]\nendpoint = "unix:{path}"\n'))
+        from twisted.internet.endpoints import UNIXClientEndpoint, connectProtocol
+        from tests.support import Collector
+
+        client = Collector()
+        await connectProtocol(UNIXClientEndpoint(reactor, path), client)
+        client.transport.write(b"over unix")
+        self.assertEqual(await client.receive(9), b"over unix")
+        client.transport.loseConnection()
+        await client.closed
+        self.assertEqual(format_address(tree.address("echo")), path)
+
+
+class OrderedStopTests(TestCase):
+    def test_children_stop_one_at_a_time_last_added_first(self) -> None:
+        from twisted.application.service import Service
+
+        order: list[str] = []
+        gates: dict[str, Deferred[None]] = {}
+
+        class Recorder(Service):
+            def stopService(self) -> Deferred[None]:
+                super().stopService()
+                order.append(self.name)
+                gates[self.name] = Deferred()
+                return gates[self.name]
+
+        root = OrderedMultiService()
+        for name in ("database", "echo", "udp"):
+            child = Recorder()
+            child.setName(name)
+            child.setServiceParent(root)
+        root.startService()
+        done = root.stopService()
+        self.assertEqual(order, ["udp"])
+        gates["udp"].callback(None)
+        self.assertEqual(order, ["udp", "echo"])
+        gates["echo"].callback(None)
+        self.assertEqual(order, ["udp", "echo", "database"])
+        self.assertNoResult(done)
+        gates["database"].callback(None)
+        self.successResultOf(done)
