@@ -146,12 +146,13 @@ class EchoIntegrationTests(TestCase):
         self.addCleanup(sock.close)
         sock.connect(("127.0.0.1", port_of(tree, "echo")))
         sock.setblocking(False)
-        chunk = bytes(range(256)) * 256  # 64 KiB
+        pattern = bytes(range(256)) * 257  # a send may be partial: continue at sent % 256
         sent = 0
         limit = 200 * 1024 * 1024
         while sent < limit:
+            offset = sent % 256
             try:
-                sent += sock.send(chunk)
+                sent += sock.send(pattern[offset : offset + 65536])
                 continue
             except BlockingIOError:
                 pass
@@ -168,7 +169,7 @@ class EchoIntegrationTests(TestCase):
         self.assertEqual(sample(tree.metrics, "myservices_received_bytes_total", service="echo"), received_by_server)
 
         # once the client reads, everything comes back in order and reading resumes
-        expected = (chunk * (sent // len(chunk) + 1))[:sent]
+        expected = (bytes(range(256)) * (sent // 256 + 1))[:sent]
         got = bytearray()
         while len(got) < sent:
             try:
