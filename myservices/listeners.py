@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NoReturn
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
@@ -30,6 +30,11 @@ def format_address(address: IAddress) -> str:
     if name is not None:
         return name.decode() if isinstance(name, bytes) else str(name)
     return str(address)
+
+
+def _listen_failed(log: Logger, service: str, endpoint: str, reason: str) -> NoReturn:
+    log.critical("services.{service}: cannot listen on {endpoint}: {reason}", service=service, endpoint=endpoint, reason=reason)
+    raise ListenError(f"services.{service}: cannot listen on {endpoint}: {reason}")
 
 
 class TrackedProtocol(Protocol):
@@ -116,8 +121,13 @@ class ConnectionTrackingFactory(Factory):
             proto.transport.loseConnection()
         # a peer that never reads keeps a closing connection's buffer full forever
         timer = self.clock.callLater(timeout, self._abort_all)
-        d.addBoth(lambda r: (timer.cancel() if timer.active() else None, r)[1])
-        return d
+
+        def cancel_timer(result: None) -> None:
+            if timer.active():
+                timer.cancel()
+            return result
+
+        return d.addBoth(cancel_timer)
 
     def _abort_all(self) -> None:
         for proto in list(self.connections):
@@ -163,15 +173,21 @@ class StreamListenerService(Service):
             self._listen()
 
     def _listen(self) -> None:
-        endpoint = serverFromString(self._reactor, self.description)
+        try:
+            endpoint = serverFromString(self._reactor, self.description)
+        except (IndexError, KeyError) as e:
+            # only systemd: endpoints look sockets up at this point
+            reason = f"no inherited socket {e} in LISTEN_FDS/LISTEN_FDNAMES; is a systemd socket unit passing it?"
+            _listen_failed(self.log, self.name, self.description, reason)
+        except Exception as e:
+            _listen_failed(self.log, self.name, self.description, str(e))
         self._bind_error: Failure | None = None
         self._listening = endpoint.listen(self.factory)
         self._listening.addCallbacks(self._bound, self._bind_failed)
-        # TCP, UNIX and SSL endpoints bind synchronously: a failure is known now
+        # TCP, UNIX and SSL endpoints bind synchronously: a failure is known now (and logged)
         if self._bind_error is not None:
             raise ListenError(
-                f"services.{self.name}: cannot listen on {self.description}: "
-                f"{self._bind_error.getErrorMessage()}"
+                f"services.{self.name}: cannot listen on {self.description}: {self._bind_error.getErrorMessage()}"
             )
 
     def _bound(self, port: IListeningPort) -> None:
@@ -260,11 +276,7 @@ class UdpListenerService(Service):
                 self._port_number, self.protocol, interface=self._interface, maxPacketSize=self._max_packet_size
             )
         except Exception as e:
-            self.log.critical(
-                "services.{service}: cannot listen on {endpoint}: {reason}",
-                service=self.name, endpoint=self.description, reason=str(e),
-            )
-            raise ListenError(f"services.{self.name}: cannot listen on {self.description}: {e}") from e
+            _listen_failed(self.log, self.name, self.description, str(e))
         self.log.info(
             "{service} listening on {endpoint} (bound to {address})",
             service=self.name, endpoint=self.description, address=format_address(self.port.getHost()),

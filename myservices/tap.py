@@ -7,7 +7,16 @@ import sys
 from twisted.application.service import IService
 from twisted.python import usage
 
-from myservices.config import ENV_ALIASES, ENV_PASSWORD, ENV_PASSWORD_FILE, ENV_PREFIX, Config, ConfigError, load_config
+from myservices.config import (
+    ENV_ALIASES,
+    ENV_PASSWORD,
+    ENV_PASSWORD_FILE,
+    ENV_PREFIX,
+    Config,
+    ConfigError,
+    load_config,
+    parse_database_url,
+)
 
 
 class Options(usage.Options):
@@ -40,9 +49,7 @@ class Options(usage.Options):
 
 
 def describe(config: Config) -> str:
-    """What --check prints: the database and each enabled service's endpoint."""
-    from myservices.config import parse_database_url
-
+    """What --check prints: the database and each configured service's endpoint."""
     url = parse_database_url(config.database.url, config.daemon.data_dir, config.database.password)
     lines = [f"{config.source}: configuration is valid", f"  data_dir  {config.daemon.data_dir}", f"  database  {url.safe}"]
     for name, cfg in config.services.items():

@@ -150,3 +150,36 @@ class EndToEndTests(TestCase):
         result = self.run_twistd("-n", "--pidfile=", "myservices", "--config", str(config))
         self.assertNotEqual(result.returncode, 0)
         self.assertIn(f"services.echo: cannot listen on tcp:{port}:interface=127.0.0.1", result.stdout + result.stderr)
+
+    def test_systemd_socket_activation(self) -> None:
+        """A listening socket inherited as systemd passes it (fd 3, LISTEN_FDS, LISTEN_PID)."""
+        listener = socket.socket()
+        self.addCleanup(listener.close)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        config = self.config('[services.echo]\nendpoint = "systemd:domain=INET:index=0"\n')
+        fd = listener.fileno()
+        # what systemd does: the socket at fd 3, LISTEN_PID our own pid (exec keeps it), names for each fd
+        script = (
+            f"import os, sys; os.dup2({fd}, 3); os.close({fd});"
+            " os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS='1', LISTEN_FDNAMES='echo');"
+            " os.execv(sys.argv[1], sys.argv[1:])"
+        )
+        log = open(self.workdir / "daemon.log", "w+")
+        self.addCleanup(log.close)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", script, self.twistd, "-n", "--pidfile=", "myservices", "--config", str(config)],
+            pass_fds=[fd], cwd=self.workdir, env=self.env(), stdout=log, stderr=subprocess.STDOUT,
+        )
+        self.addCleanup(lambda: proc.poll() is None and proc.kill())
+        listener.close()  # only the daemon holds it now
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+            conn.settimeout(30)
+            conn.sendall(b"activated")
+            self.assertEqual(conn.recv(20), b"activated")
+        proc.send_signal(signal.SIGTERM)
+        self.assertIn(proc.wait(timeout=15), (0, -signal.SIGTERM))
+        log.seek(0)
+        self.assertIn(f"echo listening on systemd:domain=INET:index=0 (bound to 127.0.0.1:{port})", log.read())
+

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import socket
 import sys
+from pathlib import Path
 
 from twisted.application.service import IService
 from twisted.internet import reactor
@@ -110,6 +111,13 @@ class TreeTests(TestCase):
             tree.privilegedStartService()
         self.assertIn(f"services.udp: cannot listen on udp:{port}:interface=127.0.0.1", str(caught.exception))
 
+    def test_systemd_endpoint_without_an_inherited_socket_aborts_startup(self) -> None:
+        config = load(self, '[services.echo]\nendpoint = "systemd:domain=INET:index=0"\n')
+        tree = build_service_tree(config, reactor)
+        with self.assertRaises(ListenError) as caught:
+            tree.privilegedStartService()
+        self.assertIn("services.echo: cannot listen on systemd:domain=INET:index=0: no inherited socket", str(caught.exception))
+
     async def test_startup_logs_each_service_with_its_bound_address(self) -> None:
         events: list[dict] = []
         globalLogPublisher.addObserver(events.append)
@@ -134,6 +142,55 @@ class TreeTests(TestCase):
         client.transport.loseConnection()
         await client.closed
         self.assertEqual(format_address(tree.address("echo")), path)
+
+
+def write_self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    """A throwaway key and certificate for 127.0.0.1, as PEM files."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .sign(key, hashes.SHA256())
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    key_path, cert_path = directory / "key.pem", directory / "cert.pem"
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return key_path, cert_path
+
+
+class TlsTests(TestCase):
+    async def test_ssl_endpoint_serves_echo_over_tls(self) -> None:
+        from twisted.internet.endpoints import SSL4ClientEndpoint, connectProtocol
+        from twisted.internet.ssl import Certificate, optionsForClientTLS
+
+        from tests.support import Collector
+
+        key, cert = write_self_signed_certificate(Path(self.mktemp()).resolve())
+        endpoint = f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}"
+        tree = await start_tree(self, load(self, f'[services.echo]\nendpoint = "{endpoint}"\n'))
+        trust = Certificate.loadPEM(cert.read_bytes())
+        client = Collector()
+        options = optionsForClientTLS("127.0.0.1", trustRoot=trust)
+        await connectProtocol(SSL4ClientEndpoint(reactor, "127.0.0.1", tree.address("echo").port, options), client)
+        client.transport.write(b"secret" * 10000)
+        self.assertEqual(await client.receive(60000), b"secret" * 10000)
+        client.transport.loseConnection()
+        await client.closed
 
 
 class OrderedStopTests(TestCase):
