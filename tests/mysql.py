@@ -91,7 +91,7 @@ def _start_private() -> Server:
     datadir = os.path.join(base, "data")
     user = ["--user=root"] if os.geteuid() == 0 else []
     subprocess.run(
-        ["mariadb-install-db", f"--datadir={datadir}", "--auth-root-authentication-method=normal",
+        ["mariadb-install-db", "--no-defaults", f"--datadir={datadir}", "--auth-root-authentication-method=normal",
          "--skip-test-db", *user],
         check=True, capture_output=True, timeout=120,
     )
