@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, NoReturn
+from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
@@ -30,11 +30,6 @@ def format_address(address: IAddress) -> str:
     if name is not None:
         return name.decode() if isinstance(name, bytes) else str(name)
     return str(address)
-
-
-def _listen_failed(log: Logger, service: str, endpoint: str, reason: str) -> NoReturn:
-    log.critical("services.{service}: cannot listen on {endpoint}: {reason}", service=service, endpoint=endpoint, reason=reason)
-    raise ListenError(f"services.{service}: cannot listen on {endpoint}: {reason}")
 
 
 class TrackedProtocol(Protocol):
@@ -135,60 +130,40 @@ class ConnectionTrackingFactory(Factory):
             proto.transport.abortConnection()
 
 
-class StreamListenerService(Service):
-    """Listens on a Twisted endpoint string; a failed bind aborts startup with a clear message.
+class ListenerService(Service):
+    """Base of the listening services: binds in C{privilegedStartService} and keeps the port.
 
-    Like C{strports.service}, the bind happens in C{privilegedStartService} and
-    its failure is raised there (a bare C{StreamServerEndpointService} would only
-    log it). Unlike it, the bound port is kept, so the actual address can be
-    logged and read by readiness checks and tests.
+    Like C{strports.service}, a failed bind raises there, which aborts twistd's
+    start-up (a bare C{StreamServerEndpointService} would only log it). Unlike
+    it, the bound port is kept, so the actual address can be logged and read by
+    readiness checks and tests.
     """
 
     log = Logger()
 
-    def __init__(
-        self,
-        name: str,
-        description: str,
-        factory: ConnectionTrackingFactory,
-        reactor: Any,
-        shutdown_timeout: float,
-    ) -> None:
+    def __init__(self, name: str, description: str) -> None:
         self.setName(name)
         self.description = description
-        self.factory = factory
-        self._reactor = reactor
-        self.shutdown_timeout = shutdown_timeout
         self.port: IListeningPort | None = None
-        self._listening: Deferred[None] | None = None
+        self._binding = False
         self._waiters: list[Deferred[IListeningPort]] = []
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
-        self._listen()
+        self._start_listening()
 
     def startService(self) -> None:
         super().startService()
-        if self._listening is None:
-            self._listen()
+        if not self._binding:  # started without twistd's privileged phase (embedding, tests)
+            self._start_listening()
+
+    def _start_listening(self) -> None:
+        self._binding = True
+        self._listen()
 
     def _listen(self) -> None:
-        try:
-            endpoint = serverFromString(self._reactor, self.description)
-        except (IndexError, KeyError) as e:
-            # only systemd: endpoints look sockets up at this point
-            reason = f"no inherited socket {e} in LISTEN_FDS/LISTEN_FDNAMES; is a systemd socket unit passing it?"
-            _listen_failed(self.log, self.name, self.description, reason)
-        except Exception as e:
-            _listen_failed(self.log, self.name, self.description, str(e))
-        self._bind_error: Failure | None = None
-        self._listening = endpoint.listen(self.factory)
-        self._listening.addCallbacks(self._bound, self._bind_failed)
-        # TCP, UNIX and SSL endpoints bind synchronously: a failure is known now (and logged)
-        if self._bind_error is not None:
-            raise ListenError(
-                f"services.{self.name}: cannot listen on {self.description}: {self._bind_error.getErrorMessage()}"
-            )
+        """Bind; call L{_bound} with the port, or raise what L{_failed} returns."""
+        raise NotImplementedError
 
     def _bound(self, port: IListeningPort) -> None:
         self.port = port
@@ -200,15 +175,16 @@ class StreamListenerService(Service):
         for d in waiters:
             d.callback(port)
 
-    def _bind_failed(self, failure: Failure) -> None:
-        self._bind_error = failure
+    def _failed(self, reason: str) -> ListenError:
         self.log.critical(
             "services.{service}: cannot listen on {endpoint}: {reason}",
-            service=self.name, endpoint=self.description, reason=failure.getErrorMessage(),
+            service=self.name, endpoint=self.description, reason=reason,
         )
+        error = ListenError(f"services.{self.name}: cannot listen on {self.description}: {reason}")
         waiters, self._waiters = self._waiters, []
         for d in waiters:
-            d.errback(failure)
+            d.errback(error)
+        return error
 
     def when_listening(self) -> Deferred[IListeningPort]:
         """Fires with the listening port once bound."""
@@ -220,8 +196,49 @@ class StreamListenerService(Service):
 
     @property
     def address(self) -> IAddress | None:
-        """The bound address, or None before binding."""
+        """The bound address, or None when not listening."""
         return self.port.getHost() if self.port is not None else None
+
+    async def _stop_listening(self) -> None:
+        self._binding = False
+        if self.port is not None:
+            port, self.port = self.port, None
+            await port.stopListening()
+
+
+class StreamListenerService(ListenerService):
+    """Listens on a Twisted endpoint string and closes its connections on stop."""
+
+    def __init__(
+        self,
+        name: str,
+        description: str,
+        factory: ConnectionTrackingFactory,
+        reactor: Any,
+        shutdown_timeout: float,
+    ) -> None:
+        super().__init__(name, description)
+        self.factory = factory
+        self._reactor = reactor
+        self.shutdown_timeout = shutdown_timeout
+        self._listening: Deferred[None] | None = None
+
+    def _listen(self) -> None:
+        try:
+            endpoint = serverFromString(self._reactor, self.description)
+        except (IndexError, KeyError) as e:
+            # only systemd: endpoints look sockets up at this point
+            raise self._failed(
+                f"no inherited socket {e} in LISTEN_FDS/LISTEN_FDNAMES; is a systemd socket unit passing it?"
+            ) from None
+        except Exception as e:
+            raise self._failed(str(e)) from e
+        failures: list[ListenError] = []
+        self._listening = endpoint.listen(self.factory)
+        self._listening.addCallbacks(self._bound, lambda f: failures.append(self._failed(f.getErrorMessage())))
+        # TCP, UNIX and SSL endpoints bind synchronously: a failure is known now
+        if failures:
+            raise failures[0]
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
@@ -230,17 +247,13 @@ class StreamListenerService(Service):
     async def _stop(self) -> None:
         if self._listening is not None and self.port is None:
             self._listening.cancel()
-        if self.port is not None:
-            await self.port.stopListening()
-            self.port = None
         self._listening = None
+        await self._stop_listening()
         await self.factory.close_connections(self.shutdown_timeout)
 
 
-class UdpListenerService(Service):
-    """Listens on a UDP port (Twisted has no UDP endpoint strings); a failed bind aborts startup."""
-
-    log = Logger()
+class UdpListenerService(ListenerService):
+    """Listens on a UDP port (Twisted has no UDP endpoint strings)."""
 
     def __init__(
         self,
@@ -252,48 +265,22 @@ class UdpListenerService(Service):
         max_packet_size: int,
         reactor: Any,
     ) -> None:
-        self.setName(name)
-        self.description = description
+        super().__init__(name, description)
         self._port_number = port
         self._interface = interface
         self.protocol = protocol
         self._max_packet_size = max_packet_size
         self._reactor = reactor
-        self.port: IListeningPort | None = None
-
-    def privilegedStartService(self) -> None:
-        super().privilegedStartService()
-        self._listen()
-
-    def startService(self) -> None:
-        super().startService()
-        if self.port is None:
-            self._listen()
 
     def _listen(self) -> None:
         try:
-            self.port = self._reactor.listenUDP(
+            port = self._reactor.listenUDP(
                 self._port_number, self.protocol, interface=self._interface, maxPacketSize=self._max_packet_size
             )
         except Exception as e:
-            _listen_failed(self.log, self.name, self.description, str(e))
-        self.log.info(
-            "{service} listening on {endpoint} (bound to {address})",
-            service=self.name, endpoint=self.description, address=format_address(self.port.getHost()),
-        )
+            raise self._failed(str(e)) from e
+        self._bound(port)
 
-    def when_listening(self) -> Deferred[IListeningPort]:
-        if self.port is None:
-            raise RuntimeError(f"{self.name} has not been started")
-        return succeed(self.port)
-
-    @property
-    def address(self) -> IAddress | None:
-        return self.port.getHost() if self.port is not None else None
-
-    def stopService(self) -> Deferred[None] | None:
+    def stopService(self) -> Deferred[None]:
         super().stopService()
-        if self.port is None:
-            return None
-        port, self.port = self.port, None
-        return port.stopListening()
+        return Deferred.fromCoroutine(self._stop_listening())
