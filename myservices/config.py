@@ -26,6 +26,9 @@ from urllib.parse import unquote, urlsplit
 
 from myservices.endpoints import EndpointSyntaxError, check_stream_endpoint, parse_udp_endpoint
 
+if typing.TYPE_CHECKING:
+    from myservices.hub.core import HubConfig
+
 ENV_PREFIX = "MYSERVICES__"
 ENV_ALIASES: Mapping[str, tuple[str, ...]] = {
     "MYSERVICES_DATABASE_URL": ("database", "url"),
@@ -147,6 +150,7 @@ class Config:
     source: str
     daemon: DaemonConfig
     database: DatabaseConfig
+    hub: HubConfig
     services: Mapping[str, ServiceConfig]
 
     def enabled_services(self) -> list[tuple[str, ServiceConfig]]:
@@ -237,6 +241,9 @@ def config_from_dict(
     kinds: ServiceKinds | None = None,
 ) -> Config:
     """Validate an already parsed TOML document (see L{load_config})."""
+    # imported here: these modules declare their settings with this module's helpers
+    from myservices.hub.core import HubConfig
+
     if kinds is None:
         from myservices.registry import config_classes
 
@@ -246,11 +253,12 @@ def config_from_dict(
     _apply_environment(raw, environ, problems)
     validator = _Validator(base_dir, problems)
 
-    unknown = set(raw) - {"daemon", "database", "services"}
+    unknown = set(raw) - {"daemon", "database", "hub", "services"}
     for key in sorted(unknown):
-        problems.append(f"{key}: unknown key (expected daemon, database or services)")
+        problems.append(f"{key}: unknown key (expected daemon, database, hub or services)")
     daemon = validator.build(DaemonConfig, raw.get("daemon", {}), "daemon")
     database = validator.build(DatabaseConfig, raw.get("database", {}), "database")
+    hub = validator.build(HubConfig, raw.get("hub", {}), "hub")
     services: dict[str, ServiceConfig] = {}
     raw_services = raw.get("services", {})
     if not isinstance(raw_services, dict):
@@ -269,8 +277,8 @@ def config_from_dict(
         database = _resolve_database(database, data_dir, environ, problems)
     if problems:
         raise ConfigError(source, problems)
-    assert daemon is not None and database is not None
-    return Config(source=source, daemon=daemon, database=database, services=services)
+    assert daemon is not None and database is not None and hub is not None
+    return Config(source=source, daemon=daemon, database=database, hub=hub, services=services)
 
 
 def _apply_environment(raw: dict[str, Any], environ: Mapping[str, str], problems: list[str]) -> None:

@@ -1,4 +1,9 @@
-"""The error codes every front end shares: a stable code, a short message, whether retrying can help."""
+"""The error codes every front end shares: a stable code, a short message, whether retrying can help.
+
+Front ends render an error in their own wire format (the line chat writes
+``ERR CODE message``); the code and the retry hint are the same everywhere.
+docs/protocols.md carries this table for client authors.
+"""
 
 from __future__ import annotations
 
@@ -14,8 +19,37 @@ class ErrorCode:
     retry: bool
 
 
+class HubError(Exception):
+    """A request that cannot be served; C{detail} says why in this case."""
+
+    def __init__(self, error: ErrorCode, detail: str | None = None) -> None:
+        self.error = error
+        self.detail = detail or error.message
+        super().__init__(f"{error.code}: {self.detail}")
+
+
+UNKNOWN_COMMAND = ErrorCode("UNKNOWN_COMMAND", "no such command", retry=False)
+BAD_ARGUMENTS = ErrorCode("BAD_ARGUMENTS", "wrong or missing arguments", retry=False)
+BAD_ENCODING = ErrorCode("BAD_ENCODING", "input is not valid UTF-8", retry=False)
+LINE_TOO_LONG = ErrorCode("LINE_TOO_LONG", "line longer than the limit; it was discarded", retry=False)
+TEXT_INVALID = ErrorCode("TEXT_INVALID", "text is empty or contains control characters", retry=False)
+NICK_INVALID = ErrorCode("NICK_INVALID", "nick does not follow the rules", retry=False)
+NICK_TAKEN = ErrorCode("NICK_TAKEN", "nick is in use by another user", retry=False)
+ROOM_INVALID = ErrorCode("ROOM_INVALID", "room name does not follow the rules", retry=False)
+NOT_IN_ROOM = ErrorCode("NOT_IN_ROOM", "join the room first", retry=False)
+TOO_MANY_ROOMS = ErrorCode("TOO_MANY_ROOMS", "too many rooms and topics on this connection", retry=False)
+RATE_LIMITED = ErrorCode("RATE_LIMITED", "publishing too fast; slow down", retry=True)
+SLOW_CONSUMER = ErrorCode("SLOW_CONSUMER", "slow consumer: too much unread output", retry=True)
 BUSY = ErrorCode("BUSY", "too many connections, try again later", retry=True)
 DATABASE_UNAVAILABLE = ErrorCode("DATABASE_UNAVAILABLE", "the database is not available", retry=True)
 SHUTTING_DOWN = ErrorCode("SHUTTING_DOWN", "the server is shutting down", retry=True)
+INTERNAL = ErrorCode("INTERNAL", "internal error; it has been logged", retry=True)
 
-ERRORS: dict[str, ErrorCode] = {e.code: e for e in (BUSY, DATABASE_UNAVAILABLE, SHUTTING_DOWN)}
+ERRORS: dict[str, ErrorCode] = {
+    e.code: e
+    for e in (
+        UNKNOWN_COMMAND, BAD_ARGUMENTS, BAD_ENCODING, LINE_TOO_LONG, TEXT_INVALID, NICK_INVALID, NICK_TAKEN,
+        ROOM_INVALID, NOT_IN_ROOM, TOO_MANY_ROOMS, RATE_LIMITED, SLOW_CONSUMER, BUSY, DATABASE_UNAVAILABLE,
+        SHUTTING_DOWN, INTERNAL,
+    )
+}

@@ -43,6 +43,9 @@ class TrackedProtocol(Protocol):
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.factory.connection_closed(self)
 
+    def shutting_down(self) -> None:
+        """Called before the server closes the connection on stop: say goodbye if the protocol can."""
+
 
 class _Refusal(Protocol):
     """Sent to a connection over the limit: one short line, then close."""
@@ -71,7 +74,7 @@ class ConnectionTrackingFactory(Factory):
         self.max_connections = max_connections
         self.metrics = metrics
         self.clock = clock
-        self.connections: set[Protocol] = set()
+        self.connections: set[TrackedProtocol] = set()
         self._drained: list[Deferred[None]] = []
         self._refused_since_log = 0
 
@@ -113,6 +116,7 @@ class ConnectionTrackingFactory(Factory):
         d: Deferred[None] = Deferred()
         self._drained.append(d)
         for proto in list(self.connections):
+            proto.shutting_down()
             proto.transport.loseConnection()
         # a peer that never reads keeps a closing connection's buffer full forever
         timer = self.clock.callLater(timeout, self._abort_all)

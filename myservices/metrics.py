@@ -48,6 +48,24 @@ class Metrics:
             "myservices_dropped_messages", "Messages dropped, by reason", ["service", "reason"], registry=r
         )
 
+        self.errors = Counter(
+            "myservices_errors", "Error replies sent to clients, by code", ["service", "code"], registry=r
+        )
+        self.slow_consumers = Counter(
+            "myservices_slow_consumers",
+            "Connections closed because they did not read their output",
+            ["service"],
+            registry=r,
+        )
+        self.hub_rooms = Gauge("myservices_hub_rooms", "Rooms and topics with members or subscribers", registry=r)
+        self.hub_sessions = Gauge("myservices_hub_sessions", "Connections attached to the hub", registry=r)
+        self.hub_publishes = Counter("myservices_hub_publishes", "Messages published", registry=r)
+        self.hub_deliveries = Counter("myservices_hub_deliveries", "Events delivered to connections", registry=r)
+        self.history_written = Counter("myservices_history_written_messages", "Messages saved to history", registry=r)
+        self.history_dropped = Counter(
+            "myservices_history_dropped_messages", "Messages not saved because the backlog was full", registry=r
+        )
+
     def for_service(self, service: str) -> ServiceMetrics:
         """Children bound to one service's label, for use on hot paths."""
         return ServiceMetrics(self, service)
@@ -75,3 +93,6 @@ class ServiceMetrics:
 
     def dropped(self, reason: str) -> None:
         self._metrics.dropped.labels(self.service, reason).inc()
+
+    def error(self, code: str) -> None:
+        self._metrics.errors.labels(self.service, code).inc()

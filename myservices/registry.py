@@ -11,6 +11,7 @@ from twisted.application.service import IService
 if TYPE_CHECKING:
     from myservices.config import Config, ServiceConfig
     from myservices.db import Database
+    from myservices.hub import Hub
     from myservices.metrics import Metrics
 
 
@@ -22,6 +23,7 @@ class BuildContext:
     config: Config
     database: Database
     metrics: Metrics
+    hub: Hub
 
 
 @dataclass(frozen=True)
@@ -35,10 +37,11 @@ class ServiceKind:
 
 def service_kinds() -> dict[str, ServiceKind]:
     """Every kind, in the order services are started."""
-    from myservices import echo, udp
+    from myservices import chat, echo, udp
 
     kinds = [
         ServiceKind("echo", echo.EchoConfig, echo.build),
+        ServiceKind("chat", chat.ChatConfig, chat.build),
         ServiceKind("udp", udp.UdpConfig, udp.build),
     ]
     return {k.name: k for k in kinds}

@@ -12,6 +12,7 @@ from twisted.logger import Logger
 
 from myservices.config import Config
 from myservices.db import MIGRATIONS, Database, Migration
+from myservices.hub import HistoryStore, Hub, HubService
 from myservices.listeners import format_address
 from myservices.metrics import Metrics
 from myservices.registry import BuildContext, service_kinds
@@ -54,6 +55,7 @@ class ServiceTree(OrderedMultiService):
         self.database = database
         self.metrics = metrics
         self.listeners: dict[str, IService] = {}
+        self.hub: Hub | None = None
         self._reactor = reactor
         self.notifier = notifier or Notifier()
 
@@ -100,7 +102,15 @@ def build_service_tree(
     metrics = Metrics()
     tree = ServiceTree(config, database, metrics, reactor, notifier)
     database.setServiceParent(tree)  # first in, last out
-    ctx = BuildContext(reactor=reactor, config=config, database=database, metrics=metrics)
+    h = config.hub
+    history = HistoryStore(
+        database, reactor, keep=h.history_size, flush_interval=h.history_flush_interval,
+        batch_size=h.history_batch_size, max_backlog=h.max_history_backlog, metrics=metrics,
+    )
+    hub = Hub(h, reactor, history=history, metrics=metrics)
+    HubService(hub).setServiceParent(tree)  # stops after the front ends, before the database
+    tree.hub = hub
+    ctx = BuildContext(reactor=reactor, config=config, database=database, metrics=metrics, hub=hub)
     kinds = service_kinds()
     for name, cfg in config.enabled_services():
         service = kinds[name].build(name, cfg, ctx)

@@ -29,8 +29,22 @@ class SchemaTooNew(Exception):
     """The database was migrated by a newer myservices; running on it could corrupt data."""
 
 
-# The handlers that need tables add their migrations here, in version order.
-MIGRATIONS: Sequence[Migration] = ()
+def _chat_messages(txn: Txn) -> None:
+    # the last N messages of each room or topic; (room, id) is unique and ids increase per room
+    table_options = " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4" if txn.dialect == "mysql" else ""
+    txn.execute(
+        "CREATE TABLE IF NOT EXISTS chat_messages ("
+        " room VARCHAR(255) NOT NULL,"
+        " id BIGINT NOT NULL,"
+        " ts DOUBLE NOT NULL,"
+        " nick VARCHAR(255) NOT NULL,"
+        " text TEXT NOT NULL,"
+        " PRIMARY KEY (room, id))" + table_options
+    )
+
+
+# Append new migrations with the next version; never change one that has shipped.
+MIGRATIONS: Sequence[Migration] = (Migration(1, "chat history", _chat_messages),)
 
 _LOCK_NAME = "myservices.schema_migration"
 _LOCK_WAIT_SECONDS = 60

@@ -1,0 +1,326 @@
+"""The TCP line chat front end of the hub: telnet and nc friendly, UTF-8, one command per line.
+
+The protocol is documented in docs/protocols.md. Every server line is
+``KEYWORD arguments...``; an explicit command ends with exactly one final
+line, ``OK``, ``END`` or ``ERR CODE message``. Events (MSG, JOIN, PART, NICK)
+can arrive at any time.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from twisted.application.service import IService
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.protocols.basic import LineReceiver
+from twisted.protocols.policies import TimeoutMixin
+from twisted.python.failure import Failure
+
+from myservices.config import SIZE, MiB, StreamServiceConfig, setting
+from myservices.errors import (
+    BAD_ARGUMENTS,
+    BAD_ENCODING,
+    INTERNAL,
+    LINE_TOO_LONG,
+    NOT_IN_ROOM,
+    SLOW_CONSUMER,
+    UNKNOWN_COMMAND,
+    ErrorCode,
+    HubError,
+)
+from myservices.hub import Event, Hub, Message, NickChange, Presence
+from myservices.listeners import ConnectionTrackingFactory, StreamListenerService, TrackedProtocol
+from myservices.metrics import ServiceMetrics
+from myservices.outbound import Outbound
+from myservices.registry import BuildContext
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChatConfig(StreamServiceConfig):
+    """[services.chat]"""
+
+    idle_timeout: float = setting(
+        3600.0, kind="duration", min=0, max=86400,
+        doc="seconds without input before a connection is closed (0: never)",
+    )
+    max_line_length: int = setting(
+        4096, kind=SIZE, min=64, max=1 * MiB,
+        doc="longest line a client may send; a longer one is discarded with ERR LINE_TOO_LONG",
+    )
+
+
+WIRE_FORMAT = "line"
+
+
+def _stamp(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+def encode_event(event: Event) -> bytes:
+    """The line for a hub event; cached per event, so a room costs one encoding."""
+    if isinstance(event, Message):
+        line = f"MSG {event.room} {event.id} {event.nick} {event.text}"
+    elif isinstance(event, Presence):
+        line = f"{event.kind.upper()} {event.room} {event.nick}"
+    elif isinstance(event, NickChange):
+        line = f"NICK {event.old} {event.new}"
+    else:
+        raise TypeError(f"no line format for {event!r}")
+    return line.encode("utf-8") + b"\r\n"
+
+
+HELP = [
+    "/nick NAME           take a nick (letters, digits, _ or -, starting with a letter)",
+    "/join ROOM           join a room (it becomes your current room) and see its recent history",
+    "/part [ROOM]         leave a room (default: the current room)",
+    "/msg ROOM TEXT       say TEXT in ROOM; plain text goes to the current room",
+    "/rooms               list rooms and topics in use",
+    "/who [ROOM]          list the members of a room",
+    "/history [ROOM] [N]  show the last N messages of a room",
+    "/sub TOPIC           receive what is published to TOPIC, without joining",
+    "/unsub TOPIC         stop receiving TOPIC",
+    "/pub TOPIC TEXT      publish TEXT to TOPIC (no need to subscribe)",
+    "/quit                disconnect",
+    "start a line with // to send text that begins with /",
+]
+
+
+class ChatProtocol(TrackedProtocol, LineReceiver, TimeoutMixin):
+    """One chat connection: parses lines into hub calls and renders hub events as lines."""
+
+    delimiter = b"\n"  # a trailing \r is stripped, so \r\n and \n both work
+    factory: ChatFactory
+    log = Logger()
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        factory = self.factory
+        self.MAX_LENGTH = factory.max_line_length
+        self.callLater = factory.clock.callLater
+        self.hub: Hub = factory.hub
+        self.metrics = factory.metrics
+        self.current: str | None = None
+        self._discarding = False
+        self._rest = b""
+        self.outbound = Outbound(self.transport, self.hub.config.max_pending, self._slow_consumer)
+        self.session = self.hub.open_session(self)
+        self.setTimeout(factory.idle_timeout or None)
+        self.send_line(f"WELCOME {self.session.nick} myservices chat; /help lists the commands")
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.setTimeout(None)
+        self.hub.close_session(self.session)
+        super().connectionLost(reason)
+
+    # --- the hub's Subscriber interface ------------------------------------------
+
+    def deliver(self, event: Event) -> None:
+        self.outbound.write(event.encoded(WIRE_FORMAT, encode_event))
+
+    def close(self, error: ErrorCode) -> None:
+        self.transport.write(f"ERR {error.code} {error.message}\r\n".encode())
+        self.transport.abortConnection()
+
+    def _slow_consumer(self) -> None:
+        self.factory.slow_consumers.inc()
+        self.log.info("chat: dropping slow consumer {nick}", nick=self.session.nick)
+        self.close(SLOW_CONSUMER)
+
+    def shutting_down(self) -> None:
+        self.send_line("BYE server shutting down")
+
+    # --- output ---------------------------------------------------------------
+
+    def send_line(self, line: str) -> None:
+        self.outbound.write(line.encode("utf-8") + b"\r\n")
+
+    def send_error(self, error: ErrorCode, detail: str | None = None) -> None:
+        self.metrics.error(error.code)
+        self.send_line(f"ERR {error.code} {detail or error.message}")
+
+    # --- input ----------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._discarding:
+            end = data.find(b"\n")
+            if end < 0:
+                return  # still inside the over-long line
+            self._discarding = False
+            data = data[end + 1 :]
+        self.metrics.bytes_in.inc(len(data))
+        super().dataReceived(data)
+        while self._rest and not self.paused:
+            rest, self._rest = self._rest, b""
+            super().dataReceived(rest)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        # LineReceiver hands over everything buffered: the long line and maybe more lines after it
+        self.send_error(LINE_TOO_LONG, f"lines are limited to {self.MAX_LENGTH} bytes; the line was discarded")
+        end = line.find(b"\n")
+        if end < 0:
+            self._discarding = True
+        else:
+            self._rest = line[end + 1 :]
+
+    def lineReceived(self, raw: bytes) -> None:
+        self.resetTimeout()
+        self.metrics.messages_in.inc()
+        if raw.endswith(b"\r"):
+            raw = raw[:-1]
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            self.send_error(BAD_ENCODING)
+            return
+        if not line.strip():
+            return
+        d = Deferred.fromCoroutine(self._handle(line))
+        if not d.called:
+            # one command at a time: later lines wait until this one is answered
+            self.pauseProducing()
+            d.addBoth(self._resume)
+
+    def _resume(self, _: object) -> None:
+        if self.transport is not None and self.transport.connected:
+            self.resumeProducing()
+
+    async def _handle(self, line: str) -> None:
+        try:
+            if line.startswith("//"):
+                await self._say(line[1:])
+            elif line.startswith("/"):
+                name, _, args = line[1:].partition(" ")
+                handler = getattr(self, f"do_{name.lower()}", None) if name.isalpha() else None
+                if handler is None:
+                    raise HubError(UNKNOWN_COMMAND, f"unknown command /{name}; /help lists the commands")
+                await handler(args.strip())
+            else:
+                await self._say(line)
+        except HubError as e:
+            self.send_error(e.error, e.detail)
+        except Exception:
+            self.log.failure("chat: command {line!r} failed", line=line[:100])
+            self.send_error(INTERNAL)
+
+    async def _say(self, text: str) -> None:
+        if self.current is None:
+            raise HubError(NOT_IN_ROOM, "join a room first (/join ROOM), or use /msg ROOM TEXT")
+        await self.hub.publish(self.session, self.current, text)
+
+    # --- commands -------------------------------------------------------------
+
+    @staticmethod
+    def _words(args: str, least: int, most: int, usage: str) -> list[str]:
+        words = args.split()
+        if not least <= len(words) <= most:
+            raise HubError(BAD_ARGUMENTS, f"usage: {usage}")
+        return words
+
+    def _room_arg(self, words: list[str], usage: str) -> str:
+        if words:
+            return self.hub.check_room(words[0])
+        if self.current is None:
+            raise HubError(BAD_ARGUMENTS, f"usage: {usage} (you are in no room)")
+        return self.current
+
+    async def do_nick(self, args: str) -> None:
+        (nick,) = self._words(args, 1, 1, "/nick NAME")
+        self.hub.set_nick(self.session, nick)
+        self.send_line(f"OK nick {nick}")
+
+    async def do_join(self, args: str) -> None:
+        (name,) = self._words(args, 1, 1, "/join ROOM")
+        room = self.hub.check_room(name)
+        history = await self.hub.join(self.session, room)
+        self.current = room
+        self._send_history(room, history)
+        self.send_line(f"OK join {room}")
+
+    async def do_part(self, args: str) -> None:
+        room = self._room_arg(self._words(args, 0, 1, "/part [ROOM]"), "/part ROOM")
+        self.hub.part(self.session, room)
+        if self.current == room:
+            self.current = next(reversed(self.session.rooms), None)
+        self.send_line(f"OK part {room}")
+
+    async def do_msg(self, args: str) -> None:
+        name, _, text = args.partition(" ")
+        if not name or not text:
+            raise HubError(BAD_ARGUMENTS, "usage: /msg ROOM TEXT")
+        message = await self.hub.publish(self.session, name, text)
+        self.send_line(f"OK msg {message.room} {message.id}")
+
+    async def do_rooms(self, args: str) -> None:
+        self._words(args, 0, 0, "/rooms")
+        for name, members, subscribers in self.hub.room_list():
+            self.send_line(f"ROOM {name} {members} {subscribers}")
+        self.send_line("END rooms")
+
+    async def do_who(self, args: str) -> None:
+        room = self._room_arg(self._words(args, 0, 1, "/who [ROOM]"), "/who ROOM")
+        for nick in self.hub.who(room):
+            self.send_line(f"WHO {room} {nick}")
+        self.send_line(f"END who {room}")
+
+    async def do_history(self, args: str) -> None:
+        words = self._words(args, 0, 2, "/history [ROOM] [N]")
+        limit = None
+        if words and words[-1].isdigit():
+            limit = int(words.pop())
+        room = self._room_arg(words, "/history ROOM [N]")
+        self._send_history(room, await self.hub.recent(room, limit))
+        self.send_line(f"END history {room}")
+
+    async def do_sub(self, args: str) -> None:
+        (name,) = self._words(args, 1, 1, "/sub TOPIC")
+        topic = self.hub.check_room(name)
+        await self.hub.subscribe(self.session, topic)
+        self.send_line(f"OK sub {topic}")
+
+    async def do_unsub(self, args: str) -> None:
+        (name,) = self._words(args, 1, 1, "/unsub TOPIC")
+        topic = self.hub.check_room(name)
+        self.hub.unsubscribe(self.session, topic)
+        self.send_line(f"OK unsub {topic}")
+
+    async def do_pub(self, args: str) -> None:
+        name, _, text = args.partition(" ")
+        if not name or not text:
+            raise HubError(BAD_ARGUMENTS, "usage: /pub TOPIC TEXT")
+        message = await self.hub.publish(self.session, name, text, as_member=False)
+        self.send_line(f"OK pub {message.room} {message.id}")
+
+    async def do_help(self, args: str) -> None:
+        for line in HELP:
+            self.send_line(f"INFO {line}")
+        self.send_line("END help")
+
+    async def do_quit(self, args: str) -> None:
+        self.send_line("BYE goodbye")
+        self.transport.loseConnection()
+
+    def _send_history(self, room: str, messages: list[Message]) -> None:
+        for m in messages:
+            self.send_line(f"HISTORY {room} {m.id} {_stamp(m.ts)} {m.nick} {m.text}")
+
+
+class ChatFactory(ConnectionTrackingFactory):
+    """Configuration and the shared hub for L{ChatProtocol} connections."""
+
+    protocol = ChatProtocol
+
+    def __init__(self, name: str, cfg: ChatConfig, hub: Hub, metrics: ServiceMetrics, clock: IReactorTime) -> None:
+        super().__init__(name, cfg.max_connections, metrics, clock)
+        self.hub = hub
+        self.idle_timeout = cfg.idle_timeout
+        self.max_line_length = cfg.max_line_length
+        self.slow_consumers = hub.metrics.slow_consumers.labels(name)
+
+
+def build(name: str, cfg: ChatConfig, ctx: BuildContext) -> IService:
+    """The chat listener for C{[services.NAME]}."""
+    factory = ChatFactory(name, cfg, ctx.hub, ctx.metrics.for_service(name), ctx.reactor)
+    return StreamListenerService(name, cfg.endpoint, factory, ctx.reactor, ctx.config.daemon.shutdown_timeout)

@@ -1,0 +1,11 @@
+"""The chat/pub-sub hub shared by every front end."""
+
+from myservices.hub.backplane import Backplane, InProcessBackplane
+from myservices.hub.core import Hub, HubConfig, HubService, Room, Session, Subscriber
+from myservices.hub.events import Event, Message, NickChange, Presence
+from myservices.hub.history import HistoryStore
+
+__all__ = [
+    "Backplane", "Event", "HistoryStore", "Hub", "HubConfig", "HubService", "InProcessBackplane",
+    "Message", "NickChange", "Presence", "Room", "Session", "Subscriber",
+]

@@ -1,0 +1,413 @@
+"""The hub: rooms and topics, nicks, presence, publish and history, shared by every front end.
+
+Front ends hand the hub a L{Subscriber} (something that can take an event and
+can be closed), never a protocol object, and call the hub's methods with what
+their clients asked for. The hub holds all the state and rules.
+
+A room has members (with presence: JOIN/PART events, /who) and subscribers
+(topic-style: they receive publications, nobody sees them). Rooms and topics
+share one namespace, so a subscriber of "news" receives what members of the
+room "news" say.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from myservices.config import DURATION, SIZE, MiB, setting
+from myservices.errors import (
+    DATABASE_UNAVAILABLE,
+    NICK_INVALID,
+    NICK_TAKEN,
+    NOT_IN_ROOM,
+    RATE_LIMITED,
+    ROOM_INVALID,
+    TEXT_INVALID,
+    TOO_MANY_ROOMS,
+    ErrorCode,
+    HubError,
+)
+from myservices.hub.backplane import Backplane, InProcessBackplane
+from myservices.hub.events import Event, Message, NickChange, Presence
+from myservices.hub.history import HistoryStore
+from myservices.metrics import Metrics
+from myservices.ratelimit import TokenBucket
+
+
+@dataclass(frozen=True, kw_only=True)
+class HubConfig:
+    """[hub]: rules and limits shared by every front end."""
+
+    history_size: int = setting(50, min=0, max=10_000, doc="messages kept per room and sent on join (0: no history)")
+    max_pending: int = setting(
+        1 * MiB, kind=SIZE, min=4096, max=1024 * MiB,
+        doc="unread output a connection may queue before it is dropped as a slow consumer",
+    )
+    publish_rate: float = setting(10.0, min=0.01, max=1_000_000, doc="messages per second a connection may publish")
+    publish_burst: int = setting(20, min=1, max=1_000_000, doc="messages a connection may publish at once")
+    max_rooms_per_session: int = setting(20, min=1, max=10_000, doc="rooms joined plus topics subscribed, per connection")
+    max_nick_length: int = setting(32, min=1, max=255, doc="longest nick")
+    max_room_length: int = setting(64, min=1, max=255, doc="longest room or topic name")
+    history_flush_interval: float = setting(
+        0.1, kind=DURATION, min=0.001, max=60, doc="seconds between history writes (messages are batched)"
+    )
+    history_batch_size: int = setting(500, min=1, max=100_000, doc="most messages written in one transaction")
+    max_history_backlog: int = setting(
+        100_000, min=1, max=10_000_000, doc="unsaved messages kept while the database is down; older ones are dropped"
+    )
+
+
+class Subscriber(Protocol):
+    """What a front end hands the hub for one connection."""
+
+    def deliver(self, event: Event) -> None:
+        """Send one event to the client (encode with C{event.encoded(fmt, encoder)})."""
+
+    def close(self, error: ErrorCode) -> None:
+        """Tell the client why and disconnect it."""
+
+
+_NICK_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
+_ROOM_RE = re.compile(r"[a-z0-9][a-z0-9_.-]*")
+
+
+class Session:
+    """One connection's state in the hub."""
+
+    def __init__(self, subscriber: Subscriber, nick: str, bucket: TokenBucket) -> None:
+        self.subscriber = subscriber
+        self.nick = nick
+        self.rooms: dict[str, Room] = {}  # joined, with presence
+        self.topics: dict[str, Room] = {}  # subscribed, without presence
+        self.bucket = bucket
+        self.closed = False
+
+    def __repr__(self) -> str:
+        return f"<Session {self.nick}>"
+
+
+class Room:
+    """A room or topic: who receives it and its recent messages."""
+
+    def __init__(self, name: str, history_size: int) -> None:
+        self.name = name
+        self.members: dict[Session, None] = {}  # ordered, for stable /who output
+        self.subscribers: dict[Session, None] = {}
+        self.recent: deque[Message] = deque(maxlen=history_size)
+        self.last_id = 0
+        self.loaded = False
+        self._waiters: list[Deferred[None]] = []
+
+    def audience(self) -> Iterable[Session]:
+        """Everyone who receives publications, each once."""
+        yield from self.members
+        for s in self.subscribers:
+            if s not in self.members:
+                yield s
+
+    @property
+    def empty(self) -> bool:
+        return not self.members and not self.subscribers
+
+
+class Hub:
+    """Rooms, topics and nicks for every front end of one daemon.
+
+    Message ids increase per room: a room loads its recent history (and so its
+    last id) from the L{HistoryStore} the first time it is used in this
+    process. Publishing is synchronous once a room is loaded: a message reaches
+    every member in publish order before C{publish} returns, and history is
+    written afterwards, in batches.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        config: HubConfig,
+        clock: IReactorTime,
+        history: HistoryStore | None = None,
+        backplane: Backplane | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.history = history
+        self.metrics = metrics or Metrics()
+        self.backplane = backplane or InProcessBackplane()
+        self.backplane.start(self._deliver_message)
+        self.sessions: set[Session] = set()
+        self.rooms: dict[str, Room] = {}
+        self._nicks: dict[str, Session] = {}
+        self._guest_numbers = itertools.count(1)
+
+    # --- sessions and nicks ---------------------------------------------------
+
+    def open_session(self, subscriber: Subscriber) -> Session:
+        """Attach a connection; it gets a free guest nick until it picks one."""
+        nick = self._free_guest_nick()
+        bucket = TokenBucket(self.config.publish_rate, self.config.publish_burst, self.clock)
+        session = Session(subscriber, nick, bucket)
+        self.sessions.add(session)
+        self._nicks[nick.lower()] = session
+        self.metrics.hub_sessions.set(len(self.sessions))
+        return session
+
+    def close_session(self, session: Session) -> None:
+        """Detach a connection: it leaves every room (members see PART) and frees its nick."""
+        if session.closed:
+            return
+        session.closed = True
+        for name in list(session.rooms):
+            self.part(session, name)
+        for name in list(session.topics):
+            self.unsubscribe(session, name)
+        self.sessions.discard(session)
+        if self._nicks.get(session.nick.lower()) is session:
+            del self._nicks[session.nick.lower()]
+        self.metrics.hub_sessions.set(len(self.sessions))
+
+    def _free_guest_nick(self) -> str:
+        while True:
+            nick = f"guest{next(self._guest_numbers)}"
+            if nick.lower() not in self._nicks:
+                return nick
+
+    def check_nick(self, nick: str) -> str:
+        if len(nick) > self.config.max_nick_length or not _NICK_RE.fullmatch(nick):
+            raise HubError(
+                NICK_INVALID,
+                f"nick {nick!r}: 1 to {self.config.max_nick_length} letters, digits, _ or -, starting with a letter",
+            )
+        return nick
+
+    def set_nick(self, session: Session, nick: str) -> str:
+        """Take a new nick (unique among connected users, ignoring case); returns the old one."""
+        self.check_nick(nick)
+        holder = self._nicks.get(nick.lower())
+        if holder is not None and holder is not session:
+            raise HubError(NICK_TAKEN, f"nick {nick!r} is in use")
+        old = session.nick
+        if old == nick:
+            return old
+        del self._nicks[old.lower()]
+        self._nicks[nick.lower()] = session
+        session.nick = nick
+        event = NickChange(old=old, new=nick)
+        audience = {session: None}
+        for room in session.rooms.values():
+            audience.update(room.members)
+        self._send(audience, event)
+        return old
+
+    # --- rooms ----------------------------------------------------------------
+
+    def check_room(self, name: str) -> str:
+        """The canonical room name (lower case, without a leading #), or HubError."""
+        canonical = name[1:] if name.startswith("#") else name
+        canonical = canonical.lower()
+        if len(canonical) > self.config.max_room_length or not _ROOM_RE.fullmatch(canonical):
+            raise HubError(
+                ROOM_INVALID,
+                f"room {name!r}: 1 to {self.config.max_room_length} letters, digits, _, . or -"
+                " (case does not matter, a leading # is optional)",
+            )
+        return canonical
+
+    async def _room(self, name: str) -> Room:
+        """The loaded room C{name}, created and loaded from history if needed."""
+        room = self.rooms.get(name)
+        if room is None:
+            room = self.rooms[name] = Room(name, self.config.history_size)
+            self.metrics.hub_rooms.set(len(self.rooms))
+            Deferred.fromCoroutine(self._load(room)).addErrback(
+                lambda f: self.log.failure("loading room {room} failed", f, room=name)
+            )
+        if not room.loaded:
+            d: Deferred[None] = Deferred()
+            room._waiters.append(d)
+            await d
+        return room
+
+    async def _load(self, room: Room) -> None:
+        messages: list[Message] = []
+        if self.history is not None and self.config.history_size:
+            try:
+                messages = await self.history.load(room.name, self.config.history_size)
+            except Exception as e:
+                # chat keeps working without the database; ids restart for this room incarnation
+                self.log.warn("room {room}: history unavailable, starting empty: {error}", room=room.name, error=e)
+        room.recent.extend(messages)
+        room.last_id = messages[-1].id if messages else 0
+        room.loaded = True
+        waiters, room._waiters = room._waiters, []
+        for d in waiters:
+            d.callback(None)
+        self._forget_if_empty(room)
+
+    def _forget_if_empty(self, room: Room) -> None:
+        if room.empty and room.loaded and not room._waiters and self.rooms.get(room.name) is room:
+            del self.rooms[room.name]
+            self.metrics.hub_rooms.set(len(self.rooms))
+
+    def _check_room_budget(self, session: Session, name: str) -> None:
+        if name in session.rooms or name in session.topics:
+            return
+        if len(session.rooms) + len(session.topics) >= self.config.max_rooms_per_session:
+            raise HubError(TOO_MANY_ROOMS, f"at most {self.config.max_rooms_per_session} rooms and topics")
+
+    async def join(self, session: Session, name: str) -> list[Message]:
+        """Join room C{name} with presence; returns its recent history (oldest first).
+
+        Every member, the joiner included, gets a JOIN event. The history is a
+        snapshot taken at the moment of joining: later messages arrive live.
+        """
+        name = self.check_room(name)
+        self._check_room_budget(session, name)
+        room = await self._room(name)
+        if session.closed:
+            self._forget_if_empty(room)
+            return []
+        if session not in room.members:
+            room.members[session] = None
+            session.rooms[name] = room
+            self._send(room.members, Presence(kind="join", room=name, nick=session.nick))
+        return list(room.recent)
+
+    def part(self, session: Session, name: str) -> None:
+        """Leave room C{name}; the remaining members and the leaver get a PART event."""
+        name = self.check_room(name)
+        room = session.rooms.pop(name, None)
+        if room is None:
+            raise HubError(NOT_IN_ROOM, f"not in room {name!r}")
+        event = Presence(kind="part", room=name, nick=session.nick)
+        audience = dict(room.members)
+        del room.members[session]
+        self._send(audience, event)
+        self._forget_if_empty(room)
+
+    async def subscribe(self, session: Session, name: str) -> None:
+        """Receive what is published to C{name}, without presence."""
+        name = self.check_room(name)
+        self._check_room_budget(session, name)
+        room = await self._room(name)
+        if session.closed:
+            self._forget_if_empty(room)
+            return
+        room.subscribers[session] = None
+        session.topics[name] = room
+
+    def unsubscribe(self, session: Session, name: str) -> None:
+        name = self.check_room(name)
+        room = session.topics.pop(name, None)
+        if room is None:
+            raise HubError(NOT_IN_ROOM, f"not subscribed to {name!r}")
+        del room.subscribers[session]
+        self._forget_if_empty(room)
+
+    def room_list(self) -> list[tuple[str, int, int]]:
+        """(name, members, subscribers) of every room in use, sorted by name."""
+        return sorted((r.name, len(r.members), len(r.subscribers)) for r in self.rooms.values() if not r.empty)
+
+    def who(self, name: str) -> list[str]:
+        """Nicks of the members (not subscribers) of C{name}."""
+        room = self.rooms.get(self.check_room(name))
+        return [s.nick for s in room.members] if room else []
+
+    async def recent(self, name: str, limit: int | None = None) -> list[Message]:
+        """The last C{limit} messages of C{name} (oldest first), from memory or the database."""
+        name = self.check_room(name)
+        limit = self.config.history_size if limit is None else min(limit, self.config.history_size)
+        room = self.rooms.get(name)
+        if room is not None and room.loaded:
+            messages = list(room.recent)
+        elif self.history is None:
+            messages = []
+        else:
+            try:
+                messages = await self.history.load(name, self.config.history_size)
+            except Exception as e:
+                raise HubError(DATABASE_UNAVAILABLE, f"history of {name!r} is not available now") from e
+        return messages[-limit:] if limit else []
+
+    # --- publishing -------------------------------------------------------------
+
+    def check_text(self, text: str) -> str:
+        if not text or not text.strip() or any(ord(c) < 32 and c != "\t" or ord(c) == 127 for c in text):
+            raise HubError(TEXT_INVALID, "text must be non-empty, without control characters")
+        return text
+
+    async def publish(self, session: Session, name: str, text: str, *, as_member: bool = True) -> Message:
+        """Publish C{text} to room C{name}.
+
+        With C{as_member} (chat), the sender must have joined the room; without
+        (topic-style /pub), anyone may publish. Each connection is rate limited.
+        """
+        name = self.check_room(name)
+        self.check_text(text)
+        if as_member and name not in session.rooms:
+            raise HubError(NOT_IN_ROOM, f"join {name!r} before sending to it")
+        if not session.bucket.allow():
+            raise HubError(RATE_LIMITED, f"at most {self.config.publish_rate:g} messages per second")
+        room = await self._room(name)
+        room.last_id += 1
+        message = Message(room=name, id=room.last_id, ts=self.clock.seconds(), nick=session.nick, text=text)
+        self.metrics.hub_publishes.inc()
+        self.backplane.publish(message)
+        if self.history is not None:
+            self.history.record(message)
+        self._forget_if_empty(room)
+        return message
+
+    def _deliver_message(self, message: Message) -> None:
+        """From the backplane: fan the message out to this hub's audience of its room."""
+        room = self.rooms.get(message.room)
+        if room is None:
+            return
+        room.recent.append(message)
+        room.last_id = max(room.last_id, message.id)
+        self._send(room.audience(), message)
+
+    def _send(self, sessions: Iterable[Session], event: Event) -> None:
+        delivered = 0
+        for session in list(sessions):
+            try:
+                session.subscriber.deliver(event)
+                delivered += 1
+            except Exception:
+                # one broken connection never stops delivery to the others
+                self.log.failure("delivering to {session} failed; closing it", session=session)
+                self.close_session(session)
+        self.metrics.hub_deliveries.inc(delivered)
+
+
+class HubService(Service):
+    """Runs the hub in the service tree: on stop, history still queued is written out.
+
+    It sits between the database and the front ends, so it stops after every
+    front end (no more messages arrive) and before the database closes.
+    """
+
+    name = "hub"
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        return Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        if self.hub.history is not None:
+            await self.hub.history.flush()
+        self.hub.backplane.stop()

@@ -1,0 +1,48 @@
+"""What the hub delivers: messages, presence and nick changes, each encoded once per wire format."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+
+@dataclass(eq=False)
+class Event:
+    """Base of hub events. C{encoded} caches the bytes per wire format, so a room
+    of N members on one front end costs one encoding, not N."""
+
+    _encoded: dict[str, bytes] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def encoded(self, fmt: str, encoder: Callable[[Event], bytes]) -> bytes:
+        data = self._encoded.get(fmt)
+        if data is None:
+            data = self._encoded[fmt] = encoder(self)
+        return data
+
+
+@dataclass(eq=False)
+class Message(Event):
+    """A publication in a room or topic. C{id} increases per room; C{ts} is seconds since the epoch."""
+
+    room: str = ""
+    id: int = 0
+    ts: float = 0.0
+    nick: str = ""
+    text: str = ""
+
+
+@dataclass(eq=False)
+class Presence(Event):
+    """A member joined or left a room (C{kind} is "join" or "part")."""
+
+    kind: str = ""
+    room: str = ""
+    nick: str = ""
+
+
+@dataclass(eq=False)
+class NickChange(Event):
+    """A user took a new nick."""
+
+    old: str = ""
+    new: str = ""

@@ -1,0 +1,61 @@
+"""A connection's outbound path with a bound: what a slow reader can cost the server."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+
+from twisted.internet.interfaces import IPushProducer, ITransport
+from zope.interface import implementer
+
+
+@implementer(IPushProducer)
+class Outbound:
+    """Writes to a transport; while the transport's buffer is full, queues up to C{max_pending} bytes.
+
+    Registered as the transport's streaming producer: Twisted pauses it when
+    the kernel stops taking data from the connection (the peer is not reading)
+    and resumes it when the buffer drains. Past C{max_pending} queued bytes,
+    C{on_overflow} is called once; the caller disconnects the slow consumer.
+    Memory per connection stays at about the transport's buffer plus
+    C{max_pending}. Writes are not flushed one by one: Twisted batches them.
+    """
+
+    def __init__(self, transport: ITransport, max_pending: int, on_overflow: Callable[[], None]) -> None:
+        self._transport = transport
+        self.max_pending = max_pending
+        self._on_overflow = on_overflow
+        self._queue: deque[bytes] = deque()
+        self.pending = 0
+        self.paused = False
+        self.overflowed = False
+        transport.registerProducer(self, True)
+
+    def write(self, data: bytes) -> None:
+        if self.overflowed:
+            return
+        if not self.paused:
+            self._transport.write(data)
+            return
+        self._queue.append(data)
+        self.pending += len(data)
+        if self.pending > self.max_pending:
+            self.overflowed = True
+            self._queue.clear()
+            self.pending = 0
+            self._on_overflow()
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        # writing may fill the transport again, which pauses us from inside write()
+        while self._queue and not self.paused:
+            data = self._queue.popleft()
+            self.pending -= len(data)
+            self._transport.write(data)
+
+    def stopProducing(self) -> None:
+        self._queue.clear()
+        self.pending = 0

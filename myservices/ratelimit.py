@@ -1,0 +1,26 @@
+"""A token bucket on an injected clock."""
+
+from __future__ import annotations
+
+from twisted.internet.interfaces import IReactorTime
+
+
+class TokenBucket:
+    """Allows C{rate} events per second on average and bursts of up to C{burst}."""
+
+    def __init__(self, rate: float, burst: int, clock: IReactorTime) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._clock = clock
+        self._tokens = float(burst)
+        self._stamp = clock.seconds()
+
+    def allow(self) -> bool:
+        """Take one token if there is one."""
+        now = self._clock.seconds()
+        self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+        self._stamp = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return True
+        return False
