@@ -187,7 +187,7 @@ class Hub:
         if len(nick) > self.config.max_nick_length or not _NICK_RE.fullmatch(nick):
             raise HubError(
                 NICK_INVALID,
-                f"nick {nick!r}: 1 to {self.config.max_nick_length} letters, digits, _ or -, starting with a letter",
+                f'nick "{nick}": 1 to {self.config.max_nick_length} letters, digits, _ or -, starting with a letter',
             )
         return nick
 
@@ -196,7 +196,7 @@ class Hub:
         self.check_nick(nick)
         holder = self._nicks.get(nick.lower())
         if holder is not None and holder is not session:
-            raise HubError(NICK_TAKEN, f"nick {nick!r} is in use")
+            raise HubError(NICK_TAKEN, f"nick \"{nick}\" is in use")
         old = session.nick
         if old == nick:
             return old
@@ -219,25 +219,27 @@ class Hub:
         if len(canonical) > self.config.max_room_length or not _ROOM_RE.fullmatch(canonical):
             raise HubError(
                 ROOM_INVALID,
-                f"room {name!r}: 1 to {self.config.max_room_length} letters, digits, _, . or -"
+                f"room \"{name}\": 1 to {self.config.max_room_length} letters, digits, _, . or -"
                 " (case does not matter, a leading # is optional)",
             )
         return canonical
 
     async def _room(self, name: str) -> Room:
         """The loaded room C{name}, created and loaded from history if needed."""
-        room = self.rooms.get(name)
-        if room is None:
-            room = self.rooms[name] = Room(name, self.config.history_size)
-            self.metrics.hub_rooms.set(len(self.rooms))
-            Deferred.fromCoroutine(self._load(room)).addErrback(
-                lambda f: self.log.failure("loading room {room} failed", f, room=name)
-            )
-        if not room.loaded:
+        while True:
+            room = self.rooms.get(name)
+            if room is None:
+                room = self.rooms[name] = Room(name, self.config.history_size)
+                self.metrics.hub_rooms.set(len(self.rooms))
+                Deferred.fromCoroutine(self._load(room)).addErrback(
+                    lambda f: self.log.failure("loading room {room} failed", f, room=name)
+                )
+            if room.loaded:
+                return room
             d: Deferred[None] = Deferred()
             room._waiters.append(d)
             await d
-        return room
+            # look again: while we waited, everyone else may have left and the room been forgotten
 
     async def _load(self, room: Room) -> None:
         messages: list[Message] = []
@@ -253,17 +255,16 @@ class Hub:
         waiters, room._waiters = room._waiters, []
         for d in waiters:
             d.callback(None)
-        self._forget_if_empty(room)
 
     def _forget_if_empty(self, room: Room) -> None:
-        if room.empty and room.loaded and not room._waiters and self.rooms.get(room.name) is room:
+        if room.empty and room.loaded and self.rooms.get(room.name) is room:
             del self.rooms[room.name]
             self.metrics.hub_rooms.set(len(self.rooms))
 
     def _check_room_budget(self, session: Session, name: str) -> None:
         if name in session.rooms or name in session.topics:
             return
-        if len(session.rooms) + len(session.topics) >= self.config.max_rooms_per_session:
+        if len(session.rooms.keys() | session.topics.keys()) >= self.config.max_rooms_per_session:
             raise HubError(TOO_MANY_ROOMS, f"at most {self.config.max_rooms_per_session} rooms and topics")
 
     async def join(self, session: Session, name: str) -> list[Message]:
@@ -289,7 +290,7 @@ class Hub:
         name = self.check_room(name)
         room = session.rooms.pop(name, None)
         if room is None:
-            raise HubError(NOT_IN_ROOM, f"not in room {name!r}")
+            raise HubError(NOT_IN_ROOM, f"not in room \"{name}\"")
         event = Presence(kind="part", room=name, nick=session.nick)
         audience = dict(room.members)
         del room.members[session]
@@ -311,7 +312,7 @@ class Hub:
         name = self.check_room(name)
         room = session.topics.pop(name, None)
         if room is None:
-            raise HubError(NOT_IN_ROOM, f"not subscribed to {name!r}")
+            raise HubError(NOT_IN_ROOM, f"not subscribed to \"{name}\"")
         del room.subscribers[session]
         self._forget_if_empty(room)
 
@@ -337,7 +338,7 @@ class Hub:
             try:
                 messages = await self.history.load(name, self.config.history_size)
             except Exception as e:
-                raise HubError(DATABASE_UNAVAILABLE, f"history of {name!r} is not available now") from e
+                raise HubError(DATABASE_UNAVAILABLE, f"history of \"{name}\" is not available now") from e
         return messages[-limit:] if limit else []
 
     # --- publishing -------------------------------------------------------------
@@ -356,7 +357,7 @@ class Hub:
         name = self.check_room(name)
         self.check_text(text)
         if as_member and name not in session.rooms:
-            raise HubError(NOT_IN_ROOM, f"join {name!r} before sending to it")
+            raise HubError(NOT_IN_ROOM, f"join \"{name}\" before sending to it")
         if not session.bucket.allow():
             raise HubError(RATE_LIMITED, f"at most {self.config.publish_rate:g} messages per second")
         room = await self._room(name)

@@ -1,0 +1,357 @@
+"""The hub with fake subscribers and a Clock; history on a real SQLite database."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.trial.unittest import TestCase
+
+from myservices.config import DatabaseConfig
+from myservices.db import Database, DatabaseUnavailable
+from myservices.errors import (
+    NICK_INVALID,
+    NICK_TAKEN,
+    NOT_IN_ROOM,
+    RATE_LIMITED,
+    ROOM_INVALID,
+    TEXT_INVALID,
+    TOO_MANY_ROOMS,
+    ErrorCode,
+    HubError,
+)
+from myservices.hub import Event, HistoryStore, Hub, HubConfig, Message, NickChange, Presence
+from myservices.metrics import Metrics
+
+
+class FakeSubscriber:
+    def __init__(self, fail: bool = False) -> None:
+        self.events: list[Event] = []
+        self.closed_with: ErrorCode | None = None
+        self.fail = fail
+
+    def deliver(self, event: Event) -> None:
+        if self.fail:
+            raise RuntimeError("broken connection")
+        self.events.append(event)
+
+    def close(self, error: ErrorCode) -> None:
+        self.closed_with = error
+
+    def texts(self) -> list[str]:
+        return [e.text for e in self.events if isinstance(e, Message)]
+
+
+class HubTestsMixin:
+    def make_hub(self, history: HistoryStore | None = None, **config: object) -> Hub:
+        self.clock = Clock()
+        return Hub(HubConfig(**config), self.clock, history=history)
+
+    def session(self, hub: Hub, nick: str | None = None, fail: bool = False):
+        sub = FakeSubscriber(fail)
+        session = hub.open_session(sub)
+        if nick:
+            hub.set_nick(session, nick)
+        sub.events.clear()
+        return session, sub
+
+    def assertHubError(self, error: ErrorCode, f, *args, **kw) -> HubError:
+        try:
+            result = f(*args, **kw)
+        except HubError as e:
+            exc = e
+        else:
+            self.assertTrue(inspect.iscoroutine(result), "no HubError raised")
+            exc = self.failureResultOf(Deferred.fromCoroutine(result), HubError).value
+        self.assertEqual(exc.error, error)
+        return exc
+
+
+class HubTests(HubTestsMixin, TestCase):
+    def run_(self, coro):
+        return self.successResultOf(Deferred.fromCoroutine(coro))
+
+    def test_publish_reaches_every_member_once_in_order_sender_included(self) -> None:
+        hub = self.make_hub(publish_rate=1000, publish_burst=1000)
+        members = [self.session(hub, f"user{i}") for i in range(3)]
+        for session, _ in members:
+            self.run_(hub.join(session, "lobby"))
+        for _, sub in members:
+            sub.events.clear()
+        for i in range(10):
+            self.run_(hub.publish(members[i % 3][0], "lobby", f"m{i}"))
+        for _, sub in members:
+            self.assertEqual(sub.texts(), [f"m{i}" for i in range(10)])
+            self.assertEqual([e.id for e in sub.events], list(range(1, 11)))
+
+    def test_a_failing_member_does_not_stop_delivery_to_the_others(self) -> None:
+        hub = self.make_hub()
+        alice, a = self.session(hub, "alice")
+        broken, _ = self.session(hub, "broken", fail=False)
+        bob, b = self.session(hub, "bob")
+        for s in (alice, broken, bob):
+            self.run_(hub.join(s, "lobby"))
+        broken.subscriber.fail = True
+        self.run_(hub.publish(alice, "lobby", "still here"))
+        self.assertEqual(a.texts(), ["still here"])
+        self.assertEqual(b.texts(), ["still here"])
+        self.assertNotIn(broken, hub.sessions)  # the broken one was detached
+        self.assertEqual(hub.who("lobby"), ["alice", "bob"])
+        self.flushLoggedErrors(RuntimeError)
+
+    def test_presence_join_and_part(self) -> None:
+        hub = self.make_hub()
+        alice, a = self.session(hub, "alice")
+        bob, b = self.session(hub, "bob")
+        self.run_(hub.join(alice, "lobby"))
+        a.events.clear()
+        self.run_(hub.join(bob, "lobby"))
+        self.assertEqual([(e.kind, e.nick) for e in a.events], [("join", "bob")])
+        self.assertEqual([(e.kind, e.nick) for e in b.events], [("join", "bob")])
+        hub.part(bob, "lobby")
+        self.assertEqual([(e.kind, e.nick) for e in a.events], [("join", "bob"), ("part", "bob")])
+        self.assertEqual(hub.who("lobby"), ["alice"])
+        hub.close_session(alice)
+        self.assertEqual(hub.rooms, {})  # an empty room is forgotten
+
+    def test_join_sends_the_joiner_its_own_join(self) -> None:
+        hub = self.make_hub()
+        alice, a = self.session(hub, "alice")
+        self.run_(hub.join(alice, "lobby"))
+        self.assertEqual([(type(e), e.kind, e.nick) for e in a.events], [(Presence, "join", "alice")])
+
+    def test_subscribers_receive_messages_without_presence(self) -> None:
+        hub = self.make_hub()
+        alice, a = self.session(hub, "alice")
+        reader, r = self.session(hub)
+        self.run_(hub.subscribe(reader, "news"))
+        self.run_(hub.join(alice, "news"))
+        self.run_(hub.publish(alice, "news", "hello"))
+        self.assertEqual(r.texts(), ["hello"])
+        self.assertEqual([type(e) for e in r.events], [Message])  # no JOIN seen
+        self.assertEqual(hub.who("news"), ["alice"])
+        self.assertEqual(hub.room_list(), [("news", 1, 1)])
+
+    def test_member_and_subscriber_receives_once(self) -> None:
+        hub = self.make_hub()
+        alice, a = self.session(hub, "alice")
+        self.run_(hub.join(alice, "news"))
+        self.run_(hub.subscribe(alice, "news"))
+        a.events.clear()
+        self.run_(hub.publish(alice, "news", "once"))
+        self.assertEqual(a.texts(), ["once"])
+
+    def test_topic_publish_needs_no_membership(self) -> None:
+        hub = self.make_hub()
+        writer, w = self.session(hub, "writer")
+        reader, r = self.session(hub, "reader")
+        self.run_(hub.subscribe(reader, "news"))
+        message = self.run_(hub.publish(writer, "news", "extra", as_member=False))
+        self.assertEqual(message.id, 1)
+        self.assertEqual(r.texts(), ["extra"])
+        self.assertEqual(w.events, [])
+        self.assertHubError(NOT_IN_ROOM, hub.publish, writer, "news", "as member")
+
+    def test_nick_rules(self) -> None:
+        hub = self.make_hub(max_nick_length=8)
+        alice, _ = self.session(hub, "alice")
+        other, _ = self.session(hub)
+        for bad in ("", "1abc", "has space", "toolongnick", "é"):
+            self.assertHubError(NICK_INVALID, hub.set_nick, other, bad)
+        error = self.assertHubError(NICK_TAKEN, hub.set_nick, other, "ALICE")
+        self.assertEqual(error.detail, 'nick "ALICE" is in use')
+        hub.set_nick(alice, "Alice")  # changing your own case is fine
+        hub.close_session(alice)
+        hub.set_nick(other, "alice")  # freed on disconnect
+
+    def test_nick_change_reaches_the_user_and_its_rooms_once(self) -> None:
+        hub = self.make_hub()
+        alice, a = self.session(hub, "alice")
+        bob, b = self.session(hub, "bob")
+        loner, lone = self.session(hub, "loner")
+        for room in ("one", "two"):
+            self.run_(hub.join(alice, room))
+            self.run_(hub.join(bob, room))
+        a.events.clear()
+        b.events.clear()
+        hub.set_nick(alice, "alicia")
+        self.assertEqual([(e.old, e.new) for e in a.events], [("alice", "alicia")])
+        self.assertEqual([(e.old, e.new) for e in b.events if isinstance(e, NickChange)], [("alice", "alicia")])
+        self.assertEqual(lone.events, [])
+        self.assertEqual(hub.who("one"), ["alicia", "bob"])
+
+    def test_room_rules(self) -> None:
+        hub = self.make_hub(max_room_length=10)
+        self.assertEqual(hub.check_room("#Lobby"), "lobby")
+        self.assertEqual(hub.check_room("a.b-c_1"), "a.b-c_1")
+        for bad in ("", "#", "has space", "x" * 11, "-start", "ü"):
+            self.assertHubError(ROOM_INVALID, hub.check_room, bad)
+
+    def test_publish_checks(self) -> None:
+        hub = self.make_hub()
+        alice, _ = self.session(hub, "alice")
+        self.assertHubError(NOT_IN_ROOM, hub.publish, alice, "lobby", "hi")
+        self.run_(hub.join(alice, "lobby"))
+        for bad in ("", "   ", "bell\x07", "esc\x1b[31m"):
+            self.assertHubError(TEXT_INVALID, hub.publish, alice, "lobby", bad)
+        self.assertEqual(self.run_(hub.publish(alice, "lobby", "tab\tis fine")).text, "tab\tis fine")
+
+    def test_rooms_per_session_limit(self) -> None:
+        hub = self.make_hub(max_rooms_per_session=2)
+        alice, _ = self.session(hub, "alice")
+        self.run_(hub.join(alice, "one"))
+        self.run_(hub.subscribe(alice, "two"))
+        self.assertHubError(TOO_MANY_ROOMS, hub.join, alice, "three")
+        self.run_(hub.join(alice, "two"))  # already counted: allowed
+        hub.part(alice, "one")
+        self.run_(hub.join(alice, "three"))
+
+    def test_publish_rate_limit_refills_with_time(self) -> None:
+        hub = self.make_hub(publish_rate=2, publish_burst=3)
+        alice, a = self.session(hub, "alice")
+        self.run_(hub.join(alice, "lobby"))
+        for i in range(3):
+            self.run_(hub.publish(alice, "lobby", f"m{i}"))
+        self.assertHubError(RATE_LIMITED, hub.publish, alice, "lobby", "too fast")
+        self.clock.advance(0.5)  # one token at 2 per second
+        self.run_(hub.publish(alice, "lobby", "again"))
+        self.assertHubError(RATE_LIMITED, hub.publish, alice, "lobby", "too fast")
+        self.assertEqual(a.texts(), ["m0", "m1", "m2", "again"])
+
+    def test_join_returns_recent_history_snapshot(self) -> None:
+        hub = self.make_hub(history_size=3, publish_burst=100)
+        alice, _ = self.session(hub, "alice")
+        self.run_(hub.join(alice, "lobby"))
+        for i in range(5):
+            self.run_(hub.publish(alice, "lobby", f"m{i}"))
+        bob, _ = self.session(hub, "bob")
+        history = self.run_(hub.join(bob, "lobby"))
+        self.assertEqual([(m.id, m.text) for m in history], [(3, "m2"), (4, "m3"), (5, "m4")])
+        self.assertEqual([m.text for m in self.run_(hub.recent("lobby", 2))], ["m3", "m4"])
+
+    def test_each_event_is_encoded_once_per_wire_format(self) -> None:
+        hub = self.make_hub()
+        calls = []
+
+        class Encoding(FakeSubscriber):
+            def deliver(self, event: Event) -> None:
+                event.encoded("line", lambda e: calls.append(e) or b"x")
+
+        sessions = [hub.open_session(Encoding()) for _ in range(50)]
+        for s in sessions:
+            self.run_(hub.join(s, "lobby"))
+        calls.clear()
+        self.run_(hub.publish(sessions[0], "lobby", "hello"))
+        self.assertEqual(len(calls), 1)
+
+
+class HistoryTests(HubTestsMixin, TestCase):
+    """History through a real SQLite database (the MariaDB run is in test_chat)."""
+
+    async def database(self, url: str | None = None) -> Database:
+        url = url or f"sqlite:///{Path(self.mktemp()).resolve()}/h.sqlite3"
+        db = Database.from_config(DatabaseConfig(url=url), Path(self.mktemp()), reactor)
+        db.startService()
+        self.addCleanup(lambda: db.stopService() if db.running else None)
+        await db.when_ready()
+        return db
+
+    def store(self, db: Database, clock: Clock, keep: int = 50, **kw: object) -> HistoryStore:
+        options = dict(flush_interval=0.1, batch_size=500, max_backlog=1000)
+        options.update(kw)
+        return HistoryStore(db, clock, keep=keep, metrics=Metrics(), **options)
+
+    async def test_messages_are_written_in_batches_after_the_interval(self) -> None:
+        db = await self.database()
+        clock = Clock()
+        store = self.store(db, clock)
+        for i in range(1, 4):
+            store.record(Message(room="lobby", id=i, ts=1.0, nick="a", text=f"m{i}"))
+        self.assertEqual(store.backlog, 3)
+        self.assertEqual(await db.run(_count_txn), 0)  # nothing written before the timer
+        clock.advance(0.1)
+        await store.flush()  # waits for the write the timer started
+        self.assertEqual(await db.run(_count_txn), 3)
+        self.assertEqual(store.backlog, 0)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    async def test_only_the_last_n_are_kept_and_load_merges_unsaved(self) -> None:
+        db = await self.database()
+        clock = Clock()
+        store = self.store(db, clock, keep=3)
+        for i in range(1, 6):
+            store.record(Message(room="lobby", id=i, ts=float(i), nick="a", text=f"m{i}"))
+        await store.flush()
+        self.assertEqual(await db.run(_count_txn), 3)
+        store.record(Message(room="lobby", id=6, ts=6.0, nick="a", text="m6"))  # not yet written
+        loaded = await store.load("lobby", 3)
+        self.assertEqual([m.id for m in loaded], [4, 5, 6])
+        await store.flush()
+
+    async def test_database_down_keeps_the_backlog_and_retries(self) -> None:
+        db = await self.database()
+        clock = Clock()
+        store = self.store(db, clock, max_backlog=3)
+        db.stopService()  # the database is gone
+        for i in range(1, 6):
+            store.record(Message(room="lobby", id=i, ts=1.0, nick="a", text=f"m{i}"))
+        self.assertEqual(store.backlog, 3)  # the two oldest were dropped
+        self.assertEqual(store.metrics.registry.get_sample_value("myservices_history_dropped_messages_total"), 2)
+        clock.advance(0.1)
+        self.assertEqual(store.backlog, 3)  # write failed, kept
+        db.startService()
+        await db.when_ready()
+        clock.advance(1.0)  # the retry
+        await store.flush()
+        self.assertEqual(await db.run(_count_txn), 3)
+
+    async def test_room_history_and_ids_survive_a_new_hub(self) -> None:
+        """What a restart does: a new hub on the same database continues each room's ids."""
+        db = await self.database()
+        clock = Clock()
+        store = self.store(db, clock)
+        hub = Hub(HubConfig(), clock, history=store)
+        alice, _ = self.session(hub, "alice")
+        await hub.join(alice, "lobby")
+        for text in ("one", "two"):
+            await hub.publish(alice, "lobby", text)
+        await store.flush()
+
+        store2 = self.store(db, clock)
+        hub2 = Hub(HubConfig(), clock, history=store2)
+        bob, _ = self.session(hub2, "bob")
+        history = await hub2.join(bob, "lobby")
+        self.assertEqual([(m.id, m.nick, m.text) for m in history], [(1, "alice", "one"), (2, "alice", "two")])
+        message = await hub2.publish(bob, "lobby", "three")
+        self.assertEqual(message.id, 3)
+        await store2.flush()
+
+    async def test_history_of_a_room_nobody_is_in(self) -> None:
+        db = await self.database()
+        clock = Clock()
+        store = self.store(db, clock)
+        hub = Hub(HubConfig(), clock, history=store)
+        alice, _ = self.session(hub, "alice")
+        await hub.publish(alice, "news", "archived", as_member=False)
+        self.assertEqual(hub.rooms, {})
+        self.assertEqual([m.text for m in await hub.recent("news")], ["archived"])
+        await store.flush()
+        self.assertEqual([m.text for m in await hub.recent("news")], ["archived"])
+
+    async def test_unavailable_history_gives_a_clear_error(self) -> None:
+        db = await self.database()
+        clock = Clock()
+        hub = Hub(HubConfig(), clock, history=self.store(db, clock))
+        db.stopService()
+        with self.assertRaises(HubError) as caught:
+            await hub.recent("news")
+        self.assertEqual(caught.exception.error.code, "DATABASE_UNAVAILABLE")
+        self.assertIsInstance(caught.exception.__cause__, DatabaseUnavailable)
+
+
+def _count_txn(txn) -> int:
+    txn.execute("SELECT COUNT(*) FROM chat_messages")
+    return txn.fetchone()[0]
