@@ -117,3 +117,76 @@ def free_port() -> int:
 
 def ci() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+class LineClient(Protocol):
+    """A chat client: reads CRLF lines; commands wait for their final line (OK, END, ERR)."""
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self.unread: list[str] = []
+        self.closed: Deferred[None] = Deferred()
+        self._waiter: tuple[Any, Deferred[list[str]]] | None = None
+
+    def dataReceived(self, data: bytes) -> None:
+        self._buffer += data
+        *lines, self._buffer = self._buffer.split(b"\r\n")
+        self.unread.extend(line.decode("utf-8") for line in lines)
+        self._check()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if self._waiter:
+            d = self._waiter[1]
+            self._waiter = None
+            d.errback(reason)
+        self.closed.callback(None)
+
+    def _check(self) -> None:
+        if not self._waiter:
+            return
+        pred, d = self._waiter
+        for i, line in enumerate(self.unread):
+            if pred(line):
+                taken, self.unread = self.unread[: i + 1], self.unread[i + 1 :]
+                self._waiter = None
+                d.callback(taken)
+                return
+
+    def read_until(self, pred: Any) -> Deferred[list[str]]:
+        """Lines up to and including the first one for which C{pred} is true."""
+        if isinstance(pred, str):
+            prefix = pred
+            pred = lambda line: line.startswith(prefix)  # noqa: E731
+        d: Deferred[list[str]] = Deferred()
+        self._waiter = (pred, d)
+        self._check()
+        return d
+
+    def send(self, line: str | bytes) -> None:
+        data = line if isinstance(line, bytes) else line.encode("utf-8") + b"\r\n"
+        self.transport.write(data)
+
+    async def command(self, line: str) -> list[str]:
+        """Send a command; return every line up to its final OK/END/ERR line."""
+        self.send(line)
+        return await self.read_until(lambda l: l.split(" ", 1)[0] in ("OK", "END", "ERR", "BYE"))
+
+
+async def chat_client(testcase: TestCase, port: int, nick: str | None = None) -> LineClient:
+    """A connected chat client that has read its WELCOME (and taken C{nick})."""
+    from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+
+    client = LineClient()
+    await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), client)
+
+    async def cleanup() -> None:
+        if client.transport.connected:
+            client.transport.abortConnection()
+            await client.closed
+
+    testcase.addCleanup(lambda: Deferred.fromCoroutine(cleanup()))
+    await client.read_until("WELCOME")
+    if nick:
+        lines = await client.command(f"/nick {nick}")
+        assert lines[-1] == f"OK nick {nick}", lines
+    return client

@@ -1,0 +1,255 @@
+"""The TCP line chat over loopback with real clients, on SQLite and on MariaDB."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import TestCase
+
+from myservices.errors import ERRORS
+from tests import mysql
+from tests.support import chat_client, load, port_of, start_tree
+
+HUB_FAST = "publish_rate = 100000.0\npublish_burst = 100000"
+
+
+def chat_config(database_url: str, hub: str = HUB_FAST, chat: str = "") -> str:
+    return f"""
+[daemon]
+shutdown_timeout = 2
+[database]
+url = "{database_url}"
+[hub]
+{hub}
+[services.chat]
+endpoint = "tcp:0:interface=127.0.0.1"
+{chat if "max_line_length" in chat else chat + chr(10) + "max_line_length = 256"}
+"""
+
+
+class ChatTestsMixin:
+    """Tests that touch history run on both databases."""
+
+    def database_url(self) -> str:
+        raise NotImplementedError
+
+    async def start(self, hub: str = HUB_FAST, chat: str = "", url: str | None = None):
+        self.url = url or getattr(self, "url", None) or self.database_url()
+        return await start_tree(self, load(self, chat_config(self.url, hub, chat)))
+
+    async def test_two_users_chat_and_a_late_joiner_sees_the_history(self) -> None:
+        tree = await self.start()
+        port = port_of(tree, "chat")
+        alice = await chat_client(self, port, "alice")
+        bob = await chat_client(self, port, "bob")
+        self.assertEqual(await alice.command("/join lobby"), ["JOIN lobby alice", "OK join lobby"])
+        self.assertEqual(await bob.command("/join #Lobby"), ["JOIN lobby bob", "OK join lobby"])
+        self.assertEqual(await alice.read_until("JOIN"), ["JOIN lobby bob"])
+
+        alice.send("hello bob")
+        self.assertEqual(await alice.read_until("MSG"), ["MSG lobby 1 alice hello bob"])
+        self.assertEqual(await bob.read_until("MSG"), ["MSG lobby 1 alice hello bob"])
+        self.assertEqual(await bob.command("/msg lobby hi alice"), ["MSG lobby 2 bob hi alice", "OK msg lobby 2"])
+        self.assertEqual(await alice.read_until("MSG"), ["MSG lobby 2 bob hi alice"])
+
+        carol = await chat_client(self, port, "carol")
+        lines = await carol.command("/join lobby")
+        self.assertEqual(lines[0], "JOIN lobby carol")
+        history = [line.split(" ", 4) for line in lines[1:-1]]
+        self.assertEqual([(h[0], h[1], h[2]) for h in history], [("HISTORY", "lobby", "1"), ("HISTORY", "lobby", "2")])
+        self.assertEqual([h[4] for h in history], ["alice hello bob", "bob hi alice"])
+        self.assertRegex(history[0][3], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+        self.assertEqual(lines[-1], "OK join lobby")
+        self.assertEqual(await carol.command("/who"), ["WHO lobby alice", "WHO lobby bob", "WHO lobby carol", "END who lobby"])
+
+    async def test_history_survives_a_graceful_restart(self) -> None:
+        tree = await self.start()
+        alice = await chat_client(self, port_of(tree, "chat"), "alice")
+        await alice.command("/join lobby")
+        for i in range(5):
+            await alice.command(f"/msg lobby message {i}")
+        # stop at once: the history writes are still queued and must be flushed on stop
+        await tree.stopService()
+        await alice.closed
+
+        tree = await self.start()
+        bob = await chat_client(self, port_of(tree, "chat"), "bob")
+        lines = await bob.command("/join lobby")
+        self.assertEqual([line.split(" ", 5)[5] for line in lines[1:-1]], [f"message {i}" for i in range(5)])
+        self.assertEqual(await bob.command("/msg lobby after restart"), ["MSG lobby 6 bob after restart", "OK msg lobby 6"])
+
+    async def test_history_command_and_topics(self) -> None:
+        tree = await self.start()
+        port = port_of(tree, "chat")
+        writer = await chat_client(self, port, "writer")
+        reader = await chat_client(self, port)
+        self.assertEqual(await reader.command("/sub news"), ["OK sub news"])
+        self.assertEqual(await writer.command("/pub news one"), ["OK pub news 1"])
+        self.assertEqual(await reader.read_until("MSG"), ["MSG news 1 writer one"])
+        await writer.command("/pub news two")
+        lines = await writer.command("/history news 1")
+        self.assertEqual(len(lines), 2)
+        self.assertTrue(lines[0].startswith("HISTORY news 2 ") and lines[0].endswith(" writer two"), lines)
+        self.assertEqual(lines[1], "END history news")
+        self.assertEqual(await writer.command("/rooms"), ["ROOM news 0 1", "END rooms"])
+        self.assertEqual(await reader.command("/unsub news"), ["MSG news 2 writer two", "OK unsub news"])
+        self.assertEqual(await writer.command("/rooms"), ["END rooms"])
+
+
+class SQLiteChatTests(ChatTestsMixin, TestCase):
+    def database_url(self) -> str:
+        return f"sqlite:///{Path(self.mktemp()).resolve()}/chat.sqlite3"
+
+    async def test_every_error_code_the_line_protocol_can_produce(self) -> None:
+        tree = await self.start(hub="publish_rate = 1.0\npublish_burst = 3\nmax_rooms_per_session = 2")
+        port = port_of(tree, "chat")
+        alice = await chat_client(self, port, "alice")
+        bob = await chat_client(self, port)
+        cases = [
+            ("/frobnicate", "UNKNOWN_COMMAND"),
+            ("/join", "BAD_ARGUMENTS"),
+            ("/join a b", "BAD_ARGUMENTS"),
+            ("/msg lobby", "BAD_ARGUMENTS"),
+            ("/nick 9lives", "NICK_INVALID"),
+            ("/nick ALICE", "NICK_TAKEN"),
+            ("/join bad room!", "BAD_ARGUMENTS"),
+            ("/join bad!", "ROOM_INVALID"),
+            ("plain text", "NOT_IN_ROOM"),
+            ("/msg lobby hi", "NOT_IN_ROOM"),
+            ("/part lobby", "NOT_IN_ROOM"),
+            ("/unsub lobby", "NOT_IN_ROOM"),
+            ("/msg lobby \x01", "TEXT_INVALID"),
+        ]
+        seen = set()
+        for line, code in cases:
+            lines = await bob.command(line)
+            self.assertEqual(lines[-1].split(" ")[:2], ["ERR", code], (line, lines))
+            seen.add(code)
+        await bob.command("/join one")
+        await bob.command("/sub two")
+        lines = await bob.command("/join three")
+        self.assertEqual(lines[-1].split(" ")[:2], ["ERR", "TOO_MANY_ROOMS"])
+        seen.add("TOO_MANY_ROOMS")
+        # three in the burst, then the rate applies
+        for i in range(3):
+            self.assertEqual((await bob.command(f"/msg one m{i}"))[-1].split(" ")[0], "OK")
+        lines = await bob.command("/msg one too fast")
+        self.assertEqual(lines[-1], "ERR RATE_LIMITED at most 1 messages per second")
+        seen.add("RATE_LIMITED")
+        bob.send(b"caf\xe9\r\n")  # Latin-1, not UTF-8
+        self.assertEqual((await bob.read_until("ERR"))[-1], "ERR BAD_ENCODING input is not valid UTF-8")
+        seen.add("BAD_ENCODING")
+        bob.send("x" * 300)
+        self.assertEqual((await bob.read_until("ERR"))[-1].split(" ")[:2], ["ERR", "LINE_TOO_LONG"])
+        seen.add("LINE_TOO_LONG")
+        # the connection is still usable after every error
+        lines = await alice.command("/join one")
+        self.assertEqual((lines[0], len(lines), lines[-1]), ("JOIN one alice", 5, "OK join one"))  # 3 in history
+        self.assertEqual((await bob.command("/who one"))[-1], "END who one")
+
+        # the codes the chat cannot produce for a well-behaved server are covered elsewhere
+        elsewhere = {"SLOW_CONSUMER", "BUSY", "DATABASE_UNAVAILABLE", "SHUTTING_DOWN", "INTERNAL"}
+        self.assertEqual(seen | elsewhere, set(ERRORS))
+
+    async def test_an_over_long_line_is_discarded_and_the_connection_stays(self) -> None:
+        tree = await self.start()
+        alice = await chat_client(self, port_of(tree, "chat"), "alice")
+        await alice.command("/join lobby")
+        # an over-long line followed by a good one in the same write
+        alice.send(b"y" * 1000 + b"\r\nafter the long one\r\n")
+        lines = await alice.read_until("MSG")
+        self.assertEqual(lines[0], "ERR LINE_TOO_LONG lines are limited to 256 bytes; the line was discarded")
+        self.assertEqual(lines[-1], "MSG lobby 1 alice after the long one")
+        # an over-long line arriving in pieces, then the end of it and a good line
+        for _ in range(10):
+            alice.send(b"z" * 100)
+        alice.send(b"zz\nsecond\n")
+        lines = await alice.read_until("MSG")
+        self.assertEqual(lines, ["ERR LINE_TOO_LONG lines are limited to 256 bytes; the line was discarded",
+                                 "MSG lobby 2 alice second"])
+        self.assertEqual(await alice.command("/who"), ["WHO lobby alice", "END who lobby"])
+
+    async def test_lf_and_crlf_both_end_lines(self) -> None:
+        tree = await self.start()
+        alice = await chat_client(self, port_of(tree, "chat"))
+        alice.send(b"/nick alice\n/join lobby\r\n//slash text\n")
+        lines = await alice.read_until("MSG")
+        self.assertEqual(lines, ["NICK guest1 alice", "OK nick alice", "JOIN lobby alice", "OK join lobby",
+                                 "MSG lobby 1 alice /slash text"])
+
+    async def test_disconnect_ends_membership_and_frees_the_nick(self) -> None:
+        tree = await self.start()
+        port = port_of(tree, "chat")
+        alice = await chat_client(self, port, "alice")
+        bob = await chat_client(self, port, "bob")
+        await alice.command("/join lobby")
+        await bob.command("/join lobby")
+        await alice.read_until("JOIN lobby bob")
+        bob.transport.loseConnection()
+        self.assertEqual(await alice.read_until("PART"), ["PART lobby bob"])
+        self.assertEqual(await alice.command("/who"), ["WHO lobby alice", "END who lobby"])
+        again = await chat_client(self, port, "bob")
+        self.assertEqual(await again.command("/quit"), ["BYE goodbye"])
+        await again.closed
+
+    async def test_over_max_connections_is_refused(self) -> None:
+        tree = await self.start(chat="max_connections = 1")
+        port = port_of(tree, "chat")
+        await chat_client(self, port, "alice")
+        from tests.support import connect
+
+        refused = await connect(self, port)
+        await refused.closed
+        self.assertEqual(refused.data, b"BUSY too many connections, try again later\r\n")
+
+    async def test_stop_says_goodbye(self) -> None:
+        tree = await self.start()
+        alice = await chat_client(self, port_of(tree, "chat"), "alice")
+        await tree.stopService()
+        self.assertEqual(await alice.read_until("BYE"), ["BYE server shutting down"])
+        await alice.closed
+
+    async def test_a_member_that_stops_reading_is_dropped_while_others_get_everything(self) -> None:
+        tree = await self.start(hub=HUB_FAST + '\nmax_pending = "64 KiB"', chat='max_line_length = "8 KiB"')
+        port = port_of(tree, "chat")
+        fast = await chat_client(self, port, "fast")
+        publisher = await chat_client(self, port, "publisher")
+        await fast.command("/join lobby")
+        await publisher.command("/join lobby")
+
+        slow = socket.socket()
+        self.addCleanup(slow.close)
+        slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        slow.connect(("127.0.0.1", port))
+        slow.sendall(b"/nick slow\n/join lobby\n")  # and never read again
+        while "slow" not in tree.hub.who("lobby"):
+            await deferLater(reactor, 0, lambda: None)
+
+        text = "x" * 4000
+        sent = 0
+        slow_consumers = lambda: tree.metrics.registry.get_sample_value(  # noqa: E731
+            "myservices_slow_consumers_total", {"service": "chat"}
+        ) or 0
+        while slow_consumers() == 0:
+            self.assertLess(sent, 10_000, "the slow member was never dropped")
+            lines = await publisher.command(f"/msg lobby {text}")
+            self.assertEqual(lines[-1], f"OK msg lobby {sent + 1}")
+            sent += 1
+        self.assertNotIn("slow", tree.hub.who("lobby"))
+        # the fast member got every message, in order, while the slow one was dropped
+        ids: list[int] = []
+        while len(ids) < sent:
+            line = (await fast.read_until("MSG"))[-1]
+            ids.append(int(line.split(" ")[2]))
+        self.assertEqual(ids, list(range(1, sent + 1)))
+        self.assertEqual(
+            await fast.command("/who"), ["PART lobby slow", "WHO lobby fast", "WHO lobby publisher", "END who lobby"]
+        )
+
+
+class MySQLChatTests(ChatTestsMixin, TestCase):
+    def database_url(self) -> str:
+        return mysql.create_database(self)
