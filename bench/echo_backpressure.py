@@ -13,71 +13,22 @@ Loopback only; every loop is bounded in bytes and time.
 from __future__ import annotations
 
 import argparse
-import os
 import select
 import shutil
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+from common import rss_bytes, start_myservices, start_script, stop
+
 STALL_SECONDS = 2.0
+CONFIG = '[daemon]\ndata_dir = "state"\n[services.echo]\nendpoint = "tcp:0:interface=127.0.0.1"\n'
 
 
-def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS")
-
-
-def start_myservices(workdir: str) -> tuple[subprocess.Popen, int]:
-    config = Path(workdir) / "bench.toml"
-    config.write_text('[daemon]\ndata_dir = "state"\n[services.echo]\nendpoint = "tcp:0:interface=127.0.0.1"\n')
-    notify_path = os.path.join(workdir, "notify")
-    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    notify.bind(notify_path)
-    notify.settimeout(60)
-    twistd = Path(sys.executable).parent / "twistd"
-    env = dict(os.environ, NOTIFY_SOCKET=notify_path)
-    proc = subprocess.Popen(
-        [str(twistd), "-n", "--pidfile=", "myservices", "--config", str(config)],
-        cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    fields = dict(line.split("=", 1) for line in notify.recv(4096).decode().splitlines())
-    notify.close()
-    port = int(fields["STATUS"].split("echo=")[1].split(",")[0].rsplit(":", 1)[1])
-    return proc, port
-
-
-def start_baseline(workdir: str) -> tuple[subprocess.Popen, int]:
-    proc = subprocess.Popen(
-        [sys.executable, str(HERE / "baselines" / "seed_echo.py")], cwd=workdir, stdout=subprocess.PIPE, text=True
-    )
-    assert proc.stdout is not None
-    return proc, int(proc.stdout.readline())
-
-
-def run_once(name: str, limit: int) -> tuple[int, int]:
-    workdir = tempfile.mkdtemp(prefix="myservices-bench-")
-    start = start_myservices if name == "myservices" else start_baseline
-    proc, port = start(workdir)
-    try:
-        before = rss_bytes(proc.pid)
-        result: dict[str, int] = {}
-        sent = flood_and_measure(port, limit, proc.pid, result)
-        return sent, result["after"] - before
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        shutil.rmtree(workdir, ignore_errors=True)
-
-
-def flood_and_measure(port: int, limit: int, pid: int, result: dict[str, int]) -> int:
+def flood(port: int, limit: int, pid: int) -> tuple[int, int]:
+    """Send up to C{limit} bytes without reading; stop when the server stalls. Returns (sent, RSS then)."""
     chunk = b"x" * 65536
     sent = 0
     with socket.create_connection(("127.0.0.1", port)) as sock:
@@ -86,13 +37,28 @@ def flood_and_measure(port: int, limit: int, pid: int, result: dict[str, int]) -
         while sent < limit and time.monotonic() < deadline:
             _, writable, _ = select.select([], [sock], [], STALL_SECONDS)
             if not writable:
-                break
+                break  # the server stopped taking data
             try:
                 sent += sock.send(chunk[: limit - sent])
             except BlockingIOError:
                 continue
-        result["after"] = rss_bytes(pid)
-    return sent
+        return sent, rss_bytes(pid)  # measured while the connection is still open
+
+
+def run_once(name: str, limit: int) -> tuple[int, int]:
+    workdir = tempfile.mkdtemp(prefix="myservices-bench-")
+    if name == "myservices":
+        proc, ports = start_myservices(workdir, CONFIG)
+        port = ports["echo"]
+    else:
+        proc, port = start_script(workdir, "seed_echo.py")
+    try:
+        before = rss_bytes(proc.pid)
+        sent, after = flood(port, limit, proc.pid)
+        return sent, after - before
+    finally:
+        stop(proc)
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def main() -> None:

@@ -36,3 +36,14 @@ class DocsTests(TestCase):
         readme = (REPO / "README.md").read_text()
         self.assertIn("twistd -n --pidfile= myservices --config config/myservices.toml", readme)
         self.assertTrue((REPO / "config" / "myservices.toml").exists())
+
+    def test_every_error_code_is_documented_with_its_retry_hint(self) -> None:
+        from myservices.errors import ERRORS
+
+        text = (REPO / "docs" / "protocols.md").read_text()
+        table = text[text.index("## Error codes") :]
+        for code, error in ERRORS.items():
+            row = next((line for line in table.splitlines() if line.startswith(f"| `{code}` |")), None)
+            self.assertIsNotNone(row, f"{code} is not in the error table of docs/protocols.md")
+            self.assertEqual(row.rstrip(" |").rsplit("| ", 1)[1].startswith("yes"), error.retry, row)
+

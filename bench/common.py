@@ -1,0 +1,69 @@
+"""Shared by the benchmarks: starting servers, reading their CPU time and memory, pinning cores."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, from /proc/PID/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
+def pin(pid: int, core: int) -> None:
+    """Keep server and load generator on different cores where the machine has two."""
+    if hasattr(os, "sched_setaffinity") and os.cpu_count() and os.cpu_count() > 1:
+        os.sched_setaffinity(pid, {core % os.cpu_count()})
+
+
+def start_myservices(workdir: str, config_text: str) -> tuple[subprocess.Popen, dict[str, int]]:
+    """Run twistd myservices on C{config_text}; returns the process and {service: bound port}."""
+    config = Path(workdir) / "bench.toml"
+    config.write_text(config_text)
+    notify_path = os.path.join(workdir, "notify")
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(notify_path)
+    notify.settimeout(60)
+    twistd = Path(sys.executable).parent / "twistd"
+    proc = subprocess.Popen(
+        [str(twistd), "-n", "--pidfile=", "myservices", "--config", str(config)],
+        cwd=workdir, env=dict(os.environ, NOTIFY_SOCKET=notify_path),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    fields = dict(line.split("=", 1) for line in notify.recv(4096).decode().splitlines())
+    notify.close()
+    ports = {}
+    for item in fields["STATUS"].removeprefix("serving ").split(", "):
+        name, address = item.split("=", 1)
+        ports[name] = int(address.rsplit(":", 1)[1])
+    return proc, ports
+
+
+def start_script(workdir: str, script: str) -> tuple[subprocess.Popen, int]:
+    """Run a baseline server script that prints its port."""
+    proc = subprocess.Popen([sys.executable, str(HERE / "baselines" / script)], cwd=workdir, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    return proc, int(proc.stdout.readline())
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
