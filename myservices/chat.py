@@ -129,6 +129,11 @@ class ChatProtocol(TrackedProtocol, LineReceiver, TimeoutMixin):
         self.log.info("chat: dropping slow consumer {nick}", nick=self.session.nick)
         self.close(SLOW_CONSUMER)
 
+    def timeoutConnection(self) -> None:
+        self.metrics.closed("idle_timeout")
+        self.send_line("BYE idle timeout")
+        self.transport.loseConnection()
+
     def shutting_down(self) -> None:
         self.send_line("BYE server shutting down")
 

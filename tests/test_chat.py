@@ -6,10 +6,14 @@ import socket
 from pathlib import Path
 
 from twisted.internet import reactor
-from twisted.internet.task import deferLater
+from twisted.internet.task import Clock, deferLater
+from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import TestCase
 
+from myservices.chat import ChatConfig, ChatFactory, ChatProtocol
 from myservices.errors import ERRORS
+from myservices.hub import Hub, HubConfig
+from myservices.metrics import Metrics
 from tests import mysql
 from tests.support import chat_client, load, port_of, start_tree
 
@@ -97,6 +101,47 @@ class ChatTestsMixin:
         self.assertEqual(await writer.command("/rooms"), ["ROOM news 0 1", "END rooms"])
         self.assertEqual(await reader.command("/unsub news"), ["MSG news 2 writer two", "OK unsub news"])
         self.assertEqual(await writer.command("/rooms"), ["END rooms"])
+
+
+class ChatUnitTests(TestCase):
+    """The protocol on a StringTransport with a Clock."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.metrics = Metrics()
+        self.hub = Hub(HubConfig(), self.clock, metrics=self.metrics)
+        cfg = ChatConfig(endpoint="tcp:0", idle_timeout=30, max_line_length=64)
+        self.factory = ChatFactory("chat", cfg, self.hub, self.metrics.for_service("chat"), self.clock)
+
+    def connect(self) -> tuple[ChatProtocol, StringTransport]:
+        proto = self.factory.buildProtocol(None)
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        return proto, transport
+
+    def test_idle_connection_is_told_and_closed(self) -> None:
+        proto, transport = self.connect()
+        self.clock.advance(29)
+        proto.dataReceived(b"/who lobby\n")  # input resets the timer
+        self.clock.advance(29)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(1)
+        self.assertTrue(transport.value().endswith(b"BYE idle timeout\r\n"))
+        self.assertTrue(transport.disconnecting)
+        proto.connectionLost(None)
+        self.assertEqual(self.hub.sessions, set())
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_pipelined_commands_in_one_read_are_answered_in_order(self) -> None:
+        proto, transport = self.connect()
+        transport.clear()
+        proto.dataReceived(b"/nick ann\n/join a\nhi\n/part\n/rooms\n")
+        self.assertEqual(
+            transport.value().decode().splitlines(),
+            ["NICK guest1 ann", "OK nick ann", "JOIN a ann", "OK join a", "MSG a 1 ann hi", "PART a ann",
+             "OK part a", "END rooms"],
+        )
+        proto.connectionLost(None)
 
 
 class SQLiteChatTests(ChatTestsMixin, TestCase):

@@ -98,7 +98,8 @@ class HubTests(HubTestsMixin, TestCase):
         self.run_(hub.publish(alice, "lobby", "still here"))
         self.assertEqual(a.texts(), ["still here"])
         self.assertEqual(b.texts(), ["still here"])
-        self.assertNotIn(broken, hub.sessions)  # the broken one was detached
+        self.assertNotIn(broken, hub.sessions)  # the broken one was detached and told to close
+        self.assertEqual(broken.subscriber.closed_with.code, "INTERNAL")
         self.assertEqual(hub.who("lobby"), ["alice", "bob"])
         self.flushLoggedErrors(RuntimeError)
 

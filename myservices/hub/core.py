@@ -27,6 +27,7 @@ from twisted.logger import Logger
 from myservices.config import DURATION, SIZE, MiB, setting
 from myservices.errors import (
     DATABASE_UNAVAILABLE,
+    INTERNAL,
     NICK_INVALID,
     NICK_TAKEN,
     NOT_IN_ROOM,
@@ -389,6 +390,10 @@ class Hub:
                 # one broken connection never stops delivery to the others
                 self.log.failure("delivering to {session} failed; closing it", session=session)
                 self.close_session(session)
+                try:
+                    session.subscriber.close(INTERNAL)
+                except Exception:
+                    self.log.failure("closing {session} failed", session=session)
         self.metrics.hub_deliveries.inc(delivered)
 
 
