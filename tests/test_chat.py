@@ -5,8 +5,7 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-from twisted.internet import reactor
-from twisted.internet.task import Clock, deferLater
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import TestCase
 
@@ -270,8 +269,7 @@ class SQLiteChatTests(ChatTestsMixin, TestCase):
         slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         slow.connect(("127.0.0.1", port))
         slow.sendall(b"/nick slow\n/join lobby\n")  # and never read again
-        while "slow" not in tree.hub.who("lobby"):
-            await deferLater(reactor, 0, lambda: None)
+        await fast.read_until("JOIN lobby slow")
 
         text = "x" * 4000
         sent = 0

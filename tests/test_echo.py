@@ -2,16 +2,33 @@
 
 from __future__ import annotations
 
-import socket
-
 from twisted.internet import reactor
-from twisted.internet.task import Clock, deferLater
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import TestCase
+from zope.interface import implementer
 
 from myservices.echo import EchoConfig, EchoFactory
 from myservices.metrics import Metrics
 from tests.support import connect, load, port_of, start_tree
+
+
+def server_side_of(factory: EchoFactory, client: Protocol) -> Protocol:
+    """The server's protocol for C{client}'s connection, with a C{closed} Deferred attached."""
+    (proto,) = [p for p in factory.connections if p.transport.getPeer().port == client.transport.getHost().port]
+    proto.closed = Deferred()
+    lost = proto.connectionLost
+
+    def connection_lost(reason: object = None) -> None:
+        lost(reason)
+        proto.closed.callback(None)
+
+    proto.connectionLost = connection_lost
+    return proto
 
 
 def sample(metrics: Metrics, name: str, **labels: str) -> float:
@@ -121,10 +138,9 @@ class EchoIntegrationTests(TestCase):
         refused = sample(tree.metrics, "myservices_connections_refused_total", service="echo", reason="max_connections")
         self.assertEqual(refused, 1)
         # a freed slot is usable again
+        server_side_closed = server_side_of(tree.listeners["echo"].factory, first).closed
         first.transport.loseConnection()
-        await first.closed
-        while len(tree.listeners["echo"].factory.connections) > 1:
-            await deferLater(reactor, 0, lambda: None)
+        await server_side_closed
         fourth = await connect(self, port)
         fourth.transport.write(b"again")
         self.assertEqual(await fourth.receive(5), b"again")
@@ -142,44 +158,76 @@ class EchoIntegrationTests(TestCase):
         """Send up to 200 MB without reading: the server must stop reading long before."""
         tree = await start_tree(self, load(self, ECHO_CONFIG))
         factory = tree.listeners["echo"].factory
-        sock = socket.socket()
-        self.addCleanup(sock.close)
-        sock.connect(("127.0.0.1", port_of(tree, "echo")))
-        sock.setblocking(False)
-        pattern = bytes(range(256)) * 257  # a send may be partial: continue at sent % 256
-        sent = 0
-        limit = 200 * 1024 * 1024
-        while sent < limit:
-            offset = sent % 256
-            try:
-                sent += sock.send(pattern[offset : offset + 65536])
-                continue
-            except BlockingIOError:
-                pass
-            if any(p.throttle.paused for p in factory.connections):
-                break
-            await deferLater(reactor, 0, lambda: None)  # let the server run
-        self.assertLess(sent, 20 * 1024 * 1024, "the server kept reading from a peer that does not read")
+        flooder = Flooder(limit=200 * 1024 * 1024, server=factory)
+        await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port_of(tree, "echo")), flooder)
+        self.addCleanup(flooder.transport.abortConnection)
+        blocked = await flooder.blocked  # the client cannot send more while the server is not reading
+        self.assertTrue(blocked, "the server read all 200 MB from a peer that does not read")
+        self.assertLess(flooder.sent, 20 * 1024 * 1024)
         (server,) = factory.connections
         self.assertTrue(server.throttle.paused)
-        received_by_server = sample(tree.metrics, "myservices_received_bytes_total", service="echo")
-        # further reactor turns do not make the server read more
-        for _ in range(20):
-            await deferLater(reactor, 0, lambda: None)
-        self.assertEqual(sample(tree.metrics, "myservices_received_bytes_total", service="echo"), received_by_server)
+        self.assertLessEqual(sample(tree.metrics, "myservices_received_bytes_total", service="echo"), flooder.sent)
 
         # once the client reads, everything comes back in order and reading resumes
-        expected = (bytes(range(256)) * (sent // 256 + 1))[:sent]
-        got = bytearray()
-        while len(got) < sent:
-            try:
-                data = sock.recv(1 << 20)
-            except BlockingIOError:
-                await deferLater(reactor, 0, lambda: None)
-                continue
-            self.assertTrue(data, "server closed the connection")
-            got += data
-        self.assertEqual(bytes(got), expected)
+        echoed = await flooder.read_all()
+        self.assertEqual(echoed, (bytes(range(256)) * (flooder.sent // 256 + 1))[: flooder.sent])
         self.assertFalse(server.throttle.paused)
         self.assertGreaterEqual(sample(tree.metrics, "myservices_backpressure_pauses_total", service="echo"), 1)
 
+
+@implementer(IPushProducer)
+class Flooder(Protocol):
+    """Writes a byte pattern as fast as its transport takes it and reads nothing until told to.
+
+    Registered as its own transport's producer, it is paused whenever the
+    kernel stops taking its data. C{blocked} fires True at the first such pause
+    while the server has stopped reading, or False if all C{limit} bytes went.
+    """
+
+    PATTERN = bytes(range(256)) * 257
+
+    def __init__(self, limit: int, server: EchoFactory) -> None:
+        self.limit = limit
+        self.server = server
+        self.sent = 0
+        self.paused = False
+        self.stopped = False
+        self.blocked: Deferred[bool] = Deferred()
+        self.received = bytearray()
+        self._reading: Deferred[bytes] | None = None
+
+    def connectionMade(self) -> None:
+        self.transport.pauseProducing()  # do not read
+        self.transport.registerProducer(self, True)
+        self.resumeProducing()
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        while not self.paused and not self.stopped and self.sent < self.limit:
+            offset = self.sent % 256  # continue the pattern where the last write ended
+            chunk = self.PATTERN[offset : offset + 65536]
+            self.sent += len(chunk)
+            self.transport.write(chunk)
+        if self.sent >= self.limit and not self.stopped:
+            self.stopped = True
+            self.blocked.callback(False)
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+        if not self.stopped and any(p.throttle.paused for p in self.server.connections):
+            self.stopped = True
+            self.blocked.callback(True)
+
+    def stopProducing(self) -> None:
+        self.stopped = True
+
+    def read_all(self) -> Deferred[bytes]:
+        self._reading = Deferred()
+        self.transport.resumeProducing()
+        return self._reading
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+        if self._reading is not None and len(self.received) >= self.sent:
+            d, self._reading = self._reading, None
+            d.callback(bytes(self.received))
