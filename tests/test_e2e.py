@@ -92,6 +92,8 @@ class EndToEndTests(TestCase):
             endpoint = "tcp:0:interface=127.0.0.1"
             [services.udp]
             endpoint = "udp:0:interface=127.0.0.1"
+            [services.chat]
+            endpoint = "tcp:0:interface=127.0.0.1"
             """
         )
         short_dir = tempfile.mkdtemp(prefix="myservices-")  # AF_UNIX paths are limited to ~100 bytes
@@ -122,6 +124,15 @@ class EndToEndTests(TestCase):
             udp.settimeout(10)
             udp.sendto(b"datagram", ("127.0.0.1", udp_port))
             self.assertEqual(udp.recvfrom(100)[0], b"datagram")
+
+        chat_port = int(addresses["chat"].rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", chat_port), timeout=10) as chat:
+            lines = chat.makefile("rwb")
+            self.assertTrue(lines.readline().startswith(b"WELCOME "))
+            lines.write(b"/nick e2e\n/join lobby\nhello\n")
+            lines.flush()
+            replies = [lines.readline() for _ in range(5)]
+            self.assertEqual(replies[-1], b"MSG lobby 1 e2e hello\r\n", replies)
 
         held = socket.create_connection(("127.0.0.1", echo_port), timeout=10)  # open during shutdown
         self.addCleanup(held.close)

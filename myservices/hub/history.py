@@ -123,23 +123,22 @@ class HistoryStore:
 
     async def flush(self) -> None:
         """Write everything queued now; used on a graceful stop."""
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        self._cancel_timer()
         if self._write is not None:
             await self._write
         while self._queue:
-            if self._timer is not None and self._timer.active():
-                self._timer.cancel()
-            self._timer = None
+            self._cancel_timer()
             await self._write_batch()
             if self._failing:
                 break
+        self._cancel_timer()  # a write schedules the next one; nothing runs after a flush
+        if self._queue:
+            self.log.error("history: {count} messages could not be saved before stopping", count=len(self._queue))
+
+    def _cancel_timer(self) -> None:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
-        if self._queue:
-            self.log.error("history: {count} messages could not be saved before stopping", count=len(self._queue))
 
     async def load(self, room: str, limit: int) -> list[Message]:
         """The last C{limit} messages of C{room}, stored or still queued."""
