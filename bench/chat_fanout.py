@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 
-from common import cpu_seconds, pin, start_myservices, start_script, stop
+from common import cpu_seconds, pin, start_server, stop
 
 CONFIG = """
 [daemon]
@@ -62,11 +62,7 @@ def connect_all(port: int, members: int, joins: bool) -> list[socket.socket]:
 
 def run_once(name: str, members: int, lines: int, window: int) -> tuple[float, float]:
     workdir = tempfile.mkdtemp(prefix="myservices-bench-")
-    if name == "myservices":
-        proc, ports = start_myservices(workdir, CONFIG)
-        port = ports["chat"]
-    else:
-        proc, port = start_script(workdir, "seed_chat.py")
+    proc, port = start_server(name, workdir, CONFIG, "chat", "seed_chat.py")
     pin(proc.pid, 0)
     pin(0, 1)
     try:

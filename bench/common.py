@@ -67,3 +67,12 @@ def stop(proc: subprocess.Popen) -> None:
         proc.wait(timeout=30)
     except subprocess.TimeoutExpired:
         proc.kill()
+
+
+def start_server(name: str, workdir: str, config_text: str, service: str, baseline: str) -> tuple[subprocess.Popen, int]:
+    """Start myservices (C{name} "myservices") or the baseline script; returns the process and port."""
+    if name == "myservices":
+        proc, ports = start_myservices(workdir, config_text)
+        return proc, ports[service]
+    return start_script(workdir, baseline)
+

@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 
-from common import rss_bytes, start_myservices, start_script, stop
+from common import rss_bytes, start_server, stop
 
 STALL_SECONDS = 2.0
 CONFIG = '[daemon]\ndata_dir = "state"\n[services.echo]\nendpoint = "tcp:0:interface=127.0.0.1"\n'
@@ -47,11 +47,7 @@ def flood(port: int, limit: int, pid: int) -> tuple[int, int]:
 
 def run_once(name: str, limit: int) -> tuple[int, int]:
     workdir = tempfile.mkdtemp(prefix="myservices-bench-")
-    if name == "myservices":
-        proc, ports = start_myservices(workdir, CONFIG)
-        port = ports["echo"]
-    else:
-        proc, port = start_script(workdir, "seed_echo.py")
+    proc, port = start_server(name, workdir, CONFIG, "echo", "seed_echo.py")
     try:
         before = rss_bytes(proc.pid)
         sent, after = flood(port, limit, proc.pid)

@@ -99,6 +99,12 @@ async def connect(testcase: TestCase, port: int, host: str = "127.0.0.1") -> Col
 
     proto = Collector()
     await connectProtocol(TCP4ClientEndpoint(reactor, host, port), proto)
+    disconnect_at_cleanup(testcase, proto)
+    return proto
+
+
+def disconnect_at_cleanup(testcase: TestCase, proto: Collector | LineClient) -> None:
+    """Abort C{proto}'s connection when the test ends, and wait until it is gone."""
 
     async def cleanup() -> None:
         if proto.transport.connected:
@@ -106,7 +112,6 @@ async def connect(testcase: TestCase, port: int, host: str = "127.0.0.1") -> Col
             await proto.closed
 
     testcase.addCleanup(lambda: Deferred.fromCoroutine(cleanup()))
-    return proto
 
 
 def free_port() -> int:
@@ -178,13 +183,7 @@ async def chat_client(testcase: TestCase, port: int, nick: str | None = None) ->
 
     client = LineClient()
     await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), client)
-
-    async def cleanup() -> None:
-        if client.transport.connected:
-            client.transport.abortConnection()
-            await client.closed
-
-    testcase.addCleanup(lambda: Deferred.fromCoroutine(cleanup()))
+    disconnect_at_cleanup(testcase, client)
     await client.read_until("WELCOME")
     if nick:
         lines = await client.command(f"/nick {nick}")
