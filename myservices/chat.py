@@ -136,6 +136,7 @@ class ChatProtocol(TrackedProtocol, LineReceiver, TimeoutMixin):
 
     def shutting_down(self) -> None:
         self.send_line("BYE server shutting down")
+        super().shutting_down()
 
     # --- output ---------------------------------------------------------------
 

@@ -101,6 +101,10 @@ class DaemonConfig:
         5.0, kind=DURATION, min=0, max=3600,
         doc="seconds open connections get to close on stop before they are aborted",
     )
+    reactor_lag_interval: float = setting(
+        1.0, kind=DURATION, min=0, max=60,
+        doc="seconds between reactor lag probes (myservices_reactor_lag_seconds); 0 turns them off",
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -40,6 +40,8 @@ NOT_IN_ROOM = ErrorCode("NOT_IN_ROOM", "join the room first", retry=False)
 TOO_MANY_ROOMS = ErrorCode("TOO_MANY_ROOMS", "too many rooms and topics on this connection", retry=False)
 RATE_LIMITED = ErrorCode("RATE_LIMITED", "publishing too fast; slow down", retry=True)
 SLOW_CONSUMER = ErrorCode("SLOW_CONSUMER", "slow consumer: too much unread output", retry=True)
+TOO_LARGE = ErrorCode("TOO_LARGE", "request or message larger than the limit", retry=False)
+TIMEOUT = ErrorCode("TIMEOUT", "the request did not arrive in time", retry=True)
 BUSY = ErrorCode("BUSY", "too many connections, try again later", retry=True)
 DATABASE_UNAVAILABLE = ErrorCode("DATABASE_UNAVAILABLE", "the database is not available", retry=True)
 SHUTTING_DOWN = ErrorCode("SHUTTING_DOWN", "the server is shutting down", retry=True)
@@ -49,7 +51,8 @@ ERRORS: dict[str, ErrorCode] = {
     e.code: e
     for e in (
         UNKNOWN_COMMAND, BAD_ARGUMENTS, BAD_ENCODING, LINE_TOO_LONG, TEXT_INVALID, NICK_INVALID, NICK_TAKEN,
-        ROOM_INVALID, NOT_IN_ROOM, TOO_MANY_ROOMS, RATE_LIMITED, SLOW_CONSUMER, BUSY, DATABASE_UNAVAILABLE,
+        ROOM_INVALID, NOT_IN_ROOM, TOO_MANY_ROOMS, RATE_LIMITED, SLOW_CONSUMER, TOO_LARGE,
+        TIMEOUT, BUSY, DATABASE_UNAVAILABLE,
         SHUTTING_DOWN, INTERNAL,
     )
 }

@@ -33,18 +33,29 @@ def format_address(address: IAddress) -> str:
 
 
 class TrackedProtocol(Protocol):
-    """Registers itself with its L{ConnectionTrackingFactory} for limits, metrics and shutdown."""
+    """Registers itself with its L{ConnectionTrackingFactory} for limits, metrics and shutdown.
+
+    A mixin: put it first in the bases; it passes C{connectionMade} and
+    C{connectionLost} on to the next class.
+    """
 
     factory: ConnectionTrackingFactory
 
     def connectionMade(self) -> None:
         self.factory.connection_opened(self)
+        super().connectionMade()
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.factory.connection_closed(self)
+        super().connectionLost(reason)
 
     def shutting_down(self) -> None:
-        """Called before the server closes the connection on stop: say goodbye if the protocol can."""
+        """The server is stopping: say goodbye if the protocol can, then close.
+
+        Overrides may finish work in flight first; connections still open
+        after the shutdown timeout are aborted.
+        """
+        self.transport.loseConnection()
 
 
 class _Refusal(Protocol):
@@ -58,6 +69,9 @@ class _Refusal(Protocol):
         self.transport.loseConnection()
 
 
+_log = Logger()
+
+
 class ConnectionTrackingFactory(Factory):
     """Base factory for stream services: enforces max_connections and closes everything on stop.
 
@@ -65,7 +79,6 @@ class ConnectionTrackingFactory(Factory):
     C{refusal_message} to what a refused client reads.
     """
 
-    log = Logger()
     noisy = False
     refusal_message = f"{BUSY.code} {BUSY.message}\r\n".encode()
 
@@ -83,7 +96,7 @@ class ConnectionTrackingFactory(Factory):
             self.metrics.refused("max_connections")
             # one log line per burst, not one per refused connection
             if self._refused_since_log == 0:
-                self.log.warn(
+                _log.warn(
                     "{service}: refusing connections over max_connections={limit}",
                     service=self.service_name,
                     limit=self.max_connections,
@@ -117,7 +130,6 @@ class ConnectionTrackingFactory(Factory):
         self._drained.append(d)
         for proto in list(self.connections):
             proto.shutting_down()
-            proto.transport.loseConnection()
         # a peer that never reads keeps a closing connection's buffer full forever
         timer = self.clock.callLater(timeout, self._abort_all)
 

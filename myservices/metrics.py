@@ -6,7 +6,13 @@ so tests can build several trees in one process. The HTTP service exports it.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import (
+    GC_COLLECTOR, PLATFORM_COLLECTOR, CollectorRegistry, Counter, Gauge, Histogram,
+)
+from prometheus_client.process_collector import ProcessCollector
+
+# seconds; from a fast local query to a server struggling
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 class Metrics:
@@ -65,6 +71,47 @@ class Metrics:
         self.history_dropped = Counter(
             "myservices_history_dropped_messages", "Messages not saved because the backlog was full", registry=r
         )
+        self.hub_members = Gauge(
+            "myservices_hub_members", "Room memberships and topic subscriptions, summed over rooms", registry=r
+        )
+
+        self.http_requests = Counter(
+            "myservices_http_requests", "HTTP requests answered, by status code", ["service", "status"], registry=r
+        )
+        self.http_request_seconds = Histogram(
+            "myservices_http_request_seconds", "Time from a request's arrival to its response",
+            ["service"], buckets=_LATENCY_BUCKETS, registry=r,
+        )
+
+        self.db_query_seconds = Histogram(
+            "myservices_db_query_seconds", "Database transactions, from queueing for a connection to the result",
+            ["operation"], buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.db_errors = Counter(
+            "myservices_db_errors", "Database transactions that failed, by kind (unavailable, error)",
+            ["operation", "kind"], registry=r,
+        )
+        self.db_in_flight = Gauge(
+            "myservices_db_transactions_in_flight",
+            "Transactions running or queued for a pool connection (more than the pool size means waiting)",
+            registry=r,
+        )
+        self.db_pool_size = Gauge("myservices_db_pool_max_connections", "Most pool connections open at once", registry=r)
+        self.db_pool_open = Gauge("myservices_db_pool_open_connections", "Pool connections open now", registry=r)
+        self.db_ready = Gauge("myservices_db_ready", "1 once the schema is migrated and the pool usable", registry=r)
+
+        self.reactor_lag = Histogram(
+            "myservices_reactor_lag_seconds",
+            "How late a periodic timer fired: time the event loop was busy with other work",
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.reactor_lag_last = Gauge(
+            "myservices_reactor_lag_last_seconds", "The most recent reactor lag measurement", registry=r
+        )
+        # the process's CPU, memory and open files, as the default registry would have them
+        ProcessCollector(registry=r)
+        for collector in (PLATFORM_COLLECTOR, GC_COLLECTOR):
+            r.register(collector)
 
     def for_service(self, service: str) -> ServiceMetrics:
         """Children bound to one service's label, for use on hot paths."""

@@ -10,7 +10,9 @@ from twisted.application.service import IService
 
 if TYPE_CHECKING:
     from myservices.config import Config, ServiceConfig
+    from myservices.counter import DurableCounter
     from myservices.db import Database
+    from myservices.health import Readiness
     from myservices.hub import Hub
     from myservices.metrics import Metrics
 
@@ -24,6 +26,8 @@ class BuildContext:
     database: Database
     metrics: Metrics
     hub: Hub
+    counter: DurableCounter
+    readiness: Readiness
 
 
 @dataclass(frozen=True)
@@ -38,11 +42,13 @@ class ServiceKind:
 def service_kinds() -> dict[str, ServiceKind]:
     """Every kind, in the order services are started."""
     from myservices import chat, echo, udp
+    from myservices.web import service as http
 
     kinds = [
         ServiceKind("echo", echo.EchoConfig, echo.build),
         ServiceKind("chat", chat.ChatConfig, chat.build),
         ServiceKind("udp", udp.UdpConfig, udp.build),
+        ServiceKind("http", http.HttpConfig, http.build),
     ]
     return {k.name: k for k in kinds}
 

@@ -11,8 +11,11 @@ from twisted.internet.interfaces import IAddress
 from twisted.logger import Logger
 
 from myservices.config import Config
+from myservices.counter import DurableCounter
 from myservices.db import MIGRATIONS, Database, Migration
+from myservices.health import Readiness
 from myservices.hub import HistoryStore, Hub, HubService
+from myservices.lag import ReactorLagMonitor
 from myservices.listeners import format_address
 from myservices.metrics import Metrics
 from myservices.registry import BuildContext, service_kinds
@@ -98,10 +101,14 @@ def build_service_tree(
     notifier: Notifier | None = None,
 ) -> ServiceTree:
     """Build (without starting) the whole daemon from a validated config."""
-    database = Database.from_config(config.database, config.daemon.data_dir, reactor, migrations=migrations)
     metrics = Metrics()
+    database = Database.from_config(
+        config.database, config.daemon.data_dir, reactor, migrations=migrations, metrics=metrics
+    )
     tree = ServiceTree(config, database, metrics, reactor, notifier)
     database.setServiceParent(tree)  # first in, last out
+    if config.daemon.reactor_lag_interval:
+        ReactorLagMonitor(reactor, config.daemon.reactor_lag_interval, metrics).setServiceParent(tree)
     h = config.hub
     history = HistoryStore(
         database, reactor, keep=h.history_size, flush_interval=h.history_flush_interval,
@@ -110,7 +117,12 @@ def build_service_tree(
     hub = Hub(h, reactor, history=history, metrics=metrics)
     HubService(hub).setServiceParent(tree)  # stops after the front ends, before the database
     tree.hub = hub
-    ctx = BuildContext(reactor=reactor, config=config, database=database, metrics=metrics, hub=hub)
+    ctx = BuildContext(
+        reactor=reactor, config=config, database=database, metrics=metrics, hub=hub,
+        counter=DurableCounter(database, "http_requests"),
+        # tree.listeners fills as services are built; the checks read it when they run
+        readiness=Readiness(tree.listeners, database, reactor, lambda: tree.running),
+    )
     kinds = service_kinds()
     for name, cfg in config.enabled_services():
         service = kinds[name].build(name, cfg, ctx)

@@ -189,3 +189,59 @@ async def chat_client(testcase: TestCase, port: int, nick: str | None = None) ->
         lines = await client.command(f"/nick {nick}")
         assert lines[-1] == f"OK nick {nick}", lines
     return client
+
+
+class HttpResponse:
+    """What a test needs of an HTTP response."""
+
+    def __init__(self, code: int, headers: Any, body: bytes) -> None:
+        self.code = code
+        self.headers = headers
+        self.body = body
+
+    def header(self, name: str) -> str | None:
+        values = self.headers.getRawHeaders(name)
+        return values[0] if values else None
+
+    def json(self) -> Any:
+        import json
+
+        return json.loads(self.body)
+
+
+class HttpClient:
+    """twisted.web's Agent over a connection pool that is closed (and waited for) when the test ends."""
+
+    def __init__(self, testcase: TestCase, port: int) -> None:
+        from twisted.web.client import Agent, HTTPConnectionPool
+
+        self.base = f"http://127.0.0.1:{port}"
+        self.pool = HTTPConnectionPool(reactor, persistent=True)
+        self.pool.maxPersistentPerHost = 1000  # every connection goes back to the pool, so cleanup sees it
+        self.pool.retryAutomatically = False
+        self.agent = Agent(reactor, pool=self.pool)
+        testcase.addCleanup(self.pool.closeCachedConnections)
+
+    def request(
+        self, path: str, method: bytes = b"GET", headers: dict[bytes, list[bytes]] | None = None
+    ) -> Deferred[HttpResponse]:
+        return Deferred.fromCoroutine(self._request(path, method, headers))
+
+    async def _request(self, path: str, method: bytes, headers: dict[bytes, list[bytes]] | None) -> HttpResponse:
+        from twisted.web.client import readBody
+        from twisted.web.http_headers import Headers
+
+        response = await self.agent.request(method, (self.base + path).encode(), Headers(headers or {}))
+        body = await readBody(response) if method != b"HEAD" else b""
+        return HttpResponse(response.code, response.headers, body)
+
+    def get(self, path: str) -> Deferred[HttpResponse]:
+        return self.request(path)
+
+
+async def raw_http(testcase: TestCase, port: int, data: bytes) -> bytes:
+    """Send C{data} on a new connection and return all the server wrote until it closed."""
+    client = await connect(testcase, port)
+    client.transport.write(data)
+    await client.closed
+    return client.data

@@ -42,7 +42,7 @@ class ConfigErrorsTests(TestCase):
             """
         )
         self.assertIn("colour: unknown key (expected daemon, database, hub or services)", problems)
-        self.assertTrue(any(p.startswith("services.ecko: unknown service (expected one of chat, echo, udp") for p in problems))
+        self.assertTrue(any(p.startswith("services.ecko: unknown service (expected one of chat, echo, http, udp") for p in problems))
 
     def test_wrong_type(self) -> None:
         problems = self.problems(

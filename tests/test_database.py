@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pymysql
@@ -184,6 +185,28 @@ class MySQLDatabaseTests(DatabaseTestsMixin, TestCase):
         self.assertIn("database is not ready", str(caught.exception))
         self.assertIn("Can't connect", str(caught.exception))
         self.assertIsNotNone(db._retry)  # a migration retry is scheduled; stopService cancels it
+
+    async def test_a_deadlock_is_run_again_and_both_transactions_commit(self) -> None:
+        db = self.start()
+        await db.run(insert_item_txn, "a")
+        await db.run(insert_item_txn, "b")
+        # two transactions lock rows 1 and 2 in opposite orders: the server kills one as a deadlock
+        barrier = threading.Barrier(2, timeout=20)
+        attempts: list[str] = []
+
+        def crossing_txn(txn: Txn, first: int, second: int, label: str) -> str:
+            attempts.append(label)
+            txn.execute("UPDATE items SET name = CONCAT(name, ?) WHERE id = ?", (label, first))
+            if attempts.count(label) == 1:
+                barrier.wait()  # both hold their first lock
+            txn.execute("UPDATE items SET name = CONCAT(name, ?) WHERE id = ?", (label, second))
+            return label
+
+        results = await gatherResults([db.run(crossing_txn, 1, 2, "x"), db.run(crossing_txn, 2, 1, "y")])
+        self.assertEqual(sorted(results), ["x", "y"])
+        self.assertEqual(len(attempts), 3, "exactly one transaction was run again")
+        names = await db.run(items_like_txn, "%")
+        self.assertEqual(sorted(n[1:] for n in names), ["xy", "xy"] if attempts[-1] == "y" else ["yx", "yx"])
 
     async def test_utf8mb4_round_trip(self) -> None:
         db = self.start()

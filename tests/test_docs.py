@@ -47,3 +47,11 @@ class DocsTests(TestCase):
             self.assertIsNotNone(row, f"{code} is not in the error table of docs/protocols.md")
             self.assertEqual(row.rstrip(" |").rsplit("| ", 1)[1].startswith("yes"), error.retry, row)
 
+
+    def test_every_metric_is_documented(self) -> None:
+        from myservices.metrics import Metrics
+
+        text = (REPO / "docs" / "metrics.md").read_text()
+        for family in Metrics().registry.collect():
+            if family.name.startswith("myservices_"):
+                self.assertIn(f"| `{family.name}` |", text, f"{family.name} is not in docs/metrics.md")

@@ -7,6 +7,7 @@ neither fixed ports, sleeps, nor log scraping.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -15,7 +16,9 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 from twisted.trial.unittest import TestCase
 
@@ -65,6 +68,27 @@ class EndToEndTests(TestCase):
         path.write_text(textwrap.dedent(text))
         return path
 
+    def start_daemon(self, config: Path) -> tuple[subprocess.Popen[bytes], socket.socket, Any, dict[str, str]]:
+        """Run twistd on C{config}; return once it said READY=1, with the bound address of each service."""
+        short_dir = tempfile.mkdtemp(prefix="myservices-")  # AF_UNIX paths are limited to ~100 bytes
+        self.addCleanup(shutil.rmtree, short_dir, True)
+        notify_path = os.path.join(short_dir, "notify.sock")
+        notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.addCleanup(notify.close)
+        notify.bind(notify_path)
+        notify.settimeout(60)
+        log = open(self.workdir / "daemon.log", "a+")
+        self.addCleanup(log.close)
+        proc = subprocess.Popen(
+            [self.twistd, "-n", "--pidfile=", "myservices", "--config", str(config)],
+            cwd=self.workdir, env=self.env(NOTIFY_SOCKET=notify_path), stdout=log, stderr=subprocess.STDOUT,
+        )
+        self.addCleanup(lambda: proc.poll() is None and proc.kill())
+        fields = dict(line.split("=", 1) for line in notify.recv(4096).decode().splitlines())
+        self.assertEqual(fields.get("READY"), "1", fields)
+        addresses = dict(item.split("=", 1) for item in fields["STATUS"].removeprefix("serving ").split(", "))
+        return proc, notify, log, addresses
+
     def test_installed_twistd_lists_the_plugin_and_checks_configs(self) -> None:
         listing = self.run_twistd("--help")
         self.assertEqual(listing.returncode, 0, listing.stderr)
@@ -96,24 +120,7 @@ class EndToEndTests(TestCase):
             endpoint = "tcp:0:interface=127.0.0.1"
             """
         )
-        short_dir = tempfile.mkdtemp(prefix="myservices-")  # AF_UNIX paths are limited to ~100 bytes
-        self.addCleanup(shutil.rmtree, short_dir, True)
-        notify_path = os.path.join(short_dir, "notify.sock")
-        notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.addCleanup(notify.close)
-        notify.bind(notify_path)
-        notify.settimeout(60)
-        log = open(self.workdir / "daemon.log", "w+")
-        self.addCleanup(log.close)
-        proc = subprocess.Popen(
-            [self.twistd, "-n", "--pidfile=", "myservices", "--config", str(config)],
-            cwd=self.workdir, env=self.env(NOTIFY_SOCKET=notify_path), stdout=log, stderr=subprocess.STDOUT,
-        )
-        self.addCleanup(lambda: proc.poll() is None and proc.kill())
-
-        fields = dict(line.split("=", 1) for line in notify.recv(4096).decode().splitlines())
-        self.assertEqual(fields.get("READY"), "1", fields)
-        addresses = dict(item.split("=", 1) for item in fields["STATUS"].removeprefix("serving ").split(", "))
+        proc, notify, log, addresses = self.start_daemon(config)
         echo_port = int(addresses["echo"].rsplit(":", 1)[1])
         udp_port = int(addresses["udp"].rsplit(":", 1)[1])
 
@@ -150,6 +157,28 @@ class EndToEndTests(TestCase):
         self.assertIn("Server Shut Down.", output)
         self.assertNotIn("Traceback", output)
         self.assertTrue((self.workdir / "state" / "myservices.sqlite3").exists())
+
+    def test_http_counter_keeps_counting_across_restarts(self) -> None:
+        config = self.config(
+            """
+            [daemon]
+            data_dir = "state"
+            [services.http]
+            endpoint = "tcp:0:interface=127.0.0.1"
+            """
+        )
+        seen = []
+        for _ in range(2):
+            proc, _notify, _log, addresses = self.start_daemon(config)
+            base = f"http://{addresses['http']}"
+            for _ in range(2):
+                with urllib.request.urlopen(base + "/", timeout=30) as response:
+                    seen.append(response.read())
+            with urllib.request.urlopen(base + "/readyz", timeout=30) as response:
+                self.assertEqual(json.load(response)["status"], "ready")
+            proc.send_signal(signal.SIGTERM)
+            self.assertIn(proc.wait(timeout=15), (0, -signal.SIGTERM))
+        self.assertEqual(seen, [b"I am request #%d\n" % n for n in (1, 2, 3, 4)])
 
     def test_port_in_use_makes_startup_fail_naming_the_service(self) -> None:
         blocker = socket.socket()

@@ -14,7 +14,8 @@ from twisted.logger import Logger
 
 from myservices.config import DatabaseConfig, DatabaseUrl, parse_database_url
 from myservices.db.migrations import MIGRATIONS, Migration, SchemaTooNew, migrate_txn
-from myservices.db.pool import Dialect, Txn, is_connection_error, make_pool
+from myservices.db.pool import Dialect, Txn, is_connection_error, is_transient_conflict, make_pool
+from myservices.metrics import Metrics
 
 T = TypeVar("T")
 
@@ -41,6 +42,7 @@ class Database(Service):
     log = Logger()
     name = "database"
     retry_initial = 0.5
+    conflict_retries = 3
     retry_max = 30.0
 
     def __init__(
@@ -49,8 +51,10 @@ class Database(Service):
         url: DatabaseUrl,
         reactor: Any,
         migrations: Sequence[Migration] = MIGRATIONS,
+        metrics: Metrics | None = None,
     ) -> None:
         self.cfg = cfg
+        self.metrics = metrics if metrics is not None else Metrics()
         self.url = url
         self._reactor = reactor
         self._migrations = migrations
@@ -74,6 +78,8 @@ class Database(Service):
         if self.url.scheme == "sqlite" and self.url.path != ":memory:":
             os.makedirs(os.path.dirname(self.url.path), exist_ok=True)
         self.pool, self.dialect = make_pool(self.url, self.cfg, self._reactor)
+        self.metrics.db_pool_size.set(self.pool.max)
+        self.metrics.db_pool_open.set_function(lambda: len(self.pool.connections) if self.pool is not None else 0)
         self.log.info("database {url}: pool opened", url=self.url.safe)
         self._attempt_migration()
 
@@ -87,6 +93,7 @@ class Database(Service):
             self.pool = None
             self.log.info("database {url}: pool closed", url=self.url.safe)
         self.ready = False
+        self.metrics.db_ready.set(0)
         self._fire_waiters()
 
     # --- readiness --------------------------------------------------------
@@ -110,6 +117,7 @@ class Database(Service):
         if not self.running:
             return
         self.ready = True
+        self.metrics.db_ready.set(1)
         self.last_error = None
         self.log.info(
             "database {url}: schema ready (applied {applied})",
@@ -148,7 +156,10 @@ class Database(Service):
         """Run C{fn(txn, *args, **kwargs)} in a pool thread, in one transaction.
 
         Fails with L{DatabaseUnavailable} when the database cannot be reached;
-        other errors (a bad query) pass through unchanged.
+        other errors (a bad query) pass through unchanged. A transaction the
+        server rolls back as a deadlock is run again (up to
+        C{conflict_retries} times), so C{fn} must have no effects outside the
+        database.
         """
         return Deferred.fromCoroutine(self._run(fn, args, kwargs))
 
@@ -158,12 +169,34 @@ class Database(Service):
             d: Deferred[None] = Deferred()
             self._waiters.append(d)
             await d
+        operation = fn.__name__.removesuffix("_txn")
+        metrics = self.metrics
         if not self.ready or self.pool is None:
+            metrics.db_errors.labels(operation, "unavailable").inc()
             detail = f": {self.last_error}" if self.last_error else ""
             raise DatabaseUnavailable(f"database is not ready{detail}")
+        started = self._reactor.seconds()
+        metrics.db_in_flight.inc()
         try:
-            return await self.pool.runInteraction(_in_txn, self.dialect, fn, args, kwargs)
+            return await self._interact(operation, fn, args, kwargs)
         except Exception as e:
             if is_connection_error(e):
+                metrics.db_errors.labels(operation, "unavailable").inc()
                 raise DatabaseUnavailable(f"database unavailable: {e}") from e
+            metrics.db_errors.labels(operation, "error").inc()
             raise
+        finally:
+            metrics.db_in_flight.dec()
+            metrics.db_query_seconds.labels(operation).observe(self._reactor.seconds() - started)
+
+    async def _interact(self, operation: str, fn: Callable[..., T], args: tuple, kwargs: dict) -> T:
+        retries = 0
+        while True:
+            try:
+                return await self.pool.runInteraction(_in_txn, self.dialect, fn, args, kwargs)
+            except Exception as e:
+                # the server rolled the transaction back and asks for it to be run again
+                if retries >= self.conflict_retries or not is_transient_conflict(e):
+                    raise
+                retries += 1
+                self.log.info("{operation}: {error}; running it again", operation=operation, error=e)

@@ -43,8 +43,25 @@ def _chat_messages(txn: Txn) -> None:
     )
 
 
+def _counters(txn: Txn) -> None:
+    # named durable counters (the HTTP request counter is "http_requests")
+    table_options = " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4" if txn.dialect == "mysql" else ""
+    txn.execute(
+        "CREATE TABLE IF NOT EXISTS counters ("
+        " name VARCHAR(64) NOT NULL PRIMARY KEY,"
+        " value BIGINT NOT NULL)" + table_options
+    )
+    # created here so daemons starting together do not race to create it
+    txn.execute("SELECT 1 FROM counters WHERE name = ?", ("http_requests",))
+    if txn.fetchone() is None:
+        txn.execute("INSERT INTO counters (name, value) VALUES (?, 0)", ("http_requests",))
+
+
 # Append new migrations with the next version; never change one that has shipped.
-MIGRATIONS: Sequence[Migration] = (Migration(1, "chat history", _chat_messages),)
+MIGRATIONS: Sequence[Migration] = (
+    Migration(1, "chat history", _chat_messages),
+    Migration(2, "counters", _counters),
+)
 
 _LOCK_NAME = "myservices.schema_migration"
 _LOCK_WAIT_SECONDS = 60

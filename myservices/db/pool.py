@@ -129,6 +129,13 @@ def make_pool(url: DatabaseUrl, cfg: DatabaseConfig, reactor: Any) -> tuple[adba
     return pool, "mysql"
 
 
+def is_transient_conflict(error: BaseException) -> bool:
+    """True for a transaction the server rolled back and asks to be retried (deadlock, lock wait)."""
+    if isinstance(error, pymysql.err.OperationalError):
+        return bool(error.args) and error.args[0] in (1205, 1213)
+    return False
+
+
 def is_connection_error(error: BaseException) -> bool:
     """True for errors that mean the database could not be reached (not a bad query)."""
     if isinstance(error, (adbapi.ConnectionLost, pymysql.err.InterfaceError)):

@@ -151,6 +151,10 @@ class Hub:
         self.rooms: dict[str, Room] = {}
         self._nicks: dict[str, Session] = {}
         self._guest_numbers = itertools.count(1)
+        # counted when scraped, so joins and parts cost nothing extra
+        self.metrics.hub_members.set_function(
+            lambda: sum(len(r.members) + len(r.subscribers) for r in self.rooms.values())
+        )
 
     # --- sessions and nicks ---------------------------------------------------
 

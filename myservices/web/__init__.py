@@ -1,0 +1,1 @@
+"""The HTTP service (twisted.web): request counter, health, readiness, metrics."""

@@ -1,0 +1,167 @@
+"""The HTTP service's resources: the request counter, health, readiness and metrics."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
+
+from myservices.counter import DurableCounter
+from myservices.db import DatabaseUnavailable
+from myservices.errors import DATABASE_UNAVAILABLE, INTERNAL
+from myservices.health import Readiness
+from myservices.web.channel import error_body
+
+log = Logger()
+
+
+def _no_store(request: Request, content_type: bytes) -> None:
+    request.setHeader(b"Content-Type", content_type)
+    request.setHeader(b"Cache-Control", b"no-store")
+
+
+def gone(request: Request) -> bool:
+    """True when the client disconnected before its answer was ready (finishing would raise)."""
+    return bool(getattr(request, "_disconnected", False))
+
+
+def write_json(request: Request, status: int, value: Any) -> None:
+    """Finish C{request} with C{value} as JSON, unless the client has gone."""
+    if gone(request):
+        return
+    request.setResponseCode(status)
+    _no_store(request, b"application/json")
+    request.write(json.dumps(value).encode() + b"\n")
+    request.finish()
+
+
+class DatabaseErrors:
+    """Turns a failed database call into a 503 (with Retry-After) or a logged 500, never a traceback."""
+
+    def __init__(self, retry_after: int) -> None:
+        self.retry_after = retry_after
+
+    def respond(self, failure: Failure, request: Request) -> None:
+        unavailable = failure.check(DatabaseUnavailable) is not None
+        if not unavailable:
+            log.failure("{method} {uri} failed", failure, method=request.method, uri=request.uri)
+        if gone(request):
+            return
+        if unavailable:
+            status, error, message = 503, DATABASE_UNAVAILABLE, DATABASE_UNAVAILABLE.message
+            request.setHeader(b"Retry-After", str(self.retry_after).encode())
+        else:
+            status, error, message = 500, INTERNAL, INTERNAL.message
+        request.setResponseCode(status)
+        _no_store(request, b"application/json")
+        request.write(error_body(error, message))
+        request.finish()
+
+
+class CounterPage(Resource):
+    """C{GET /}: C{I am request #N}, N from the durable counter."""
+
+    isLeaf = True
+
+    def __init__(self, counter: DurableCounter, errors: DatabaseErrors) -> None:
+        super().__init__()
+        self.counter = counter
+        self.errors = errors
+
+    def render_GET(self, request: Request) -> int:
+        d = self.counter.next()
+        d.addCallbacks(self._answer, self.errors.respond, callbackArgs=(request,), errbackArgs=(request,))
+        return NOT_DONE_YET
+
+    def render_HEAD(self, request: Request) -> bytes:
+        # HEAD is safe: it must not take a number
+        _no_store(request, b"text/plain; charset=utf-8")
+        return b""
+
+    @staticmethod
+    def _answer(n: int, request: Request) -> None:
+        if gone(request):
+            return  # the number is skipped: never handed out twice
+        _no_store(request, b"text/plain; charset=utf-8")
+        request.write(b"I am request #%d\n" % n)
+        request.finish()
+
+
+class CounterApi(Resource):
+    """C{GET /api/counter}: C{{"value": N}}, the last number handed out, without taking one."""
+
+    isLeaf = True
+
+    def __init__(self, counter: DurableCounter, errors: DatabaseErrors) -> None:
+        super().__init__()
+        self.counter = counter
+        self.errors = errors
+
+    def render_GET(self, request: Request) -> int:
+        d = self.counter.current()
+        d.addCallbacks(
+            lambda value: write_json(request, 200, {"name": self.counter.name, "value": value}),
+            self.errors.respond, errbackArgs=(request,),
+        )
+        return NOT_DONE_YET
+
+
+class Healthz(Resource):
+    """C{GET /healthz}: 200 while the process runs and the reactor turns."""
+
+    isLeaf = True
+
+    def render_GET(self, request: Request) -> bytes:
+        _no_store(request, b"application/json")
+        return b'{"status": "ok"}\n'
+
+
+class Readyz(Resource):
+    """C{GET /readyz}: 200 when every listener is bound and the database answers in time, else 503."""
+
+    isLeaf = True
+
+    def __init__(self, readiness: Readiness, timeout: float) -> None:
+        super().__init__()
+        self.readiness = readiness
+        self.timeout = timeout
+
+    def render_GET(self, request: Request) -> int:
+        d = Deferred.fromCoroutine(self.readiness.check(self.timeout))
+
+        def answer(report: Any) -> None:
+            body: dict[str, Any] = {"status": "ready" if report.ready else "not ready", "checks": report.checks}
+            if not report.ready:
+                body["failed"] = report.failed
+            write_json(request, 200 if report.ready else 503, body)
+
+        d.addCallback(answer)
+        d.addErrback(DatabaseErrors(1).respond, request)
+        return NOT_DONE_YET
+
+
+class MetricsPage(Resource):
+    """C{GET /metrics}: the tree's registry in Prometheus text (or OpenMetrics, if asked for).
+
+    Rendered on the reactor thread: some gauges read state the reactor owns,
+    and one scrape of this registry takes about a millisecond.
+    """
+
+    isLeaf = True
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        super().__init__()
+        self.registry = registry
+
+    def render_GET(self, request: Request) -> bytes:
+        accept = (request.getHeader(b"accept") or b"").decode("latin-1")
+        encoder, content_type = choose_encoder(accept)
+        _no_store(request, content_type.encode())
+        return encoder(self.registry)

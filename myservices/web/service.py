@@ -1,0 +1,72 @@
+"""The HTTP service: the durable request counter, health, readiness and metrics on one twisted.web Site."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from twisted.application.service import IService
+from twisted.web.resource import Resource
+
+from myservices.config import DURATION, SIZE, KiB, MiB, StreamServiceConfig, setting
+from myservices.listeners import StreamListenerService
+from myservices.registry import BuildContext
+from myservices.web.channel import HttpLimits
+from myservices.web.resources import CounterApi, CounterPage, DatabaseErrors, Healthz, MetricsPage, Readyz
+from myservices.web.site import HttpSite
+
+@dataclass(frozen=True, kw_only=True)
+class HttpConfig(StreamServiceConfig):
+    """[services.http]: the stream listener keys and the HTTP limits."""
+
+    idle_timeout: float = setting(
+        60.0, kind=DURATION, min=0, max=86400,
+        doc="seconds a keep-alive connection may sit idle between requests (0: never closed)",
+    )
+    request_timeout: float = setting(
+        30.0, kind=DURATION, min=0, max=3600,
+        doc="seconds from a request's first byte to its last; slower requests get 408 (0: no limit)",
+    )
+    max_body_size: int = setting(
+        1 * MiB, kind=SIZE, min=0, max=1024 * MiB, doc="largest request body; larger ones get 413"
+    )
+    max_header_size: int = setting(
+        16 * KiB, kind=SIZE, min=256, max=1 * MiB,
+        doc="largest request line plus headers; larger get 431 (414 for the request line alone)",
+    )
+    max_headers: int = setting(100, min=1, max=10_000, doc="most header lines in a request; more get 431")
+    access_log: bool = setting(
+        False, doc="log every request (structured: peer, method, uri, status, size, duration); costs CPU"
+    )
+    metrics: bool = setting(True, doc="serve /metrics (Prometheus text format)")
+    ready_timeout: float = setting(
+        2.0, kind=DURATION, min=0.01, max=60, doc="seconds the database has to answer a /readyz probe"
+    )
+    retry_after: int = setting(
+        5, min=1, max=3600, doc="seconds in the Retry-After header of 503 answers when the database is down"
+    )
+
+
+def build(name: str, cfg: HttpConfig, ctx: BuildContext) -> IService:
+    """The HTTP listener service for C{[services.NAME]}."""
+    counter = ctx.counter
+    errors = DatabaseErrors(cfg.retry_after)
+    root = Resource()
+    root.putChild(b"", CounterPage(counter, errors))
+    root.putChild(b"healthz", Healthz())
+    root.putChild(b"readyz", Readyz(ctx.readiness, cfg.ready_timeout))
+    if cfg.metrics:
+        root.putChild(b"metrics", MetricsPage(ctx.metrics.registry))
+    api = Resource()
+    api.putChild(b"counter", CounterApi(counter, errors))
+    root.putChild(b"api", api)
+    limits = HttpLimits(
+        max_body_size=cfg.max_body_size,
+        max_header_size=cfg.max_header_size,
+        max_headers=cfg.max_headers,
+        request_timeout=cfg.request_timeout,
+    )
+    site = HttpSite(
+        name, root, limits=limits, max_connections=cfg.max_connections, idle_timeout=cfg.idle_timeout,
+        access_log=cfg.access_log, metrics=ctx.metrics, clock=ctx.reactor,
+    )
+    return StreamListenerService(name, cfg.endpoint, site, ctx.reactor, ctx.config.daemon.shutdown_timeout)
