@@ -26,9 +26,19 @@ def rss_bytes(pid: int) -> int:
 
 
 def pin(pid: int, core: int) -> None:
-    """Keep server and load generator on different cores where the machine has two."""
+    """Keep server and load generator on different cores where the machine has two.
+
+    Every thread of the process is pinned (a database pool's threads exist
+    before the process can be pinned, and would not inherit it).
+    """
     if hasattr(os, "sched_setaffinity") and os.cpu_count() and os.cpu_count() > 1:
-        os.sched_setaffinity(pid, {core % os.cpu_count()})
+        cpus = {core % os.cpu_count()}
+        tasks = Path(f"/proc/{pid}/task")
+        for tid in [int(t.name) for t in tasks.iterdir()] if pid and tasks.exists() else [pid]:
+            try:
+                os.sched_setaffinity(tid, cpus)
+            except ProcessLookupError:
+                pass  # the thread has just ended
 
 
 def start_myservices(workdir: str, config_text: str) -> tuple[subprocess.Popen, dict[str, int]]:

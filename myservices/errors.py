@@ -40,6 +40,8 @@ NOT_IN_ROOM = ErrorCode("NOT_IN_ROOM", "join the room first", retry=False)
 TOO_MANY_ROOMS = ErrorCode("TOO_MANY_ROOMS", "too many rooms and topics on this connection", retry=False)
 RATE_LIMITED = ErrorCode("RATE_LIMITED", "publishing too fast; slow down", retry=True)
 SLOW_CONSUMER = ErrorCode("SLOW_CONSUMER", "slow consumer: too much unread output", retry=True)
+NOT_FOUND = ErrorCode("NOT_FOUND", "no such resource", retry=False)
+BAD_REQUEST = ErrorCode("BAD_REQUEST", "the request is malformed", retry=False)
 TOO_LARGE = ErrorCode("TOO_LARGE", "request or message larger than the limit", retry=False)
 TIMEOUT = ErrorCode("TIMEOUT", "the request did not arrive in time", retry=True)
 BUSY = ErrorCode("BUSY", "too many connections, try again later", retry=True)
@@ -51,7 +53,7 @@ ERRORS: dict[str, ErrorCode] = {
     e.code: e
     for e in (
         UNKNOWN_COMMAND, BAD_ARGUMENTS, BAD_ENCODING, LINE_TOO_LONG, TEXT_INVALID, NICK_INVALID, NICK_TAKEN,
-        ROOM_INVALID, NOT_IN_ROOM, TOO_MANY_ROOMS, RATE_LIMITED, SLOW_CONSUMER, TOO_LARGE,
+        ROOM_INVALID, NOT_IN_ROOM, TOO_MANY_ROOMS, RATE_LIMITED, SLOW_CONSUMER, NOT_FOUND, BAD_REQUEST, TOO_LARGE,
         TIMEOUT, BUSY, DATABASE_UNAVAILABLE,
         SHUTTING_DOWN, INTERNAL,
     )

@@ -6,13 +6,29 @@ so tests can build several trees in one process. The HTTP service exports it.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
 from prometheus_client import (
     GC_COLLECTOR, PLATFORM_COLLECTOR, CollectorRegistry, Counter, Gauge, Histogram,
 )
+from prometheus_client.metrics_core import Metric
 from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
 
 # seconds; from a fast local query to a server struggling
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class _PendingFlusher(Collector):
+    """Registered first: before any read of the registry, folds pending hot-path counts into it."""
+
+    def __init__(self) -> None:
+        self.hooks: list[Callable[[], None]] = []
+
+    def collect(self) -> Iterable[Metric]:
+        for hook in self.hooks:
+            hook()
+        return []
 
 
 class Metrics:
@@ -21,6 +37,8 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        self._flusher = _PendingFlusher()
+        r.register(self._flusher)
         self.connections_open = Gauge(
             "myservices_connections_open", "Connections open now", ["service"], registry=r
         )
@@ -78,10 +96,6 @@ class Metrics:
         self.http_requests = Counter(
             "myservices_http_requests", "HTTP requests answered, by status code", ["service", "status"], registry=r
         )
-        self.http_request_seconds = Histogram(
-            "myservices_http_request_seconds", "Time from a request's arrival to its response",
-            ["service"], buckets=_LATENCY_BUCKETS, registry=r,
-        )
 
         self.db_query_seconds = Histogram(
             "myservices_db_query_seconds", "Database transactions, from queueing for a connection to the result",
@@ -112,6 +126,15 @@ class Metrics:
         ProcessCollector(registry=r)
         for collector in (PLATFORM_COLLECTOR, GC_COLLECTOR):
             r.register(collector)
+
+    def before_collect(self, hook: Callable[[], None]) -> None:
+        """Call C{hook} before every read of the registry.
+
+        For the hottest paths: count in plain integers (a prometheus_client
+        increment takes a lock and costs about half a microsecond) and fold
+        them into the metrics in C{hook}. Reads happen on the reactor thread.
+        """
+        self._flusher.hooks.append(hook)
 
     def for_service(self, service: str) -> ServiceMetrics:
         """Children bound to one service's label, for use on hot paths."""

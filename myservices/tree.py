@@ -119,7 +119,7 @@ def build_service_tree(
     tree.hub = hub
     ctx = BuildContext(
         reactor=reactor, config=config, database=database, metrics=metrics, hub=hub,
-        counter=DurableCounter(database, "http_requests"),
+        counter=DurableCounter(database, "http_requests", reactor),
         # tree.listeners fills as services are built; the checks read it when they run
         readiness=Readiness(tree.listeners, database, reactor, lambda: tree.running),
     )

@@ -194,10 +194,11 @@ async def chat_client(testcase: TestCase, port: int, nick: str | None = None) ->
 class HttpResponse:
     """What a test needs of an HTTP response."""
 
-    def __init__(self, code: int, headers: Any, body: bytes) -> None:
+    def __init__(self, code: int, headers: Any, body: bytes, length: Any = None) -> None:
         self.code = code
         self.headers = headers
         self.body = body
+        self.length = length  # the Content-Length (Agent takes it out of the headers), or UNKNOWN_LENGTH
 
     def header(self, name: str) -> str | None:
         values = self.headers.getRawHeaders(name)
@@ -233,7 +234,7 @@ class HttpClient:
 
         response = await self.agent.request(method, (self.base + path).encode(), Headers(headers or {}))
         body = await readBody(response) if method != b"HEAD" else b""
-        return HttpResponse(response.code, response.headers, body)
+        return HttpResponse(response.code, response.headers, body, response.length)
 
     def get(self, path: str) -> Deferred[HttpResponse]:
         return self.request(path)

@@ -86,7 +86,10 @@ class CounterTestsMixin:
         tree = await self.start()
         client = HttpClient(self, port_of(tree, "http"))
         self.assertEqual((await client.request("/", method=b"HEAD")).code, 200)
-        self.assertEqual(number((await client.get("/")).body), 1)
+        response = await client.get("/")
+        self.assertEqual(number(response.body), 1)
+        # one write with its length: chunked framing would cost every request
+        self.assertEqual(response.length, len(response.body))
 
 
 class SQLiteCounterTests(CounterTestsMixin, TestCase):
@@ -151,7 +154,8 @@ class HttpServiceTests(TestCase):
         self.assertEqual(
             ready.json(), {"status": "ready", "checks": {"running": "ok", "listeners": "ok", "database": "ok"}}
         )
-        self.assertEqual((await client.get("/no/such/page")).code, 404)
+        missing = await client.get("/no/such/page")
+        self.assertEqual((missing.code, missing.json()["error"]["code"]), (404, "NOT_FOUND"))
         self.assertEqual((await client.request("/", method=b"POST")).code, 405)
 
     async def test_metrics_parse_and_move(self) -> None:
@@ -311,6 +315,13 @@ class ChannelLimitTests(TestCase):
         channel.dataReceived(b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(5)) + b"\r\n")
         self.assertEqual(self.status(transport), b"HTTP/1.1 200 OK")
 
+    def test_a_malformed_request_gets_400_with_a_json_error(self) -> None:
+        transport, channel, _, _ = self.connect()
+        channel.dataReceived(b"GET / HTTP/1.1\r\nno colon here\r\n\r\n")
+        self.assertEqual(self.status(transport), b"HTTP/1.1 400 Bad Request")
+        self.assertEqual(json.loads(transport.value().split(b"\r\n\r\n")[1])["error"]["code"], "BAD_REQUEST")
+        self.assertTrue(transport.disconnecting)
+
     def test_request_line_too_long_gets_414(self) -> None:
         transport, channel, _, _ = self.connect()
         channel.dataReceived(b"GET /" + b"a" * 600)
@@ -343,3 +354,47 @@ class ChannelLimitTests(TestCase):
         one = b"GET / HTTP/1.1\r\nHost: x\r\nA: 1\r\n\r\n"
         channel.dataReceived(one * 3)
         self.assertEqual(transport.value().count(b"HTTP/1.1 200 OK"), 3)
+
+
+class DurableCounterTests(TestCase):
+    """The counter on a real SQLite database, without HTTP."""
+
+    async def start(self) -> Any:
+        from pathlib import Path
+
+        from twisted.internet import reactor
+
+        from myservices.config import DatabaseConfig
+        from myservices.counter import DurableCounter
+        from myservices.db import Database
+
+        directory = Path(self.mktemp()).resolve()
+        db = Database.from_config(DatabaseConfig(url="sqlite:///c.sqlite3"), directory, reactor)
+        db.startService()
+        self.addCleanup(db.stopService)
+        await db.when_ready()
+        return db, DurableCounter(db, "tests", reactor)
+
+    async def test_takers_in_one_turn_share_a_transaction_and_a_failing_taker_harms_no_one(self) -> None:
+        db, counter = await self.start()
+        def broken(n: int) -> None:
+            raise RuntimeError("a taker's bug")
+
+        counter.take(broken, lambda f: None)
+        deferreds = [counter.next() for _ in range(9)]
+        got = await gatherResults(deferreds)
+        self.assertEqual(got, list(range(2, 11)))
+        self.assertEqual(db.metrics.registry.get_sample_value("myservices_db_query_seconds_count", {"operation": "increment"}), 1)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(await counter.current(), 10)
+
+    async def test_every_taker_of_a_failed_batch_gets_the_error(self) -> None:
+        from myservices.db import DatabaseUnavailable
+
+        db, counter = await self.start()
+        db.stopService()
+        results = await gatherResults([counter.next().addErrback(lambda f: f.value) for _ in range(3)])
+        self.assertTrue(all(isinstance(r, DatabaseUnavailable) for r in results), results)
+        db.startService()  # the database is back: the counter carries on
+        await db.when_ready()
+        self.assertEqual(await counter.next(), 1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -15,7 +16,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from myservices.counter import DurableCounter
 from myservices.db import DatabaseUnavailable
-from myservices.errors import DATABASE_UNAVAILABLE, INTERNAL
+from myservices.errors import DATABASE_UNAVAILABLE, INTERNAL, NOT_FOUND
 from myservices.health import Readiness
 from myservices.web.channel import error_body
 
@@ -25,6 +26,13 @@ log = Logger()
 def _no_store(request: Request, content_type: bytes) -> None:
     request.setHeader(b"Content-Type", content_type)
     request.setHeader(b"Cache-Control", b"no-store")
+
+
+def finish(request: Request, body: bytes) -> None:
+    """Write the whole body with its length and finish (without a length, HTTP/1.1 would use chunked framing)."""
+    request.setHeader(b"Content-Length", b"%d" % len(body))
+    request.write(body)
+    request.finish()
 
 
 def gone(request: Request) -> bool:
@@ -38,8 +46,7 @@ def write_json(request: Request, status: int, value: Any) -> None:
         return
     request.setResponseCode(status)
     _no_store(request, b"application/json")
-    request.write(json.dumps(value).encode() + b"\n")
-    request.finish()
+    finish(request, json.dumps(value).encode() + b"\n")
 
 
 class DatabaseErrors:
@@ -61,8 +68,23 @@ class DatabaseErrors:
             status, error, message = 500, INTERNAL, INTERNAL.message
         request.setResponseCode(status)
         _no_store(request, b"application/json")
-        request.write(error_body(error, message))
-        request.finish()
+        finish(request, error_body(error, message))
+
+
+class JsonRoot(Resource):
+    """A directory of resources that answers unknown paths with a JSON 404 (not twisted.web's HTML page)."""
+
+    def getChild(self, path: bytes, request: Request) -> Resource:
+        return NotFound()
+
+
+class NotFound(Resource):
+    isLeaf = True
+
+    def render(self, request: Request) -> bytes:
+        request.setResponseCode(404)
+        _no_store(request, b"application/json")
+        return error_body(NOT_FOUND, NOT_FOUND.message)
 
 
 class CounterPage(Resource):
@@ -76,8 +98,7 @@ class CounterPage(Resource):
         self.errors = errors
 
     def render_GET(self, request: Request) -> int:
-        d = self.counter.next()
-        d.addCallbacks(self._answer, self.errors.respond, callbackArgs=(request,), errbackArgs=(request,))
+        self.counter.take(partial(self._answer, request), partial(self.errors.respond, request=request))
         return NOT_DONE_YET
 
     def render_HEAD(self, request: Request) -> bytes:
@@ -86,12 +107,11 @@ class CounterPage(Resource):
         return b""
 
     @staticmethod
-    def _answer(n: int, request: Request) -> None:
+    def _answer(request: Request, n: int) -> None:
         if gone(request):
             return  # the number is skipped: never handed out twice
         _no_store(request, b"text/plain; charset=utf-8")
-        request.write(b"I am request #%d\n" % n)
-        request.finish()
+        finish(request, b"I am request #%d\n" % n)
 
 
 class CounterApi(Resource):

@@ -5,13 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from twisted.application.service import IService
-from twisted.web.resource import Resource
 
 from myservices.config import DURATION, SIZE, KiB, MiB, StreamServiceConfig, setting
 from myservices.listeners import StreamListenerService
 from myservices.registry import BuildContext
 from myservices.web.channel import HttpLimits
-from myservices.web.resources import CounterApi, CounterPage, DatabaseErrors, Healthz, MetricsPage, Readyz
+from myservices.web.resources import CounterApi, CounterPage, DatabaseErrors, Healthz, JsonRoot, MetricsPage, Readyz
 from myservices.web.site import HttpSite
 
 @dataclass(frozen=True, kw_only=True)
@@ -50,13 +49,13 @@ def build(name: str, cfg: HttpConfig, ctx: BuildContext) -> IService:
     """The HTTP listener service for C{[services.NAME]}."""
     counter = ctx.counter
     errors = DatabaseErrors(cfg.retry_after)
-    root = Resource()
+    root = JsonRoot()
     root.putChild(b"", CounterPage(counter, errors))
     root.putChild(b"healthz", Healthz())
     root.putChild(b"readyz", Readyz(ctx.readiness, cfg.ready_timeout))
     if cfg.metrics:
         root.putChild(b"metrics", MetricsPage(ctx.metrics.registry))
-    api = Resource()
+    api = JsonRoot()
     api.putChild(b"counter", CounterApi(counter, errors))
     root.putChild(b"api", api)
     limits = HttpLimits(

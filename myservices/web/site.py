@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
-from myservices.errors import BUSY
+from myservices.errors import BUSY, ErrorCode
 from myservices.listeners import ConnectionTrackingFactory
 from myservices.metrics import Metrics, ServiceMetrics
 from myservices.web.channel import HttpLimits, LimitedHTTPChannel, LimitedRequest, error_body
@@ -55,8 +53,10 @@ class HttpSite(ConnectionTrackingFactory, Site):
         self.limits = limits
         self.access_log = access_log
         self._requests = metrics.http_requests
-        self._request_seconds = metrics.http_request_seconds.labels(service_name)
-        self._by_status: dict[int, Any] = {}
+        # counted in plain integers and folded into the metrics when they are read (see Metrics.before_collect)
+        self._pending_status: dict[int, int] = {}
+        self._pending_bytes = 0
+        metrics.before_collect(self._fold_counts)
 
     # twisted.web's access log would start a once-a-second timer and write to the legacy log
     def startFactory(self) -> None:
@@ -68,14 +68,11 @@ class HttpSite(ConnectionTrackingFactory, Site):
     def log(self, request: Request) -> None:
         """Called by twisted.web as each response finishes: count it and, if enabled, log it."""
         status = request.code
-        self._count(status)
-        m = self.metrics
-        m.messages_in.inc()
-        m.messages_out.inc()
-        m.bytes_out.inc(request.sentLength)
-        elapsed = self.clock.seconds() - getattr(request, "received_at", self.clock.seconds())
-        self._request_seconds.observe(elapsed)
+        pending = self._pending_status
+        pending[status] = pending.get(status, 0) + 1
+        self._pending_bytes += request.sentLength
         if self.access_log:
+            received = getattr(request, "received_at", None)
             access_log.info(
                 "{peer} {method} {uri} {status} {size} {duration_ms}ms",
                 peer=_peer(request),
@@ -83,20 +80,27 @@ class HttpSite(ConnectionTrackingFactory, Site):
                 uri=request.uri.decode("latin-1"),
                 status=status,
                 size=request.sentLength,
-                duration_ms=round(elapsed * 1000, 3),
+                duration_ms=None if received is None else round((self.clock.seconds() - received) * 1000, 3),
                 user_agent=(request.getHeader(b"user-agent") or b"").decode("latin-1"),
             )
 
-    def count_rejection(self, status: int) -> None:
-        """A request refused by the channel's limits (413, 431, 414, 408)."""
-        self._count(status)
-        self.metrics.error({413: "TOO_LARGE", 414: "TOO_LARGE", 431: "TOO_LARGE", 408: "TIMEOUT"}.get(status, str(status)))
+    def count_rejection(self, status: int, error: ErrorCode) -> None:
+        """A request the channel refused (413, 431, 414, 408, 400)."""
+        self._pending_status[status] = self._pending_status.get(status, 0) + 1
+        self.metrics.error(error.code)
 
-    def _count(self, status: int) -> None:
-        child = self._by_status.get(status)
-        if child is None:
-            child = self._by_status[status] = self._requests.labels(self.service_name, str(status))
-        child.inc()
+    def _fold_counts(self) -> None:
+        pending, self._pending_status = self._pending_status, {}
+        total = 0
+        for status, n in pending.items():
+            self._requests.labels(self.service_name, str(status)).inc(n)
+            total += n
+        if total:
+            self.metrics.messages_in.inc(total)
+            self.metrics.messages_out.inc(total)
+        if self._pending_bytes:
+            self.metrics.bytes_out.inc(self._pending_bytes)
+            self._pending_bytes = 0
 
 
 def _peer(request: Request) -> str:
