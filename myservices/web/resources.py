@@ -87,15 +87,17 @@ class NotFound(Resource):
         return error_body(NOT_FOUND, NOT_FOUND.message)
 
 
-class CounterPage(Resource):
-    """C{GET /}: C{I am request #N}, N from the durable counter."""
-
+class _CounterResource(Resource):
     isLeaf = True
 
     def __init__(self, counter: DurableCounter, errors: DatabaseErrors) -> None:
         super().__init__()
         self.counter = counter
         self.errors = errors
+
+
+class CounterPage(_CounterResource):
+    """C{GET /}: C{I am request #N}, N from the durable counter."""
 
     def render_GET(self, request: Request) -> int:
         self.counter.take(partial(self._answer, request), partial(self.errors.respond, request=request))
@@ -114,15 +116,8 @@ class CounterPage(Resource):
         finish(request, b"I am request #%d\n" % n)
 
 
-class CounterApi(Resource):
+class CounterApi(_CounterResource):
     """C{GET /api/counter}: C{{"value": N}}, the last number handed out, without taking one."""
-
-    isLeaf = True
-
-    def __init__(self, counter: DurableCounter, errors: DatabaseErrors) -> None:
-        super().__init__()
-        self.counter = counter
-        self.errors = errors
 
     def render_GET(self, request: Request) -> int:
         d = self.counter.current()
