@@ -18,14 +18,12 @@ from __future__ import annotations
 import argparse
 import os
 import selectors
-import shutil
 import socket
 import statistics
 import sys
-import tempfile
 import time
 
-from common import cpu_seconds, pin, start_server, stop
+from common import cpu_seconds, pin, serving
 
 CONFIG = """
 [daemon]
@@ -61,11 +59,9 @@ def connect_all(port: int, members: int, joins: bool) -> list[socket.socket]:
 
 
 def run_once(name: str, members: int, lines: int, window: int) -> tuple[float, float]:
-    workdir = tempfile.mkdtemp(prefix="myservices-bench-")
-    proc, port = start_server(name, workdir, CONFIG, "chat", "seed_chat.py")
-    pin(proc.pid, 0)
-    pin(0, 1)
-    try:
+    with serving(name, CONFIG, "chat", "seed_chat.py") as (proc, port):
+        pin(proc.pid, 0)
+        pin(0, 1)
         socks = connect_all(port, members, joins=name == "myservices")
         cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
         delivered = run_load(socks, lines, window, "msg" if name == "myservices" else "plain")
@@ -74,9 +70,6 @@ def run_once(name: str, members: int, lines: int, window: int) -> tuple[float, f
         for s in socks:
             s.close()
         return cpu / delivered * 1e6, delivered / elapsed
-    finally:
-        stop(proc)
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def run_load(socks: list[socket.socket], lines: int, window: int, kind: str) -> int:

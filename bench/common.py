@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -77,6 +81,18 @@ def stop(proc: subprocess.Popen) -> None:
         proc.wait(timeout=30)
     except subprocess.TimeoutExpired:
         proc.kill()
+
+
+@contextmanager
+def serving(name: str, config_text: str, service: str, baseline: str) -> Iterator[tuple[subprocess.Popen, int]]:
+    """L{start_server} in a fresh working directory; stops the server and removes the directory after."""
+    workdir = tempfile.mkdtemp(prefix="myservices-bench-")
+    proc, port = start_server(name, workdir, config_text, service, baseline)
+    try:
+        yield proc, port
+    finally:
+        stop(proc)
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def start_server(name: str, workdir: str, config_text: str, service: str, baseline: str) -> tuple[subprocess.Popen, int]:

@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import argparse
 import select
-import shutil
 import socket
 import statistics
 import sys
-import tempfile
 import time
 
-from common import rss_bytes, start_server, stop
+from common import rss_bytes, serving
 
 STALL_SECONDS = 2.0
 CONFIG = '[daemon]\ndata_dir = "state"\n[services.echo]\nendpoint = "tcp:0:interface=127.0.0.1"\n'
@@ -46,15 +44,10 @@ def flood(port: int, limit: int, pid: int) -> tuple[int, int]:
 
 
 def run_once(name: str, limit: int) -> tuple[int, int]:
-    workdir = tempfile.mkdtemp(prefix="myservices-bench-")
-    proc, port = start_server(name, workdir, CONFIG, "echo", "seed_echo.py")
-    try:
+    with serving(name, CONFIG, "echo", "seed_echo.py") as (proc, port):
         before = rss_bytes(proc.pid)
         sent, after = flood(port, limit, proc.pid)
         return sent, after - before
-    finally:
-        stop(proc)
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def main() -> None:

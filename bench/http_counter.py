@@ -20,10 +20,9 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import urllib.request
 
-from common import cpu_seconds, pin, rss_bytes, start_server, stop
+from common import cpu_seconds, pin, rss_bytes, serving
 
 CONFIG = """
 [daemon]
@@ -58,11 +57,9 @@ def run_wrk(port: int, duration: float, connections: int) -> tuple[int, float, i
 
 
 def measure(name: str, args: argparse.Namespace) -> dict[str, float]:
-    workdir = tempfile.mkdtemp(prefix="bench-http-")
     url = args.mysql or "sqlite:///counter.sqlite3"
     config = CONFIG.format(url=url, access_log="true" if args.access_log else "false")
-    proc, port = start_server(name, workdir, config, "http", "seed_counter.py")
-    try:
+    with serving(name, config, "http", "seed_counter.py") as (proc, port):
         pin(proc.pid, 0)
         urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30).read()  # warm: schema, first batch
         cpu0 = cpu_seconds(proc.pid)
@@ -72,9 +69,6 @@ def measure(name: str, args: argparse.Namespace) -> dict[str, float]:
         if errors:
             raise RuntimeError(f"{name}: {errors} failed requests")
         return {"rps": requests / seconds, "cpu_us": cpu / requests * 1e6, "rss_mb": rss / 2**20}
-    finally:
-        stop(proc)
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ from twisted.web.server import Request, Site
 
 from myservices.errors import BUSY, ErrorCode
 from myservices.listeners import ConnectionTrackingFactory
-from myservices.metrics import Metrics, ServiceMetrics
+from myservices.metrics import Metrics
 from myservices.web.channel import HttpLimits, LimitedHTTPChannel, LimitedRequest, error_body
 
 access_log = Logger(namespace="myservices.web.access")
