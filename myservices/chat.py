@@ -29,7 +29,7 @@ from myservices.errors import (
     SLOW_CONSUMER,
     UNKNOWN_COMMAND,
     ErrorCode,
-    HubError,
+    RequestError,
 )
 from myservices.hub import Event, Hub, Message, NickChange, Presence
 from myservices.listeners import ConnectionTrackingFactory, StreamListenerService, TrackedProtocol
@@ -201,11 +201,11 @@ class ChatProtocol(TrackedProtocol, LineReceiver, TimeoutMixin):
                 name, _, args = line[1:].partition(" ")
                 handler = getattr(self, f"do_{name.lower()}", None) if name.isalpha() else None
                 if handler is None:
-                    raise HubError(UNKNOWN_COMMAND, f"unknown command /{name}; /help lists the commands")
+                    raise RequestError(UNKNOWN_COMMAND, f"unknown command /{name}; /help lists the commands")
                 await handler(args.strip())
             else:
                 await self._say(line)
-        except HubError as e:
+        except RequestError as e:
             self.send_error(e.error, e.detail)
         except Exception:
             self.log.failure("chat: command {line!r} failed", line=line[:100])
@@ -213,7 +213,7 @@ class ChatProtocol(TrackedProtocol, LineReceiver, TimeoutMixin):
 
     async def _say(self, text: str) -> None:
         if self.current is None:
-            raise HubError(NOT_IN_ROOM, "join a room first (/join ROOM), or use /msg ROOM TEXT")
+            raise RequestError(NOT_IN_ROOM, "join a room first (/join ROOM), or use /msg ROOM TEXT")
         await self.hub.publish(self.session, self.current, text)
 
     # --- commands -------------------------------------------------------------
@@ -222,14 +222,14 @@ class ChatProtocol(TrackedProtocol, LineReceiver, TimeoutMixin):
     def _words(args: str, least: int, most: int, usage: str) -> list[str]:
         words = args.split()
         if not least <= len(words) <= most:
-            raise HubError(BAD_ARGUMENTS, f"usage: {usage}")
+            raise RequestError(BAD_ARGUMENTS, f"usage: {usage}")
         return words
 
     def _room_arg(self, words: list[str], usage: str) -> str:
         if words:
             return self.hub.check_room(words[0])
         if self.current is None:
-            raise HubError(BAD_ARGUMENTS, f"usage: {usage} (you are in no room)")
+            raise RequestError(BAD_ARGUMENTS, f"usage: {usage} (you are in no room)")
         return self.current
 
     async def do_nick(self, args: str) -> None:
@@ -255,7 +255,7 @@ class ChatProtocol(TrackedProtocol, LineReceiver, TimeoutMixin):
     async def do_msg(self, args: str) -> None:
         name, _, text = args.partition(" ")
         if not name or not text:
-            raise HubError(BAD_ARGUMENTS, "usage: /msg ROOM TEXT")
+            raise RequestError(BAD_ARGUMENTS, "usage: /msg ROOM TEXT")
         message = await self.hub.publish(self.session, name, text)
         self.send_line(f"OK msg {message.room} {message.id}")
 
@@ -295,7 +295,7 @@ class ChatProtocol(TrackedProtocol, LineReceiver, TimeoutMixin):
     async def do_pub(self, args: str) -> None:
         name, _, text = args.partition(" ")
         if not name or not text:
-            raise HubError(BAD_ARGUMENTS, "usage: /pub TOPIC TEXT")
+            raise RequestError(BAD_ARGUMENTS, "usage: /pub TOPIC TEXT")
         message = await self.hub.publish(self.session, name, text, as_member=False)
         self.send_line(f"OK pub {message.room} {message.id}")
 

@@ -27,7 +27,9 @@ from urllib.parse import unquote, urlsplit
 from myservices.endpoints import EndpointSyntaxError, check_stream_endpoint, parse_udp_endpoint
 
 if typing.TYPE_CHECKING:
+    from myservices.accounts import AccountsConfig
     from myservices.hub.core import HubConfig
+    from myservices.kv import KeyValueConfig
 
 ENV_PREFIX = "MYSERVICES__"
 ENV_ALIASES: Mapping[str, tuple[str, ...]] = {
@@ -155,6 +157,8 @@ class Config:
     daemon: DaemonConfig
     database: DatabaseConfig
     hub: HubConfig
+    accounts: AccountsConfig
+    kv: KeyValueConfig
     services: Mapping[str, ServiceConfig]
 
     def enabled_services(self) -> list[tuple[str, ServiceConfig]]:
@@ -246,7 +250,9 @@ def config_from_dict(
 ) -> Config:
     """Validate an already parsed TOML document (see L{load_config})."""
     # imported here: these modules declare their settings with this module's helpers
+    from myservices.accounts import AccountsConfig
     from myservices.hub.core import HubConfig
+    from myservices.kv import KeyValueConfig
 
     if kinds is None:
         from myservices.registry import config_classes
@@ -257,12 +263,15 @@ def config_from_dict(
     _apply_environment(raw, environ, problems)
     validator = _Validator(base_dir, problems)
 
-    unknown = set(raw) - {"daemon", "database", "hub", "services"}
+    sections: dict[str, type] = {
+        "daemon": DaemonConfig, "database": DatabaseConfig, "hub": HubConfig, "accounts": AccountsConfig,
+        "kv": KeyValueConfig,
+    }
+    unknown = set(raw) - set(sections) - {"services"}
     for key in sorted(unknown):
-        problems.append(f"{key}: unknown key (expected daemon, database, hub or services)")
-    daemon = validator.build(DaemonConfig, raw.get("daemon", {}), "daemon")
-    database = validator.build(DatabaseConfig, raw.get("database", {}), "database")
-    hub = validator.build(HubConfig, raw.get("hub", {}), "hub")
+        problems.append(f"{key}: unknown key (expected {', '.join(sections)} or services)")
+    built = {name: validator.build(cls, raw.get(name, {}), name) for name, cls in sections.items()}
+    daemon, database = built["daemon"], built["database"]
     services: dict[str, ServiceConfig] = {}
     raw_services = raw.get("services", {})
     if not isinstance(raw_services, dict):
@@ -272,17 +281,17 @@ def config_from_dict(
         if name not in kinds:
             problems.append(f"services.{name}: unknown service (expected one of {', '.join(sorted(kinds))})")
             continue
-        built = validator.build(kinds[name], section, f"services.{name}")
-        if built is not None:
-            services[name] = built
+        service = validator.build(kinds[name], section, f"services.{name}")
+        if service is not None:
+            services[name] = service
 
     if database is not None:
         data_dir = daemon.data_dir if daemon is not None else base_dir
         database = _resolve_database(database, data_dir, environ, problems)
     if problems:
         raise ConfigError(source, problems)
-    assert daemon is not None and database is not None and hub is not None
-    return Config(source=source, daemon=daemon, database=database, hub=hub, services=services)
+    built["database"] = database
+    return Config(source=source, services=services, **built)
 
 
 def _apply_environment(raw: dict[str, Any], environ: Mapping[str, str], problems: list[str]) -> None:

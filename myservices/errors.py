@@ -19,8 +19,9 @@ class ErrorCode:
     retry: bool
 
 
-class HubError(Exception):
-    """A request that cannot be served; C{detail} says why in this case."""
+class RequestError(Exception):
+    """A request that cannot be served, raised by the shared handlers (hub, accounts, key-value)
+    and rendered by each front end; C{detail} says why in this case."""
 
     def __init__(self, error: ErrorCode, detail: str | None = None) -> None:
         self.error = error
@@ -44,6 +45,11 @@ NOT_FOUND = ErrorCode("NOT_FOUND", "no such resource", retry=False)
 BAD_REQUEST = ErrorCode("BAD_REQUEST", "the request is malformed", retry=False)
 TOO_LARGE = ErrorCode("TOO_LARGE", "request or message larger than the limit", retry=False)
 TIMEOUT = ErrorCode("TIMEOUT", "the request did not arrive in time", retry=True)
+UNSUPPORTED_VERSION = ErrorCode("UNSUPPORTED_VERSION", "protocol version not supported", retry=False)
+UNAUTHENTICATED = ErrorCode("UNAUTHENTICATED", "log in first", retry=False)
+LOGIN_FAILED = ErrorCode("LOGIN_FAILED", "wrong username or password", retry=False)
+USERNAME_TAKEN = ErrorCode("USERNAME_TAKEN", "an account with this username exists", retry=False)
+QUOTA_EXCEEDED = ErrorCode("QUOTA_EXCEEDED", "the account has reached a storage limit", retry=False)
 BUSY = ErrorCode("BUSY", "too many connections, try again later", retry=True)
 DATABASE_UNAVAILABLE = ErrorCode("DATABASE_UNAVAILABLE", "the database is not available", retry=True)
 SHUTTING_DOWN = ErrorCode("SHUTTING_DOWN", "the server is shutting down", retry=True)
@@ -54,7 +60,8 @@ ERRORS: dict[str, ErrorCode] = {
     for e in (
         UNKNOWN_COMMAND, BAD_ARGUMENTS, BAD_ENCODING, LINE_TOO_LONG, TEXT_INVALID, NICK_INVALID, NICK_TAKEN,
         ROOM_INVALID, NOT_IN_ROOM, TOO_MANY_ROOMS, RATE_LIMITED, SLOW_CONSUMER, NOT_FOUND, BAD_REQUEST, TOO_LARGE,
-        TIMEOUT, BUSY, DATABASE_UNAVAILABLE,
+        TIMEOUT, UNSUPPORTED_VERSION, UNAUTHENTICATED, LOGIN_FAILED, USERNAME_TAKEN, QUOTA_EXCEEDED, BUSY,
+        DATABASE_UNAVAILABLE,
         SHUTTING_DOWN, INTERNAL,
     )
 }

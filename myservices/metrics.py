@@ -93,6 +93,12 @@ class Metrics:
             "myservices_hub_members", "Room memberships and topic subscriptions, summed over rooms", registry=r
         )
 
+        self.requests = Counter(
+            "myservices_requests",
+            "Requests answered by the framed and PB services, by command and result (ok or an error code)",
+            ["service", "command", "result"],
+            registry=r,
+        )
         self.http_requests = Counter(
             "myservices_http_requests", "HTTP requests answered, by status code", ["service", "status"], registry=r
         )

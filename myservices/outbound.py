@@ -19,12 +19,20 @@ class Outbound:
     C{on_overflow} is called once; the caller disconnects the slow consumer.
     Memory per connection stays at about the transport's buffer plus
     C{max_pending}. Writes are not flushed one by one: Twisted batches them.
+    C{on_drained} is called when the peer has caught up (the queue is empty).
     """
 
-    def __init__(self, transport: ITransport, max_pending: int, on_overflow: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        transport: ITransport,
+        max_pending: int,
+        on_overflow: Callable[[], None],
+        on_drained: Callable[[], None] | None = None,
+    ) -> None:
         self._transport = transport
         self.max_pending = max_pending
         self._on_overflow = on_overflow
+        self._on_drained = on_drained
         self._queue: deque[bytes] = deque()
         self.pending = 0
         self.paused = False
@@ -55,6 +63,9 @@ class Outbound:
             data = self._queue.popleft()
             self.pending -= len(data)
             self._transport.write(data)
+        if not self.paused and self._on_drained is not None:
+            # the peer reads again: a caller that stopped taking requests may go on
+            self._on_drained()
 
     def stopProducing(self) -> None:
         self._queue.clear()

@@ -9,11 +9,13 @@ from typing import TYPE_CHECKING, Any
 from twisted.application.service import IService
 
 if TYPE_CHECKING:
+    from myservices.accounts import AccountStore
     from myservices.config import Config, ServiceConfig
     from myservices.counter import DurableCounter
     from myservices.db import Database
     from myservices.health import Readiness
     from myservices.hub import Hub
+    from myservices.kv import KeyValueStore
     from myservices.metrics import Metrics
 
 
@@ -27,6 +29,8 @@ class BuildContext:
     metrics: Metrics
     hub: Hub
     counter: DurableCounter
+    accounts: AccountStore
+    kv: KeyValueStore
     readiness: Readiness
 
 
@@ -42,6 +46,7 @@ class ServiceKind:
 def service_kinds() -> dict[str, ServiceKind]:
     """Every kind, in the order services are started."""
     from myservices import chat, echo, udp
+    from myservices.framed import server as framed
     from myservices.web import service as http
 
     kinds = [
@@ -49,6 +54,7 @@ def service_kinds() -> dict[str, ServiceKind]:
         ServiceKind("chat", chat.ChatConfig, chat.build),
         ServiceKind("udp", udp.UdpConfig, udp.build),
         ServiceKind("http", http.HttpConfig, http.build),
+        ServiceKind("framed", framed.FramedConfig, framed.build),
     ]
     return {k.name: k for k in kinds}
 

@@ -10,14 +10,17 @@ from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
 from twisted.internet.interfaces import IAddress
 from twisted.logger import Logger
 
+from myservices.accounts import AccountStore
 from myservices.config import Config
 from myservices.counter import DurableCounter
 from myservices.db import MIGRATIONS, Database, Migration
 from myservices.health import Readiness
 from myservices.hub import HistoryStore, Hub, HubService
+from myservices.kv import KeyValueStore
 from myservices.lag import ReactorLagMonitor
 from myservices.listeners import format_address
 from myservices.metrics import Metrics
+from myservices.passwords import PasswordHasher
 from myservices.registry import BuildContext, service_kinds
 from myservices.sdnotify import Notifier
 
@@ -117,9 +120,15 @@ def build_service_tree(
     hub = Hub(h, reactor, history=history, metrics=metrics)
     HubService(hub).setServiceParent(tree)  # stops after the front ends, before the database
     tree.hub = hub
+    a = config.accounts
+    hasher = PasswordHasher(
+        reactor, 2**a.scrypt_cost, concurrency=a.hash_concurrency, max_waiting=a.max_hash_queue
+    )
     ctx = BuildContext(
         reactor=reactor, config=config, database=database, metrics=metrics, hub=hub,
         counter=DurableCounter(database, "http_requests", reactor),
+        accounts=AccountStore(database, hasher, a),
+        kv=KeyValueStore(database, config.kv),
         # tree.listeners fills as services are built; the checks read it when they run
         readiness=Readiness(tree.listeners, database, reactor, lambda: tree.running),
     )

@@ -246,3 +246,52 @@ async def raw_http(testcase: TestCase, port: int, data: bytes) -> bytes:
     client.transport.write(data)
     await client.closed
     return client.data
+
+
+class Pushes:
+    """Collects a framed client's pushes; C{next(name)} waits for the next unread one of that name."""
+
+    def __init__(self) -> None:
+        self.unread: list[tuple[str, dict[str, Any]]] = []
+        self._waiter: tuple[str, Deferred[dict[str, Any]]] | None = None
+
+    def __call__(self, name: str, data: dict[str, Any]) -> None:
+        self.unread.append((name, data))
+        self._check()
+
+    def next(self, name: str) -> Deferred[dict[str, Any]]:
+        d: Deferred[dict[str, Any]] = Deferred()
+        self._waiter = (name, d)
+        self._check()
+        return d
+
+    def names(self) -> list[str]:
+        return [name for name, _ in self.unread]
+
+    def _check(self) -> None:
+        if not self._waiter:
+            return
+        want, d = self._waiter
+        for i, (name, data) in enumerate(self.unread):
+            if name == want:
+                del self.unread[i]
+                self._waiter = None
+                d.callback(data)
+                return
+
+
+async def framed_client(testcase: TestCase, port: int) -> Any:
+    """A connected L{FramedClient} whose pushes go to C{client.pushes}; closed when the test ends."""
+    from myservices.framed.client import connect as framed_connect
+
+    pushes = Pushes()
+    client = await framed_connect(reactor, f"tcp:127.0.0.1:{port}", on_push=pushes)
+    client.pushes = pushes
+
+    async def cleanup() -> None:
+        if client.transport.connected:
+            client.transport.abortConnection()
+            await client.closed
+
+    testcase.addCleanup(lambda: Deferred.fromCoroutine(cleanup()))
+    return client

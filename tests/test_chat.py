@@ -195,7 +195,11 @@ class SQLiteChatTests(ChatTestsMixin, TestCase):
         self.assertEqual((await bob.command("/who one"))[-1], "END who one")
 
         # the codes the chat cannot produce for a well-behaved server are covered elsewhere
-        elsewhere = {"SLOW_CONSUMER", "BUSY", "DATABASE_UNAVAILABLE", "SHUTTING_DOWN", "INTERNAL", "TOO_LARGE", "TIMEOUT", "BAD_REQUEST", "NOT_FOUND"}
+        elsewhere = {
+            "SLOW_CONSUMER", "BUSY", "DATABASE_UNAVAILABLE", "SHUTTING_DOWN", "INTERNAL", "TOO_LARGE", "TIMEOUT",
+            "BAD_REQUEST", "NOT_FOUND", "UNSUPPORTED_VERSION", "UNAUTHENTICATED", "LOGIN_FAILED", "USERNAME_TAKEN",
+            "QUOTA_EXCEEDED",
+        }
         self.assertEqual(seen | elsewhere, set(ERRORS))
 
     async def test_an_over_long_line_is_discarded_and_the_connection_stays(self) -> None:

@@ -41,8 +41,8 @@ class ConfigErrorsTests(TestCase):
             endpoint = "tcp:1234"
             """
         )
-        self.assertIn("colour: unknown key (expected daemon, database, hub or services)", problems)
-        self.assertTrue(any(p.startswith("services.ecko: unknown service (expected one of chat, echo, http, udp") for p in problems))
+        self.assertIn("colour: unknown key (expected daemon, database, hub, accounts, kv or services)", problems)
+        self.assertTrue(any(p.startswith("services.ecko: unknown service (expected one of chat, echo, framed, http, udp") for p in problems))
 
     def test_wrong_type(self) -> None:
         problems = self.problems(

@@ -15,7 +15,14 @@ class DocsTests(TestCase):
     def test_every_config_key_is_in_the_reference(self) -> None:
         text = (REPO / "docs" / "configuration.md").read_text()
         sections = {m.group(1): m.end() for m in re.finditer(r"^### \[([^\]]+)\]$", text, re.MULTILINE)}
-        tables = {"daemon": DaemonConfig, "database": DatabaseConfig}
+        from myservices.accounts import AccountsConfig
+        from myservices.hub.core import HubConfig
+        from myservices.kv import KeyValueConfig
+
+        tables = {
+            "daemon": DaemonConfig, "database": DatabaseConfig, "hub": HubConfig, "accounts": AccountsConfig,
+            "kv": KeyValueConfig,
+        }
         tables.update({f"services.{name}": kind.config for name, kind in service_kinds().items()})
         for section, cls in tables.items():
             self.assertIn(section, sections, f"docs/configuration.md has no ### [{section}]")

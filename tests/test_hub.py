@@ -21,7 +21,7 @@ from myservices.errors import (
     TEXT_INVALID,
     TOO_MANY_ROOMS,
     ErrorCode,
-    HubError,
+    RequestError,
 )
 from myservices.hub import Event, HistoryStore, Hub, HubConfig, Message, NickChange, Presence
 from myservices.metrics import Metrics
@@ -58,14 +58,14 @@ class HubTestsMixin:
         sub.events.clear()
         return session, sub
 
-    def assertHubError(self, error: ErrorCode, f, *args, **kw) -> HubError:
+    def assertRequestError(self, error: ErrorCode, f, *args, **kw) -> RequestError:
         try:
             result = f(*args, **kw)
-        except HubError as e:
+        except RequestError as e:
             exc = e
         else:
-            self.assertTrue(inspect.iscoroutine(result), "no HubError raised")
-            exc = self.failureResultOf(Deferred.fromCoroutine(result), HubError).value
+            self.assertTrue(inspect.iscoroutine(result), "no RequestError raised")
+            exc = self.failureResultOf(Deferred.fromCoroutine(result), RequestError).value
         self.assertEqual(exc.error, error)
         return exc
 
@@ -154,15 +154,15 @@ class HubTests(HubTestsMixin, TestCase):
         self.assertEqual(message.id, 1)
         self.assertEqual(r.texts(), ["extra"])
         self.assertEqual(w.events, [])
-        self.assertHubError(NOT_IN_ROOM, hub.publish, writer, "news", "as member")
+        self.assertRequestError(NOT_IN_ROOM, hub.publish, writer, "news", "as member")
 
     def test_nick_rules(self) -> None:
         hub = self.make_hub(max_nick_length=8)
         alice, _ = self.session(hub, "alice")
         other, _ = self.session(hub)
         for bad in ("", "1abc", "has space", "toolongnick", "é"):
-            self.assertHubError(NICK_INVALID, hub.set_nick, other, bad)
-        error = self.assertHubError(NICK_TAKEN, hub.set_nick, other, "ALICE")
+            self.assertRequestError(NICK_INVALID, hub.set_nick, other, bad)
+        error = self.assertRequestError(NICK_TAKEN, hub.set_nick, other, "ALICE")
         self.assertEqual(error.detail, 'nick "ALICE" is in use')
         hub.set_nick(alice, "Alice")  # changing your own case is fine
         hub.close_session(alice)
@@ -189,15 +189,15 @@ class HubTests(HubTestsMixin, TestCase):
         self.assertEqual(hub.check_room("#Lobby"), "lobby")
         self.assertEqual(hub.check_room("a.b-c_1"), "a.b-c_1")
         for bad in ("", "#", "has space", "x" * 11, "-start", "ü"):
-            self.assertHubError(ROOM_INVALID, hub.check_room, bad)
+            self.assertRequestError(ROOM_INVALID, hub.check_room, bad)
 
     def test_publish_checks(self) -> None:
         hub = self.make_hub()
         alice, _ = self.session(hub, "alice")
-        self.assertHubError(NOT_IN_ROOM, hub.publish, alice, "lobby", "hi")
+        self.assertRequestError(NOT_IN_ROOM, hub.publish, alice, "lobby", "hi")
         self.run_(hub.join(alice, "lobby"))
         for bad in ("", "   ", "bell\x07", "esc\x1b[31m"):
-            self.assertHubError(TEXT_INVALID, hub.publish, alice, "lobby", bad)
+            self.assertRequestError(TEXT_INVALID, hub.publish, alice, "lobby", bad)
         self.assertEqual(self.run_(hub.publish(alice, "lobby", "tab\tis fine")).text, "tab\tis fine")
 
     def test_rooms_per_session_limit(self) -> None:
@@ -205,7 +205,7 @@ class HubTests(HubTestsMixin, TestCase):
         alice, _ = self.session(hub, "alice")
         self.run_(hub.join(alice, "one"))
         self.run_(hub.subscribe(alice, "two"))
-        self.assertHubError(TOO_MANY_ROOMS, hub.join, alice, "three")
+        self.assertRequestError(TOO_MANY_ROOMS, hub.join, alice, "three")
         self.run_(hub.join(alice, "two"))  # already counted: allowed
         hub.part(alice, "one")
         self.run_(hub.join(alice, "three"))
@@ -216,10 +216,10 @@ class HubTests(HubTestsMixin, TestCase):
         self.run_(hub.join(alice, "lobby"))
         for i in range(3):
             self.run_(hub.publish(alice, "lobby", f"m{i}"))
-        self.assertHubError(RATE_LIMITED, hub.publish, alice, "lobby", "too fast")
+        self.assertRequestError(RATE_LIMITED, hub.publish, alice, "lobby", "too fast")
         self.clock.advance(0.5)  # one token at 2 per second
         self.run_(hub.publish(alice, "lobby", "again"))
-        self.assertHubError(RATE_LIMITED, hub.publish, alice, "lobby", "too fast")
+        self.assertRequestError(RATE_LIMITED, hub.publish, alice, "lobby", "too fast")
         self.assertEqual(a.texts(), ["m0", "m1", "m2", "again"])
 
     def test_join_returns_recent_history_snapshot(self) -> None:
@@ -347,7 +347,7 @@ class HistoryTests(HubTestsMixin, TestCase):
         clock = Clock()
         hub = Hub(HubConfig(), clock, history=self.store(db, clock))
         db.stopService()
-        with self.assertRaises(HubError) as caught:
+        with self.assertRaises(RequestError) as caught:
             await hub.recent("news")
         self.assertEqual(caught.exception.error.code, "DATABASE_UNAVAILABLE")
         self.assertIsInstance(caught.exception.__cause__, DatabaseUnavailable)

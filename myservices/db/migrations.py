@@ -57,10 +57,38 @@ def _counters(txn: Txn) -> None:
         txn.execute("INSERT INTO counters (name, value) VALUES (?, 0)", ("http_requests",))
 
 
+def _accounts_and_kv(txn: Txn) -> None:
+    # usernames are stored in lower case; keys compare exactly (binary collation on MySQL)
+    if txn.dialect == "mysql":
+        table_options = " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
+        auto_id = "id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY"
+        binary = " COLLATE utf8mb4_bin"
+        text = "MEDIUMTEXT"
+    else:
+        table_options, auto_id, binary, text = "", "id INTEGER PRIMARY KEY AUTOINCREMENT", "", "TEXT"
+    txn.execute(
+        "CREATE TABLE IF NOT EXISTS accounts ("
+        f" {auto_id},"
+        f" username VARCHAR(64){binary} NOT NULL UNIQUE,"
+        " password_hash VARCHAR(255) NOT NULL,"
+        " created_at BIGINT NOT NULL)" + table_options
+    )
+    txn.execute(
+        "CREATE TABLE IF NOT EXISTS kv_items ("
+        " account_id BIGINT NOT NULL,"
+        f" item_key VARCHAR(255){binary} NOT NULL,"
+        f" item_value {text} NOT NULL,"
+        " updated_at DOUBLE NOT NULL,"
+        " PRIMARY KEY (account_id, item_key),"
+        " FOREIGN KEY (account_id) REFERENCES accounts (id) ON DELETE CASCADE)" + table_options
+    )
+
+
 # Append new migrations with the next version; never change one that has shipped.
 MIGRATIONS: Sequence[Migration] = (
     Migration(1, "chat history", _chat_messages),
     Migration(2, "counters", _counters),
+    Migration(3, "accounts and key-value items", _accounts_and_kv),
 )
 
 _LOCK_NAME = "myservices.schema_migration"

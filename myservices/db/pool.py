@@ -136,6 +136,13 @@ def is_transient_conflict(error: BaseException) -> bool:
     return False
 
 
+def is_duplicate_key(error: BaseException) -> bool:
+    """True for an insert that broke a unique key."""
+    if isinstance(error, pymysql.err.IntegrityError):
+        return bool(error.args) and error.args[0] == 1062
+    return isinstance(error, sqlite3.IntegrityError) and "UNIQUE" in str(error)
+
+
 def is_connection_error(error: BaseException) -> bool:
     """True for errors that mean the database could not be reached (not a bad query)."""
     if isinstance(error, (adbapi.ConnectionLost, pymysql.err.InterfaceError)):

@@ -36,7 +36,7 @@ from myservices.errors import (
     TEXT_INVALID,
     TOO_MANY_ROOMS,
     ErrorCode,
-    HubError,
+    RequestError,
 )
 from myservices.hub.backplane import Backplane, InProcessBackplane
 from myservices.hub.events import Event, Message, NickChange, Presence
@@ -59,6 +59,9 @@ class HubConfig:
     max_rooms_per_session: int = setting(20, min=1, max=10_000, doc="rooms joined plus topics subscribed, per connection")
     max_nick_length: int = setting(32, min=1, max=255, doc="longest nick")
     max_room_length: int = setting(64, min=1, max=255, doc="longest room or topic name")
+    max_text_length: int = setting(
+        4000, min=1, max=16_000, doc="longest message text (characters; history stores up to 16,000)"
+    )
     history_flush_interval: float = setting(
         0.1, kind=DURATION, min=0.001, max=60, doc="seconds between history writes (messages are batched)"
     )
@@ -190,7 +193,7 @@ class Hub:
 
     def check_nick(self, nick: str) -> str:
         if len(nick) > self.config.max_nick_length or not _NICK_RE.fullmatch(nick):
-            raise HubError(
+            raise RequestError(
                 NICK_INVALID,
                 f'nick "{nick}": 1 to {self.config.max_nick_length} letters, digits, _ or -, starting with a letter',
             )
@@ -201,7 +204,7 @@ class Hub:
         self.check_nick(nick)
         holder = self._nicks.get(nick.lower())
         if holder is not None and holder is not session:
-            raise HubError(NICK_TAKEN, f"nick \"{nick}\" is in use")
+            raise RequestError(NICK_TAKEN, f"nick \"{nick}\" is in use")
         old = session.nick
         if old == nick:
             return old
@@ -218,11 +221,11 @@ class Hub:
     # --- rooms ----------------------------------------------------------------
 
     def check_room(self, name: str) -> str:
-        """The canonical room name (lower case, without a leading #), or HubError."""
+        """The canonical room name (lower case, without a leading #), or RequestError."""
         canonical = name[1:] if name.startswith("#") else name
         canonical = canonical.lower()
         if len(canonical) > self.config.max_room_length or not _ROOM_RE.fullmatch(canonical):
-            raise HubError(
+            raise RequestError(
                 ROOM_INVALID,
                 f"room \"{name}\": 1 to {self.config.max_room_length} letters, digits, _, . or -"
                 " (case does not matter, a leading # is optional)",
@@ -270,7 +273,7 @@ class Hub:
         if name in session.rooms or name in session.topics:
             return
         if len(session.rooms.keys() | session.topics.keys()) >= self.config.max_rooms_per_session:
-            raise HubError(TOO_MANY_ROOMS, f"at most {self.config.max_rooms_per_session} rooms and topics")
+            raise RequestError(TOO_MANY_ROOMS, f"at most {self.config.max_rooms_per_session} rooms and topics")
 
     async def join(self, session: Session, name: str) -> list[Message]:
         """Join room C{name} with presence; returns its recent history (oldest first).
@@ -295,7 +298,7 @@ class Hub:
         name = self.check_room(name)
         room = session.rooms.pop(name, None)
         if room is None:
-            raise HubError(NOT_IN_ROOM, f"not in room \"{name}\"")
+            raise RequestError(NOT_IN_ROOM, f"not in room \"{name}\"")
         event = Presence(kind="part", room=name, nick=session.nick)
         audience = dict(room.members)
         del room.members[session]
@@ -317,7 +320,7 @@ class Hub:
         name = self.check_room(name)
         room = session.topics.pop(name, None)
         if room is None:
-            raise HubError(NOT_IN_ROOM, f"not subscribed to \"{name}\"")
+            raise RequestError(NOT_IN_ROOM, f"not subscribed to \"{name}\"")
         del room.subscribers[session]
         self._forget_if_empty(room)
 
@@ -343,14 +346,16 @@ class Hub:
             try:
                 messages = await self.history.load(name, self.config.history_size)
             except Exception as e:
-                raise HubError(DATABASE_UNAVAILABLE, f"history of \"{name}\" is not available now") from e
+                raise RequestError(DATABASE_UNAVAILABLE, f"history of \"{name}\" is not available now") from e
         return messages[-limit:] if limit else []
 
     # --- publishing -------------------------------------------------------------
 
     def check_text(self, text: str) -> str:
         if not text or not text.strip() or any(ord(c) < 32 and c != "\t" or ord(c) == 127 for c in text):
-            raise HubError(TEXT_INVALID, "text must be non-empty, without control characters")
+            raise RequestError(TEXT_INVALID, "text must be non-empty, without control characters")
+        if len(text) > self.config.max_text_length:
+            raise RequestError(TEXT_INVALID, f"text is longer than {self.config.max_text_length} characters")
         return text
 
     async def publish(self, session: Session, name: str, text: str, *, as_member: bool = True) -> Message:
@@ -362,9 +367,9 @@ class Hub:
         name = self.check_room(name)
         self.check_text(text)
         if as_member and name not in session.rooms:
-            raise HubError(NOT_IN_ROOM, f"join \"{name}\" before sending to it")
+            raise RequestError(NOT_IN_ROOM, f"join \"{name}\" before sending to it")
         if not session.bucket.allow():
-            raise HubError(RATE_LIMITED, f"at most {self.config.publish_rate:g} messages per second")
+            raise RequestError(RATE_LIMITED, f"at most {self.config.publish_rate:g} messages per second")
         room = await self._room(name)
         room.last_id += 1
         message = Message(room=name, id=room.last_id, ts=self.clock.seconds(), nick=session.nick, text=text)

@@ -1,0 +1,104 @@
+"""The command router: command id -> handler, with argument checking before the handler runs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from myservices.errors import BAD_ARGUMENTS, RequestError
+from myservices.framed.catalog import COMMANDS
+
+ANY = object()  # any JSON value
+
+
+@dataclass(frozen=True)
+class Arg:
+    """One named argument: its JSON type, whether it is required, and a length limit for strings."""
+
+    name: str
+    type: Any  # str, int, bool, list, dict or ANY
+    required: bool = True
+    max_length: int | None = None  # characters, for strings
+    min: int | None = None  # for integers
+
+    def check(self, value: Any) -> Any:
+        t = self.type
+        if t is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif t is ANY:
+            ok = True
+        else:
+            ok = isinstance(value, t)
+        if not ok:
+            raise RequestError(BAD_ARGUMENTS, f'"{self.name}" must be {_TYPE_NAMES[t]}')
+        if self.max_length is not None and len(value) > self.max_length:
+            raise RequestError(BAD_ARGUMENTS, f'"{self.name}" is longer than {self.max_length} characters')
+        if self.min is not None and value < self.min:
+            raise RequestError(BAD_ARGUMENTS, f'"{self.name}" must be at least {self.min}')
+        return value
+
+
+_TYPE_NAMES = {str: "a string", int: "an integer", bool: "true or false", list: "an array", dict: "an object", ANY: "a JSON value"}
+
+Handler = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class Command:
+    """A routable command.
+
+    C{login}: only for logged-in connections. C{barrier}: requests after it on
+    the same connection wait until it is answered, because they may depend on
+    what it changes (login state, membership).
+    """
+
+    id: int
+    name: str
+    handler: Handler
+    args: tuple[Arg, ...]
+    login: bool = False
+    barrier: bool = False
+
+    def bind(self, args: Mapping[str, Any]) -> dict[str, Any]:
+        """Checked keyword arguments for the handler, or RequestError(BAD_ARGUMENTS)."""
+        known = {a.name: a for a in self.args}
+        for name in args:
+            if name not in known:
+                expected = ", ".join(known) or "none"
+                raise RequestError(BAD_ARGUMENTS, f'{self.name}: unknown argument "{name}" (expected {expected})')
+        kwargs = {}
+        for a in self.args:
+            if a.name in args:
+                kwargs[a.name] = a.check(args[a.name])
+            elif a.required:
+                raise RequestError(BAD_ARGUMENTS, f'{self.name}: missing argument "{a.name}"')
+        return kwargs
+
+
+class Router:
+    """Command ids to handlers; ids and names come from L{myservices.framed.catalog}."""
+
+    def __init__(self) -> None:
+        self.commands: dict[int, Command] = {}
+
+    def command(
+        self, name: str, *args: Arg, login: bool = False, barrier: bool = False
+    ) -> Callable[[Handler], Handler]:
+        """Register the decorated function as command C{name}: C{handler(state, **args)}.
+
+        The handler returns the result (a JSON value), or an awaitable of it,
+        and raises RequestError for errors the client should see.
+        """
+        command_id = COMMANDS[name]
+
+        def register(handler: Handler) -> Handler:
+            if command_id in self.commands:
+                raise ValueError(f"command {name} ({command_id}) is registered twice")
+            self.commands[command_id] = Command(command_id, name, handler, args, login, barrier)
+            return handler
+
+        return register
+
+    def get(self, command_id: int) -> Command | None:
+        return self.commands.get(command_id)

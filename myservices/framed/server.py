@@ -1,0 +1,389 @@
+"""The framed JSON service: a 12-byte header and a JSON body per frame, requests routed by command id.
+
+The wire format and every command are documented in docs/protocols.md. The
+protocol object only moves frames: it decodes them, checks the request
+envelope, and hands the arguments to the command handlers in
+L{myservices.framed.commands}, which call the shared hub, accounts,
+key-value store and counter.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.application.service import IService
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.protocols.policies import TimeoutMixin
+from twisted.python.failure import Failure
+
+from myservices.config import SIZE, MiB, StreamServiceConfig, setting
+from myservices.db import DatabaseUnavailable
+from myservices.errors import (
+    BAD_ENCODING,
+    BAD_REQUEST,
+    BUSY,
+    DATABASE_UNAVAILABLE,
+    INTERNAL,
+    RATE_LIMITED,
+    SHUTTING_DOWN,
+    SLOW_CONSUMER,
+    TIMEOUT,
+    UNAUTHENTICATED,
+    UNKNOWN_COMMAND,
+    ErrorCode,
+    RequestError,
+)
+from myservices.framed.catalog import COMMAND_NAMES, PUSHES
+from myservices.framed.commands import CommandState, SharedServices, message_json, router
+from myservices.framed.router import Command, Router
+from myservices.framed.wire import MAX_ID, Frame, FrameDecoder, FrameError, encode_json, error_object
+from myservices.hub import Event, Message, NickChange, Presence
+from myservices.listeners import ConnectionTrackingFactory, StreamListenerService, TrackedProtocol
+from myservices.metrics import Metrics
+from myservices.outbound import Outbound
+from myservices.ratelimit import TokenBucket
+from myservices.registry import BuildContext
+
+
+@dataclass(frozen=True, kw_only=True)
+class FramedConfig(StreamServiceConfig):
+    """[services.framed]"""
+
+    idle_timeout: float = setting(
+        300.0, kind="duration", min=0, max=86400,
+        doc="seconds without a request before the connection is closed; clients send ping to stay (0: never)",
+    )
+    max_body_size: int = setting(
+        1 * MiB, kind=SIZE, min=64, max=64 * MiB,
+        doc="largest frame body a client may send; a header declaring more gets TOO_LARGE and the connection closes",
+    )
+    max_in_flight: int = setting(
+        32, min=1, max=10_000,
+        doc="requests of one connection handled at once; later ones wait unread (TCP backpressure)",
+    )
+    request_rate: float = setting(
+        500.0, min=0.01, max=1e9, doc="requests per second a connection may make; more get RATE_LIMITED"
+    )
+    request_burst: int = setting(1000, min=1, max=1_000_000_000, doc="requests a connection may make at once")
+
+
+WIRE_FORMAT = "framed"
+
+
+def _push(name: str, data: dict[str, Any]) -> bytes:
+    return encode_json(PUSHES[name], {"id": 0, "push": name, "data": data})
+
+
+def encode_event(event: Event) -> bytes:
+    """The push frame for a hub event; cached per event, so a room costs one encoding."""
+    if isinstance(event, Message):
+        return _push("message", message_json(event))
+    if isinstance(event, Presence):
+        return _push("presence", {"kind": event.kind, "room": event.room, "nick": event.nick})
+    if isinstance(event, NickChange):
+        return _push("nick", {"old": event.old, "new": event.new})
+    raise TypeError(f"no framed push for {event!r}")
+
+
+def closing_push(error: ErrorCode, detail: str | None = None) -> bytes:
+    """The push that tells a client why the server is closing its connection."""
+    return _push("closing", {"error": error_object(error, detail)})
+
+
+class FramedProtocol(TrackedProtocol, TimeoutMixin):
+    """One framed connection: decodes frames, checks each request's envelope, runs it, writes the reply.
+
+    Requests are started in the order they arrive and may finish in any
+    order (replies carry the request's id). At most C{max_in_flight} run at
+    once, and none start after a barrier command (login, join, ...) until it
+    is answered; meanwhile, and while the client does not read its replies,
+    the connection is not read either, so a flood of requests waits in the
+    client's socket, not in server memory.
+    """
+
+    factory: FramedFactory
+    log = Logger()
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        f = self.factory
+        self.callLater = f.clock.callLater
+        self.decoder = FrameDecoder(f.max_body_size)
+        self.outbound = Outbound(self.transport, f.max_pending, self._slow_consumer, self._go_on)
+        self.state = CommandState(f.services, self)
+        self.bucket = TokenBucket(f.request_rate, f.request_burst, f.clock)
+        self.in_flight: set[int] = set()
+        self.barrier = False
+        self.closing = False  # no more requests are read: a broken stream, or closed by the server
+        self.stopping = False  # the server is shutting down: answer what is in flight, then close
+        self._reading = True
+        self._processing = False
+        self.setTimeout(f.idle_timeout or None)
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.setTimeout(None)
+        self.closing = True
+        self.state.close()
+        super().connectionLost(reason)
+
+    # --- input ---------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        self.factory.bytes_in += len(data)
+        self.decoder.feed(data)
+        self._process()
+
+    def _go_on(self) -> None:
+        if self.transport.connected and not self.closing:
+            self._process()
+
+    def _process(self) -> None:
+        """Start buffered requests until none is left or one of the limits holds the rest back."""
+        if self._processing:
+            return  # a reply written from inside the loop below; the loop goes on by itself
+        self._processing = True
+        try:
+            while not self.closing:
+                if not self.stopping and (
+                    self.barrier or len(self.in_flight) >= self.factory.max_in_flight or self.outbound.paused
+                ):
+                    self._pause_reading()
+                    return
+                try:
+                    frame = self.decoder.next_frame()
+                except FrameError as e:
+                    self._broken_stream(e)
+                    return
+                if frame is None:
+                    if not self.stopping:
+                        self._resume_reading()
+                    return
+                try:
+                    self._request(frame)
+                except Exception:
+                    # a bug must cost this request, not the connection or the reactor
+                    self.log.failure("framed: handling a frame failed")
+                    self._reply_error(frame.command, 0, INTERNAL)
+        finally:
+            self._processing = False
+
+    def _pause_reading(self) -> None:
+        if self._reading:
+            self._reading = False
+            self.transport.pauseProducing()
+
+    def _resume_reading(self) -> None:
+        if not self._reading:
+            self._reading = True
+            self.transport.resumeProducing()
+
+    def _broken_stream(self, e: FrameError) -> None:
+        # the next header cannot be found reliably: answer once, then close
+        self.closing = True
+        self._reply_error(e.command, 0, e.error, e.detail)
+        self.factory.metrics.closed(e.error.code.lower())
+        self.transport.loseConnection()
+
+    def _request(self, frame: Frame) -> None:
+        self.resetTimeout()
+        self.factory.frames_in += 1
+        command_id = frame.command
+        try:
+            text = frame.body.decode("utf-8")
+        except UnicodeDecodeError:
+            self._reply_error(command_id, 0, BAD_ENCODING, "the body is not valid UTF-8")
+            return
+        try:
+            body = json.loads(text)
+        except (ValueError, RecursionError) as e:
+            self._reply_error(command_id, 0, BAD_REQUEST, f"the body is not valid JSON: {str(e)[:200]}")
+            return
+        if not isinstance(body, dict):
+            self._reply_error(command_id, 0, BAD_REQUEST, "the body must be a JSON object")
+            return
+        request_id = body.get("id")
+        if type(request_id) is not int or not 0 < request_id <= MAX_ID:
+            self._reply_error(command_id, 0, BAD_REQUEST, f'"id" must be an integer from 1 to {MAX_ID}')
+            return
+        if request_id in self.in_flight:
+            # a reply with this id would be taken for the earlier request's
+            self._reply_error(command_id, 0, BAD_REQUEST, f"id {request_id} is in use by a request in flight")
+            return
+        extra = body.keys() - {"id", "args"}
+        args = body.get("args", {})
+        if extra or not isinstance(args, dict):
+            self._reply_error(
+                command_id, request_id, BAD_REQUEST,
+                'a request is an object with "id" and, optionally, "args" (an object)',
+            )
+            return
+        if self.stopping:
+            self._reply_error(command_id, request_id, SHUTTING_DOWN, "the server is shutting down; not started")
+            return
+        command = self.factory.router.get(command_id)
+        if command is None:
+            self._reply_error(command_id, request_id, UNKNOWN_COMMAND, f"no command with id {command_id}")
+            return
+        if command.login and self.state.account is None:
+            self._reply_error(command_id, request_id, UNAUTHENTICATED, f"{command.name} needs a login")
+            return
+        if not self.bucket.allow():
+            self._reply_error(
+                command_id, request_id, RATE_LIMITED, f"at most {self.factory.request_rate:g} requests per second"
+            )
+            return
+        try:
+            kwargs = command.bind(args)
+            result = command.handler(self.state, **kwargs)
+        except Exception as e:
+            self._failed(e, command, request_id)
+            return
+        if isinstance(result, Coroutine):
+            self._await(Deferred.fromCoroutine(result), command, request_id)
+        else:
+            self._reply(result, command, request_id)
+
+    def _await(self, d: Deferred[Any], command: Command, request_id: int) -> None:
+        if d.called:
+            # finished without waiting (a loaded room, an error found early)
+            d.addCallbacks(self._reply, self._failed_f, (command, request_id), errbackArgs=(command, request_id))
+            return
+        self.in_flight.add(request_id)
+        if command.barrier:
+            self.barrier = True
+        d.addCallbacks(self._reply, self._failed_f, (command, request_id), errbackArgs=(command, request_id))
+        d.addBoth(self._finished, command, request_id)
+
+    def _finished(self, _: object, command: Command, request_id: int) -> None:
+        self.in_flight.discard(request_id)
+        if command.barrier:
+            self.barrier = False
+        if self.stopping and not self.in_flight:
+            self.transport.loseConnection()
+        elif self.transport.connected and not self.closing:
+            self._process()
+
+    # --- output --------------------------------------------------------------
+
+    def _reply(self, result: Any, command: Command, request_id: int) -> None:
+        try:
+            frame = encode_json(command.id, {"id": request_id, "ok": True, "result": result})
+        except (TypeError, ValueError):
+            self.log.failure("framed: {command} returned a result that is not JSON", command=command.name)
+            self._reply_error(command.id, request_id, INTERNAL)
+            return
+        self.factory.count(command.name, "ok")
+        self.factory.frames_out += 1
+        self.outbound.write(frame)
+
+    def _failed_f(self, failure: Failure, command: Command, request_id: int) -> None:
+        self._failed(failure.value, command, request_id, failure)
+
+    def _failed(self, e: BaseException, command: Command, request_id: int, failure: Failure | None = None) -> None:
+        if isinstance(e, RequestError):
+            self._reply_error(command.id, request_id, e.error, e.detail)
+        elif isinstance(e, DatabaseUnavailable):
+            self._reply_error(command.id, request_id, DATABASE_UNAVAILABLE)
+        else:
+            self.log.failure(
+                "framed: {command} failed", failure or Failure(e), command=command.name
+            )
+            self._reply_error(command.id, request_id, INTERNAL)
+
+    def _reply_error(self, command_id: int, request_id: int, error: ErrorCode, detail: str | None = None) -> None:
+        self.factory.count(COMMAND_NAMES.get(command_id, "unknown"), error.code)
+        self.factory.metrics.error(error.code)
+        self.factory.frames_out += 1
+        body = {"id": request_id, "ok": False, "error": error_object(error, detail)}
+        self.outbound.write(encode_json(command_id, body))
+
+    # --- the hub's Subscriber interface, and closing ------------------------------------------
+
+    def deliver(self, event: Event) -> None:
+        self.outbound.write(event.encoded(WIRE_FORMAT, encode_event))
+
+    def close(self, error: ErrorCode) -> None:
+        self.closing = True
+        self.transport.write(closing_push(error))
+        self.transport.abortConnection()
+
+    def _slow_consumer(self) -> None:
+        self.factory.slow_consumers.inc()
+        self.log.info("framed: dropping slow consumer {peer}", peer=str(self.transport.getPeer()))
+        self.close(SLOW_CONSUMER)
+
+    def timeoutConnection(self) -> None:
+        self.closing = True
+        self.factory.metrics.closed("idle_timeout")
+        idle = self.factory.idle_timeout
+        self.outbound.write(closing_push(TIMEOUT, f"no request for {idle:g} seconds; send ping to stay connected"))
+        self.transport.loseConnection()
+
+    def shutting_down(self) -> None:
+        """Tell the client, answer buffered requests with SHUTTING_DOWN, finish those in flight, close."""
+        self.stopping = True
+        self.setTimeout(None)
+        self.outbound.write(_push("shutdown", {"message": "the server is shutting down", "retry": True}))
+        self._process()
+        self._pause_reading()
+        if not self.in_flight:
+            self.transport.loseConnection()
+
+
+class FramedFactory(ConnectionTrackingFactory):
+    """Configuration, the command router and the shared services for L{FramedProtocol} connections."""
+
+    protocol = FramedProtocol
+    refusal_message = closing_push(BUSY)
+
+    def __init__(
+        self,
+        name: str,
+        cfg: FramedConfig,
+        services: SharedServices,
+        metrics: Metrics,
+        clock: IReactorTime,
+        max_pending: int,
+        router: Router = router,
+    ) -> None:
+        super().__init__(name, cfg.max_connections, metrics.for_service(name), clock)
+        self.services = services
+        self.router = router
+        self.idle_timeout = cfg.idle_timeout
+        self.max_body_size = cfg.max_body_size
+        self.max_in_flight = cfg.max_in_flight
+        self.request_rate = cfg.request_rate
+        self.request_burst = cfg.request_burst
+        self.max_pending = max_pending
+        self.slow_consumers = metrics.slow_consumers.labels(name)
+        # counted in plain integers and folded into the metrics when they are read (Metrics.before_collect)
+        self.frames_in = self.frames_out = self.bytes_in = 0
+        self._results: dict[tuple[str, str], int] = {}
+        self._requests = metrics.requests
+        metrics.before_collect(self._fold_counts)
+
+    def count(self, command: str, result: str) -> None:
+        key = (command, result)
+        self._results[key] = self._results.get(key, 0) + 1
+
+    def _fold_counts(self) -> None:
+        m = self.metrics
+        m.messages_in.inc(self.frames_in)
+        m.messages_out.inc(self.frames_out)
+        m.bytes_in.inc(self.bytes_in)
+        self.frames_in = self.frames_out = self.bytes_in = 0
+        results, self._results = self._results, {}
+        for (command, result), n in results.items():
+            self._requests.labels(self.service_name, command, result).inc(n)
+
+
+def build(name: str, cfg: FramedConfig, ctx: BuildContext) -> IService:
+    """The framed JSON listener for C{[services.NAME]}."""
+    services = SharedServices(hub=ctx.hub, accounts=ctx.accounts, kv=ctx.kv, counter=ctx.counter, clock=ctx.reactor)
+    factory = FramedFactory(name, cfg, services, ctx.metrics, ctx.reactor, ctx.config.hub.max_pending)
+    return StreamListenerService(name, cfg.endpoint, factory, ctx.reactor, ctx.config.daemon.shutdown_timeout)

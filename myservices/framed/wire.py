@@ -1,0 +1,122 @@
+"""The framed JSON wire format: a 12-byte header (version, body length, command id), then a JSON body.
+
+Both the server and the Python client use this module; docs/protocols.md
+describes the same format byte by byte for clients in other languages.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+from myservices.errors import TOO_LARGE, UNSUPPORTED_VERSION, ErrorCode
+
+VERSION = 1
+HEADER = struct.Struct("!III")  # network byte order: version, body length, command id
+HEADER_SIZE = HEADER.size
+MAX_ID = 2**53 - 1  # request ids stay exact in every JSON implementation, JavaScript's included
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One decoded frame; C{body} is the raw (not yet decoded) JSON body."""
+
+    version: int
+    command: int
+    body: bytes
+
+
+class FrameError(Exception):
+    """The stream cannot be trusted any more (wrong version, oversize body): answer, then close.
+
+    C{command} is the header's command id, so the error reply can carry it.
+    """
+
+    def __init__(self, error: ErrorCode, detail: str, command: int) -> None:
+        super().__init__(detail)
+        self.error = error
+        self.detail = detail
+        self.command = command
+
+
+class FrameDecoder:
+    """Turns a byte stream, split or coalesced in any way, into L{Frame}s.
+
+    A header is checked as soon as its 12 bytes are in: a wrong version or a
+    declared length over C{max_body_size} raises L{FrameError} before any of
+    the body is buffered. The buffer never holds more than what was fed and
+    not yet taken: the caller stops reading from the socket when it has
+    enough frames to work on.
+    """
+
+    def __init__(self, max_body_size: int) -> None:
+        self.max_body_size = max_body_size
+        self._buffer = bytearray()
+        self._pos = 0
+        self._header: tuple[int, int, int] | None = None
+
+    def feed(self, data: bytes) -> None:
+        self._buffer += data
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not yet returned as part of a frame."""
+        return len(self._buffer) - self._pos
+
+    def next_frame(self) -> Frame | None:
+        """The next complete frame, or None until more bytes are fed."""
+        buf, pos = self._buffer, self._pos
+        header = self._header
+        if header is None:
+            if len(buf) - pos < HEADER_SIZE:
+                self._compact()
+                return None
+            header = HEADER.unpack_from(buf, pos)
+            version, length, command = header
+            if version != VERSION:
+                raise FrameError(
+                    UNSUPPORTED_VERSION, f"protocol version {version} is not supported (this server speaks {VERSION})",
+                    command,
+                )
+            if length > self.max_body_size:
+                raise FrameError(
+                    TOO_LARGE, f"body of {length} bytes is over the limit of {self.max_body_size} bytes", command
+                )
+            pos += HEADER_SIZE
+            self._pos = pos
+            self._header = header
+        version, length, command = header
+        end = pos + length
+        if len(buf) < end:
+            self._compact()
+            return None
+        body = bytes(buf[pos:end])
+        self._pos = end
+        self._header = None
+        return Frame(version, command, body)
+
+    def _compact(self) -> None:
+        # drop what was consumed, so a long-lived connection does not keep it
+        if self._pos:
+            del self._buffer[: self._pos]
+            self._pos = 0
+
+
+def encode_frame(command: int, body: bytes) -> bytes:
+    """A whole frame: header and C{body} (already UTF-8 JSON)."""
+    return HEADER.pack(VERSION, len(body), command) + body
+
+
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+
+
+def encode_json(command: int, obj: dict[str, Any]) -> bytes:
+    """A whole frame carrying C{obj} as compact UTF-8 JSON."""
+    return encode_frame(command, _dumps(obj).encode("utf-8"))
+
+
+def error_object(error: ErrorCode, detail: str | None = None) -> dict[str, Any]:
+    """The error member of a failed reply: code, message, and whether retrying can help."""
+    return {"code": error.code, "message": detail or error.message, "retry": error.retry}
