@@ -97,6 +97,14 @@ class FramedTestsMixin:
         self.assertIsInstance(pong["time"], float)
         data = {"text": "héllo ✓", "n": [1, 2.5, None, True], "nested": {"a": {}}}
         self.assertEqual(await c.call("echo", data=data), {"data": data})
+        with self.assertRaises(FramedError):
+            await c.call("echo")
+        registry = tree.metrics.registry
+        sample = lambda command, result: registry.get_sample_value(  # noqa: E731
+            "myservices_requests_total", {"service": "framed", "command": command, "result": result}
+        )
+        self.assertEqual((sample("ping", "ok"), sample("echo", "ok"), sample("echo", "BAD_ARGUMENTS")), (1, 1, 1))
+        self.assertEqual(registry.get_sample_value("myservices_received_messages_total", {"service": "framed"}), 3)
 
     async def test_register_login_and_key_value(self) -> None:
         tree = await self.start()
