@@ -43,10 +43,10 @@ class Harness:
         router = Router()
         router.commands.update(default_router.commands)
 
-        def slow(state: Any) -> Deferred[Any]:
+        async def slow(state: Any) -> Any:
             d: Deferred[Any] = Deferred()
             self.waiting.append(d)
-            return d
+            return await d
 
         async def failing(state: Any) -> None:
             raise DatabaseUnavailable("database unavailable: test")
@@ -54,7 +54,7 @@ class Harness:
         def broken(state: Any) -> Any:
             return {"not json": object()}
 
-        router.commands[SLOW] = Command(SLOW, "slow", lambda s: self._await(slow(s)), ())
+        router.commands[SLOW] = Command(SLOW, "slow", slow, ())
         router.commands[FAILING] = Command(FAILING, "failing", failing, ())
         router.commands[BROKEN] = Command(BROKEN, "broken", broken, ())
         hub = Hub(HubConfig(publish_rate=1e6, publish_burst=10**6), self.clock)
@@ -64,10 +64,6 @@ class Harness:
         self.proto: FramedProtocol = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
         self.transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 1))
         self.proto.makeConnection(self.transport)
-
-    @staticmethod
-    async def _await(d: Deferred[Any]) -> Any:
-        return await d
 
     def send(self, command: int, request_id: int, args: dict[str, Any] | None = None) -> None:
         body: dict[str, Any] = {"id": request_id}

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from myservices.errors import BAD_ARGUMENTS, RequestError
@@ -59,6 +60,11 @@ class Command:
     args: tuple[Arg, ...]
     login: bool = False
     barrier: bool = False
+    is_async: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        # decided once here, not per request
+        object.__setattr__(self, "is_async", inspect.iscoroutinefunction(self.handler))
 
     def bind(self, args: Mapping[str, Any]) -> dict[str, Any]:
         """Checked keyword arguments for the handler, or RequestError(BAD_ARGUMENTS)."""
@@ -87,7 +93,7 @@ class Router:
     ) -> Callable[[Handler], Handler]:
         """Register the decorated function as command C{name}: C{handler(state, **args)}.
 
-        The handler returns the result (a JSON value), or an awaitable of it,
+        The handler returns the result (a JSON value), or is a coroutine function, or returns a Deferred,
         and raises RequestError for errors the client should see.
         """
         command_id = COMMANDS[name]

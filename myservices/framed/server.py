@@ -10,15 +10,13 @@ key-value store and counter.
 from __future__ import annotations
 
 import json
-from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
 from twisted.application.service import IService
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
-from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
 from myservices.config import SIZE, MiB, StreamServiceConfig, setting
@@ -95,7 +93,7 @@ def closing_push(error: ErrorCode, detail: str | None = None) -> bytes:
     return _push("closing", {"error": error_object(error, detail)})
 
 
-class FramedProtocol(TrackedProtocol, TimeoutMixin):
+class FramedProtocol(TrackedProtocol):
     """One framed connection: decodes frames, checks each request's envelope, runs it, writes the reply.
 
     Requests are started in the order they arrive and may finish in any
@@ -112,7 +110,7 @@ class FramedProtocol(TrackedProtocol, TimeoutMixin):
     def connectionMade(self) -> None:
         super().connectionMade()
         f = self.factory
-        self.callLater = f.clock.callLater
+        self._clock = f.clock
         self.decoder = FrameDecoder(f.max_body_size)
         self.outbound = Outbound(self.transport, f.max_pending, self._slow_consumer, self._go_on)
         self.state = CommandState(f.services, self)
@@ -123,10 +121,13 @@ class FramedProtocol(TrackedProtocol, TimeoutMixin):
         self.stopping = False  # the server is shutting down: answer what is in flight, then close
         self._reading = True
         self._processing = False
-        self.setTimeout(f.idle_timeout or None)
+        self._last_request = f.clock.seconds()
+        self._idle_timer: IDelayedCall | None = None
+        if f.idle_timeout:
+            self._idle_timer = f.clock.callLater(f.idle_timeout, self._check_idle)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        self.setTimeout(None)
+        self._stop_idle_timer()
         self.closing = True
         self.state.close()
         super().connectionLost(reason)
@@ -190,7 +191,8 @@ class FramedProtocol(TrackedProtocol, TimeoutMixin):
         self.transport.loseConnection()
 
     def _request(self, frame: Frame) -> None:
-        self.resetTimeout()
+        # the idle timer looks at this when it fires: cheaper than moving a timer on every request
+        self._last_request = self._clock.seconds()
         self.factory.frames_in += 1
         command_id = frame.command
         try:
@@ -214,9 +216,12 @@ class FramedProtocol(TrackedProtocol, TimeoutMixin):
             # a reply with this id would be taken for the earlier request's
             self._reply_error(command_id, 0, BAD_REQUEST, f"id {request_id} is in use by a request in flight")
             return
-        extra = body.keys() - {"id", "args"}
-        args = body.get("args", {})
-        if extra or not isinstance(args, dict):
+        args = body.get("args")
+        if args is None:
+            args, members = {}, 1
+        else:
+            members = 2
+        if len(body) != members or type(args) is not dict:
             self._reply_error(
                 command_id, request_id, BAD_REQUEST,
                 'a request is an object with "id" and, optionally, "args" (an object)',
@@ -243,8 +248,10 @@ class FramedProtocol(TrackedProtocol, TimeoutMixin):
         except Exception as e:
             self._failed(e, command, request_id)
             return
-        if isinstance(result, Coroutine):
+        if command.is_async:
             self._await(Deferred.fromCoroutine(result), command, request_id)
+        elif isinstance(result, Deferred):
+            self._await(result, command, request_id)
         else:
             self._reply(result, command, request_id)
 
@@ -317,6 +324,19 @@ class FramedProtocol(TrackedProtocol, TimeoutMixin):
         self.log.info("framed: dropping slow consumer {peer}", peer=str(self.transport.getPeer()))
         self.close(SLOW_CONSUMER)
 
+    def _stop_idle_timer(self) -> None:
+        if self._idle_timer is not None and self._idle_timer.active():
+            self._idle_timer.cancel()
+        self._idle_timer = None
+
+    def _check_idle(self) -> None:
+        left = self._last_request + self.factory.idle_timeout - self._clock.seconds()
+        if left > 0:
+            self._idle_timer = self._clock.callLater(left, self._check_idle)
+        else:
+            self._idle_timer = None
+            self.timeoutConnection()
+
     def timeoutConnection(self) -> None:
         self.closing = True
         self.factory.metrics.closed("idle_timeout")
@@ -327,7 +347,7 @@ class FramedProtocol(TrackedProtocol, TimeoutMixin):
     def shutting_down(self) -> None:
         """Tell the client, answer buffered requests with SHUTTING_DOWN, finish those in flight, close."""
         self.stopping = True
-        self.setTimeout(None)
+        self._stop_idle_timer()
         self.outbound.write(_push("shutdown", {"message": "the server is shutting down", "retry": True}))
         self._process()
         self._pause_reading()
