@@ -14,11 +14,11 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import TestCase
 
 from myservices.db import DatabaseUnavailable
-from myservices.framed.catalog import PUSHES
-from myservices.framed.commands import SharedServices, router as default_router
-from myservices.framed.router import Command, Router
+from myservices.framed.catalog import COMMANDS, PUSHES
 from myservices.framed.server import FramedConfig, FramedFactory, FramedProtocol
 from myservices.framed.wire import HEADER, FrameDecoder, FrameError, encode_frame, encode_json
+from myservices.handlers.commands import SharedServices, router as default_router
+from myservices.handlers.router import Command, Router
 from myservices.hub import Hub, HubConfig
 from myservices.metrics import Metrics
 
@@ -54,13 +54,16 @@ class Harness:
         def broken(state: Any) -> Any:
             return {"not json": object()}
 
-        router.commands[SLOW] = Command(SLOW, "slow", slow, ())
-        router.commands[FAILING] = Command(FAILING, "failing", failing, ())
-        router.commands[BROKEN] = Command(BROKEN, "broken", broken, ())
+        router.commands["slow"] = Command("slow", slow, ())
+        router.commands["failing"] = Command("failing", failing, ())
+        router.commands["broken"] = Command("broken", broken, ())
+        ids = {**COMMANDS, "slow": SLOW, "failing": FAILING, "broken": BROKEN}
         hub = Hub(HubConfig(publish_rate=1e6, publish_burst=10**6), self.clock)
         services = SharedServices(hub=hub, accounts=None, kv=None, counter=None, clock=self.clock)  # type: ignore[arg-type]
         config = FramedConfig(endpoint="tcp:0", **cfg)
-        self.factory = FramedFactory("framed", config, services, Metrics(), self.clock, 4096, router=router)
+        self.factory = FramedFactory(
+            "framed", config, services, Metrics(), self.clock, 4096, router=router, command_ids=ids
+        )
         self.proto: FramedProtocol = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
         self.transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 1))
         self.proto.makeConnection(self.transport)
@@ -96,7 +99,7 @@ class ProtocolTests(TestCase):
 
     def test_a_barrier_holds_later_requests_until_answered(self) -> None:
         h = Harness()
-        h.factory.router.commands[SLOW] = Command(SLOW, "slow", h.factory.router.commands[SLOW].handler, (), barrier=True)
+        h.factory.commands[SLOW] = Command("slow", h.factory.commands[SLOW].handler, (), barrier=True)
         h.proto.dataReceived(encode_json(SLOW, {"id": 1}) + encode_json(1, {"id": 2}))
         self.assertEqual(h.replies(), [])
         self.assertEqual(h.transport.producerState, "paused")

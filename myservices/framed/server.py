@@ -3,13 +3,14 @@
 The wire format and every command are documented in docs/protocols.md. The
 protocol object only moves frames: it decodes them, checks the request
 envelope, and hands the arguments to the command handlers in
-L{myservices.framed.commands}, which call the shared hub, accounts,
+L{myservices.handlers.commands}, which call the shared hub, accounts,
 key-value store and counter.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,10 +37,10 @@ from myservices.errors import (
     ErrorCode,
     RequestError,
 )
-from myservices.framed.catalog import COMMAND_NAMES, PUSHES
-from myservices.framed.commands import CommandState, SharedServices, message_json, router
-from myservices.framed.router import Command, Router
+from myservices.framed.catalog import COMMAND_NAMES, COMMANDS, PUSHES
 from myservices.framed.wire import MAX_ID, Frame, FrameDecoder, FrameError, encode_json, error_object
+from myservices.handlers.commands import CommandState, SharedServices, message_json, router
+from myservices.handlers.router import Command, Router
 from myservices.hub import Event, Message, NickChange, Presence
 from myservices.listeners import ConnectionTrackingFactory, StreamListenerService, TrackedProtocol
 from myservices.metrics import Metrics
@@ -230,7 +231,7 @@ class FramedProtocol(TrackedProtocol):
         if self.stopping:
             self._reply_error(command_id, request_id, SHUTTING_DOWN, "the server is shutting down; not started")
             return
-        command = self.factory.router.get(command_id)
+        command = self.factory.commands.get(command_id)
         if command is None:
             self._reply_error(command_id, request_id, UNKNOWN_COMMAND, f"no command with id {command_id}")
             return
@@ -279,10 +280,10 @@ class FramedProtocol(TrackedProtocol):
 
     def _reply(self, result: Any, command: Command, request_id: int) -> None:
         try:
-            frame = encode_json(command.id, {"id": request_id, "ok": True, "result": result})
+            frame = encode_json(self.factory.command_ids[command.name], {"id": request_id, "ok": True, "result": result})
         except (TypeError, ValueError):
             self.log.failure("framed: {command} returned a result that is not JSON", command=command.name)
-            self._reply_error(command.id, request_id, INTERNAL)
+            self._reply_error(self.factory.command_ids[command.name], request_id, INTERNAL)
             return
         self.factory.count(command.name, "ok")
         self.factory.frames_out += 1
@@ -293,14 +294,14 @@ class FramedProtocol(TrackedProtocol):
 
     def _failed(self, e: BaseException, command: Command, request_id: int, failure: Failure | None = None) -> None:
         if isinstance(e, RequestError):
-            self._reply_error(command.id, request_id, e.error, e.detail)
+            self._reply_error(self.factory.command_ids[command.name], request_id, e.error, e.detail)
         elif isinstance(e, DatabaseUnavailable):
-            self._reply_error(command.id, request_id, DATABASE_UNAVAILABLE)
+            self._reply_error(self.factory.command_ids[command.name], request_id, DATABASE_UNAVAILABLE)
         else:
             self.log.failure(
                 "framed: {command} failed", failure or Failure(e), command=command.name
             )
-            self._reply_error(command.id, request_id, INTERNAL)
+            self._reply_error(self.factory.command_ids[command.name], request_id, INTERNAL)
 
     def _reply_error(self, command_id: int, request_id: int, error: ErrorCode, detail: str | None = None) -> None:
         self.factory.count(COMMAND_NAMES.get(command_id, "unknown"), error.code)
@@ -370,10 +371,13 @@ class FramedFactory(ConnectionTrackingFactory):
         clock: IReactorTime,
         max_pending: int,
         router: Router = router,
+        command_ids: Mapping[str, int] = COMMANDS,
     ) -> None:
         super().__init__(name, cfg.max_connections, metrics.for_service(name), clock)
         self.services = services
-        self.router = router
+        self.command_ids = command_ids
+        # the wire carries numbers: every routed command needs one
+        self.commands = {command_ids[c.name]: c for c in router.commands.values()}
         self.idle_timeout = cfg.idle_timeout
         self.max_body_size = cfg.max_body_size
         self.max_in_flight = cfg.max_in_flight

@@ -1,4 +1,4 @@
-"""The command router: command id -> handler, with argument checking before the handler runs."""
+"""The command router: command name -> handler, with argument checking before the handler runs."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from myservices.errors import BAD_ARGUMENTS, RequestError
-from myservices.framed.catalog import COMMANDS
 
 ANY = object()  # any JSON value
 
@@ -54,7 +53,6 @@ class Command:
     what it changes (login state, membership).
     """
 
-    id: int
     name: str
     handler: Handler
     args: tuple[Arg, ...]
@@ -83,10 +81,11 @@ class Command:
 
 
 class Router:
-    """Command ids to handlers; ids and names come from L{myservices.framed.catalog}."""
+    """Command names to handlers. Front ends map their wire format onto the names
+    (the framed protocol numbers them in L{myservices.framed.catalog})."""
 
     def __init__(self) -> None:
-        self.commands: dict[int, Command] = {}
+        self.commands: dict[str, Command] = {}
 
     def command(
         self, name: str, *args: Arg, login: bool = False, barrier: bool = False
@@ -96,15 +95,14 @@ class Router:
         The handler returns the result (a JSON value), or is a coroutine function, or returns a Deferred,
         and raises RequestError for errors the client should see.
         """
-        command_id = COMMANDS[name]
 
         def register(handler: Handler) -> Handler:
-            if command_id in self.commands:
-                raise ValueError(f"command {name} ({command_id}) is registered twice")
-            self.commands[command_id] = Command(command_id, name, handler, args, login, barrier)
+            if name in self.commands:
+                raise ValueError(f"command {name} is registered twice")
+            self.commands[name] = Command(name, handler, args, login, barrier)
             return handler
 
         return register
 
-    def get(self, command_id: int) -> Command | None:
-        return self.commands.get(command_id)
+    def get(self, name: str) -> Command | None:
+        return self.commands.get(name)

@@ -1,5 +1,5 @@
-"""The framed service's commands: thin adapters from JSON arguments to the shared hub, accounts, key-value
-store and counter. Each returns the reply's result object."""
+"""The shared commands: thin adapters from JSON arguments to the shared hub, accounts, key-value store and
+counter. Each returns the reply's result object. The framed, WebSocket and PB front ends call them."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet.interfaces import IReactorTime
 
 from myservices.errors import RequestError
-from myservices.framed.router import ANY, Arg, Router
+from myservices.handlers.router import ANY, Arg, Router
 from myservices.hub import Hub, Message, Session, Subscriber
 
 if TYPE_CHECKING:
