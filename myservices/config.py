@@ -56,6 +56,7 @@ UDP_ENDPOINT = "udp_endpoint"
 SIZE = "size"
 DURATION = "duration"
 PATH = "path"
+STRINGS = "strings"  # an array of strings, kept as a tuple
 
 
 def setting(
@@ -134,6 +135,10 @@ class ServiceConfig:
     """Keys every service section has."""
 
     enabled: bool = setting(True, doc="set false to keep the section but not run the service")
+
+    def check_with(self, name: str, services: Mapping[str, ServiceConfig]) -> list[str]:
+        """Problems that depend on other service sections (each a "services.NAME.key: ..." line)."""
+        return []
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -285,6 +290,12 @@ def config_from_dict(
         if service is not None:
             services[name] = service
 
+    # in the registry's order, which is the order services are built and started
+    services = {name: services[name] for name in kinds if name in services}
+    for name, service in services.items():
+        if service.enabled:
+            problems.extend(service.check_with(name, services))
+
     if database is not None:
         data_dir = daemon.data_dir if daemon is not None else base_dir
         database = _resolve_database(database, data_dir, environ, problems)
@@ -401,6 +412,10 @@ class _Validator:
             except EndpointSyntaxError as e:
                 raise ValueError(str(e)) from None
             return value
+        elif kind == STRINGS:
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ValueError(f"expected {expected}, got {_toml_type(value)}")
+            return tuple(value)
         elif kind == PATH:
             if not isinstance(value, str) or not value:
                 raise ValueError(f"expected {expected}")
@@ -441,6 +456,8 @@ def _expected(hint: Any, f: dataclasses.Field) -> str:
         return 'a UDP endpoint such as "udp:10004:interface=127.0.0.1"'
     if kind == PATH:
         return "a path (a non-empty string)"
+    if kind == STRINGS:
+        return "an array of strings"
     if kind == SIZE:
         text = "a size in bytes"
     elif kind == DURATION:
@@ -488,6 +505,8 @@ def describe_settings(cls: type) -> list[tuple[str, str, str, str]]:
         default = "required" if f.default is dataclasses.MISSING else repr(f.default)
         if f.default is None:
             default = "unset"
+        elif isinstance(f.default, tuple):  # STRINGS, written as TOML writes an array
+            default = "[" + ", ".join(f'"{v}"' for v in f.default) + "]"
         rows.append((f.name, _expected(hints[f.name], f), default, f.metadata.get("doc", "")))
     return rows
 

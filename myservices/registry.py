@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +32,7 @@ class BuildContext:
     accounts: AccountStore
     kv: KeyValueStore
     readiness: Readiness
+    services: Mapping[str, IService]  # those built so far, by name (built in the order of service_kinds)
 
 
 @dataclass(frozen=True)
@@ -48,11 +49,14 @@ def service_kinds() -> dict[str, ServiceKind]:
     from myservices import chat, echo, udp
     from myservices.framed import server as framed
     from myservices.web import service as http
+    from myservices.websocket import service as websocket
 
     kinds = [
         ServiceKind("echo", echo.EchoConfig, echo.build),
         ServiceKind("chat", chat.ChatConfig, chat.build),
         ServiceKind("udp", udp.UdpConfig, udp.build),
+        # before http, which may mount its routes under /ws
+        ServiceKind("websocket", websocket.WebSocketConfig, websocket.build),
         ServiceKind("http", http.HttpConfig, http.build),
         ServiceKind("framed", framed.FramedConfig, framed.build),
     ]

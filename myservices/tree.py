@@ -131,6 +131,7 @@ def build_service_tree(
         kv=KeyValueStore(database, config.kv),
         # tree.listeners fills as services are built; the checks read it when they run
         readiness=Readiness(tree.listeners, database, reactor, lambda: tree.running),
+        services=tree.listeners,
     )
     kinds = service_kinds()
     for name, cfg in config.enabled_services():

@@ -42,7 +42,7 @@ class ConfigErrorsTests(TestCase):
             """
         )
         self.assertIn("colour: unknown key (expected daemon, database, hub, accounts, kv or services)", problems)
-        self.assertTrue(any(p.startswith("services.ecko: unknown service (expected one of chat, echo, framed, http, udp") for p in problems))
+        self.assertTrue(any(p.startswith("services.ecko: unknown service (expected one of chat, echo, framed, http, udp, websocket") for p in problems))
 
     def test_wrong_type(self) -> None:
         problems = self.problems(
@@ -167,6 +167,33 @@ class ConfigValuesTests(TestCase):
         config = load(self, '[services.echo]\nendpoint = "tcp:1"\nenabled = false\n')
         self.assertEqual(config.enabled_services(), [])
         self.assertIn("echo", config.services)
+
+    def test_services_are_kept_in_start_order_whatever_the_file_order(self) -> None:
+        config = load(self, '[services.http]\nendpoint = "tcp:2"\n[services.echo]\nendpoint = "tcp:1"\n')
+        self.assertEqual(list(config.services), ["echo", "http"])
+
+    def test_the_websocket_mount_needs_the_websocket_service(self) -> None:
+        text = '[services.http]\nendpoint = "tcp:2"\nwebsocket = true\n'
+        with self.assertRaises(ConfigError) as e:
+            load(self, text)
+        self.assertIn("services.http.websocket: true needs an enabled [services.websocket] section", e.exception.problems)
+        with self.assertRaises(ConfigError):
+            load(self, text + '[services.websocket]\nendpoint = "tcp:3"\nenabled = false\n')
+        config = load(self, text + '[services.websocket]\nendpoint = "tcp:3"\n')
+        self.assertTrue(config.services["http"].websocket)
+
+    def test_string_lists(self) -> None:
+        base = '[services.websocket]\nendpoint = "tcp:3"\n'
+        config = load(self, base + 'allowed_origins = ["https://a.example", "https://b.example"]\n')
+        self.assertEqual(config.services["websocket"].allowed_origins, ("https://a.example", "https://b.example"))
+        with self.assertRaises(ConfigError) as e:
+            load(self, base + 'allowed_origins = "https://a.example"\n')
+        self.assertIn(
+            "services.websocket.allowed_origins: expected an array of strings, got string 'https://a.example'",
+            e.exception.problems,
+        )
+        env = {"MYSERVICES__SERVICES__WEBSOCKET__ALLOWED_ORIGINS": '["https://c.example"]'}
+        self.assertEqual(load(self, base, env).services["websocket"].allowed_origins, ("https://c.example",))
 
     def test_every_twisted_endpoint_type_validates(self) -> None:
         for endpoint in [

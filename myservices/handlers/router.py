@@ -64,19 +64,23 @@ class Command:
         # decided once here, not per request
         object.__setattr__(self, "is_async", inspect.iscoroutinefunction(self.handler))
 
-    def bind(self, args: Mapping[str, Any]) -> dict[str, Any]:
-        """Checked keyword arguments for the handler, or RequestError(BAD_ARGUMENTS)."""
+    def bind(self, args: Mapping[str, Any], label: str | None = None) -> dict[str, Any]:
+        """Checked keyword arguments for the handler, or RequestError(BAD_ARGUMENTS).
+
+        C{label} names the command in error messages as the client called it (default: its name).
+        """
+        label = label or self.name
         known = {a.name: a for a in self.args}
         for name in args:
             if name not in known:
                 expected = ", ".join(known) or "none"
-                raise RequestError(BAD_ARGUMENTS, f'{self.name}: unknown argument "{name}" (expected {expected})')
+                raise RequestError(BAD_ARGUMENTS, f'{label}: unknown argument "{name}" (expected {expected})')
         kwargs = {}
         for a in self.args:
             if a.name in args:
                 kwargs[a.name] = a.check(args[a.name])
             elif a.required:
-                raise RequestError(BAD_ARGUMENTS, f'{self.name}: missing argument "{a.name}"')
+                raise RequestError(BAD_ARGUMENTS, f'{label}: missing argument "{a.name}"')
         return kwargs
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.interfaces import IDelayedCall
+from twisted.protocols.policies import ProtocolWrapper
 from twisted.web.http import HTTPChannel
 from twisted.web.server import Request
 
@@ -184,6 +185,28 @@ class LimitedHTTPChannel(TrackedProtocol, HTTPChannel):
         # stop reading: a client sending a huge body should not make us read (and drop) all of it
         self.transport.pauseProducing()
         self.transport.loseConnection()
+
+    # --- protocol switch ----------------------------------------------------------
+
+    def hand_over(self, protocol: Any, handshake: bytes) -> None:
+        """Give this connection to C{protocol} (a WebSocket after an upgrade request), which reads
+        C{handshake} first. This channel stops counting, timing and reading the connection."""
+        self._cancel_timer()
+        self.setTimeout(None)
+        self.factory.connection_closed(self)
+        transport = self.transport
+        # HTTPChannel registered itself to hear when the transport's buffer fills; the new protocol may want to
+        self._networkProducer.unregisterProducer()
+        # the transport delivers to its protocol; with TLS that is the TLS wrapper's wrapped protocol
+        if isinstance(transport, ProtocolWrapper):
+            transport.wrappedProtocol = protocol
+        elif isinstance(getattr(transport, "protocol", None), ProtocolWrapper):
+            transport.protocol.wrappedProtocol = protocol
+        else:
+            transport.protocol = protocol
+        protocol.makeConnection(transport)
+        transport.resumeProducing()  # HTTPChannel pauses reading while it answers a request
+        protocol.dataReceived(handshake)
 
     # --- shutdown ---------------------------------------------------------------
 

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from twisted.application.service import IService
 
-from myservices.config import DURATION, SIZE, KiB, MiB, StreamServiceConfig, setting
+from myservices.config import DURATION, SIZE, KiB, MiB, ServiceConfig, StreamServiceConfig, setting
 from myservices.listeners import StreamListenerService
 from myservices.registry import BuildContext
 from myservices.web.channel import HttpLimits
 from myservices.web.resources import CounterApi, CounterPage, DatabaseErrors, Healthz, JsonRoot, MetricsPage, Readyz
+from myservices.web.pages import static_directory
 from myservices.web.site import HttpSite
+from myservices.web.upgrade import WebSocketMount
 
 @dataclass(frozen=True, kw_only=True)
 class HttpConfig(StreamServiceConfig):
@@ -43,6 +46,17 @@ class HttpConfig(StreamServiceConfig):
     retry_after: int = setting(
         5, min=1, max=3600, doc="seconds in the Retry-After header of 503 answers when the database is down"
     )
+    websocket: bool = setting(
+        False,
+        doc="mount the [services.websocket] routes under /ws (ws://HOST:PORT/ws/chat) and serve the web chat "
+        "at /chat/, so pages from this site reach them on their own origin",
+    )
+
+    def check_with(self, name: str, services: Mapping[str, ServiceConfig]) -> list[str]:
+        ws = services.get("websocket")
+        if self.websocket and (ws is None or not ws.enabled):
+            return [f"services.{name}.websocket: true needs an enabled [services.websocket] section"]
+        return []
 
 
 def build(name: str, cfg: HttpConfig, ctx: BuildContext) -> IService:
@@ -68,4 +82,8 @@ def build(name: str, cfg: HttpConfig, ctx: BuildContext) -> IService:
         name, root, limits=limits, max_connections=cfg.max_connections, idle_timeout=cfg.idle_timeout,
         access_log=cfg.access_log, metrics=ctx.metrics, clock=ctx.reactor,
     )
+    if cfg.websocket:
+        websocket = ctx.services["websocket"]
+        root.putChild(b"ws", WebSocketMount(websocket.factory, site))  # type: ignore[attr-defined]
+        root.putChild(b"chat", static_directory("chat"))
     return StreamListenerService(name, cfg.endpoint, site, ctx.reactor, ctx.config.daemon.shutdown_timeout)

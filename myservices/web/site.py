@@ -84,6 +84,10 @@ class HttpSite(ConnectionTrackingFactory, Site):
                 user_agent=(request.getHeader(b"user-agent") or b"").decode("latin-1"),
             )
 
+    def count_upgrade(self) -> None:
+        """A request switched protocols (101): it never finishes as an HTTP response, so log() never sees it."""
+        self._pending_status[101] = self._pending_status.get(101, 0) + 1
+
     def count_rejection(self, status: int, error: ErrorCode) -> None:
         """A request the channel refused (413, 431, 414, 408, 400)."""
         self._pending_status[status] = self._pending_status.get(status, 0) + 1

@@ -1,0 +1,264 @@
+"""What the WebSocket paths serve: /echo sends every message back, /chat speaks JSON on the shared hub.
+
+The chat route is a thin front end: it maps a JSON request's "type" onto a
+shared command (L{myservices.handlers.commands}), runs the requests of one
+connection in order, and renders replies, errors and hub events as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from myservices.db import DatabaseUnavailable
+from myservices.errors import (
+    BAD_REQUEST,
+    DATABASE_UNAVAILABLE,
+    INTERNAL,
+    RATE_LIMITED,
+    UNKNOWN_COMMAND,
+    ErrorCode,
+    RequestError,
+)
+from myservices.handlers.commands import CommandState, SharedServices, message_json
+from myservices.handlers.router import Router
+from myservices.hub import Event, Message, NickChange, Presence
+from myservices.ratelimit import TokenBucket
+from myservices.websocket.protocol import CLOSE_UNSUPPORTED_DATA
+
+if TYPE_CHECKING:
+    from myservices.websocket.protocol import WebSocketConnection, WebSocketFactory
+
+# the chat protocol's request types and the shared commands they call
+CHAT_OPS: dict[str, str] = {
+    "nick": "hub.nick",
+    "join": "hub.join",
+    "part": "hub.part",
+    "publish": "hub.publish",
+    "history": "hub.history",
+    "who": "hub.who",
+    "rooms": "hub.rooms",
+    "subscribe": "hub.subscribe",
+    "unsubscribe": "hub.unsubscribe",
+    "ping": "ping",
+}
+
+MAX_REQUEST_ID_LENGTH = 64
+
+
+class EchoRoute:
+    """/echo: every text or binary message comes back unchanged.
+
+    While the client does not read its echoes, the connection is not read
+    either, so a client that only sends waits on TCP, not on server memory.
+    """
+
+    def __init__(self, conn: WebSocketConnection) -> None:
+        self.conn = conn
+        # reading stops while output waits, so the queue holds at most what was already read:
+        # never a reason to drop an echo client as a slow consumer
+        f = conn.factory
+        self.max_pending = f.max_pending + 2 * f.maxMessagePayloadSize + 64 * 1024
+
+    def opened(self) -> None:
+        pass
+
+    def message(self, payload: bytes, is_binary: bool) -> None:
+        self.conn.send(payload, is_binary)
+        if self.conn.output_paused:
+            self.conn.pause_reading("output")
+
+    def closed(self) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class ChatSettings:
+    """What every /chat connection of one service shares."""
+
+    services: SharedServices
+    router: Router
+    request_rate: float
+    request_burst: int
+    max_queued: int
+    limits: dict[str, Any]  # told to the client in the welcome event
+
+
+def event_json(event: Event) -> dict[str, Any]:
+    if isinstance(event, Message):
+        return {"type": "message", **message_json(event)}
+    if isinstance(event, Presence):
+        return {"type": "presence", "kind": event.kind, "room": event.room, "nick": event.nick}
+    if isinstance(event, NickChange):
+        return {"type": "nick", "old": event.old, "new": event.new}
+    raise TypeError(f"unknown hub event {event!r}")
+
+
+def _dumps(obj: Any) -> bytes:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+class ChatRoute:
+    """/chat: JSON requests in, replies and hub events out; also the connection's hub L{Subscriber}.
+
+    Requests run one at a time in arrival order (a publish after a join sees
+    the membership). While one waits (a room's history loading), later ones
+    queue; past C{max_queued} the connection is not read until the queue
+    drains, and likewise while the client does not read its output.
+    """
+
+    log = Logger()
+
+    def __init__(self, conn: WebSocketConnection, settings: ChatSettings) -> None:
+        self.conn = conn
+        self.settings = settings
+        self.factory: WebSocketFactory = conn.factory
+        self.max_pending = self.factory.max_pending
+        self.state = CommandState(settings.services, self)
+        self.bucket = TokenBucket(settings.request_rate, settings.request_burst, settings.services.clock)
+        self.queue: deque[tuple[str, Any, dict[str, Any]]] = deque()
+        self.waiting = False
+        self.open = True
+
+    def opened(self) -> None:
+        self._send({"type": "welcome", "nick": self.state.session.nick, "limits": self.settings.limits})
+
+    def closed(self) -> None:
+        self.open = False
+        self.queue.clear()
+        self.state.close()
+
+    # --- the hub's Subscriber --------------------------------------------------------
+
+    def deliver(self, event: Event) -> None:
+        if not self.open:  # leaving: the hub tells the leaver of its own part
+            return
+        prepared = event.encoded("websocket", self._prepare)
+        self.conn.send_prepared(prepared)
+
+    def _prepare(self, event: Event) -> Any:
+        # framed once per event for every WebSocket member of the room
+        return self.factory.prepare(_dumps(event_json(event)))
+
+    def close(self, error: ErrorCode) -> None:
+        self.conn.close_with(error)
+
+    # --- requests ------------------------------------------------------------------
+
+    def message(self, payload: bytes, is_binary: bool) -> None:
+        if is_binary:
+            self.factory.metrics.error(BAD_REQUEST.code)
+            self.conn.close_with(
+                BAD_REQUEST, "binary messages are not part of the chat protocol; send JSON text",
+                code=CLOSE_UNSUPPORTED_DATA,
+            )
+            return
+        try:
+            request = json.loads(payload)
+        except (ValueError, RecursionError) as e:
+            self._error(None, None, BAD_REQUEST, f"not valid JSON: {str(e)[:200]}")
+            return
+        if not isinstance(request, dict):
+            self._error(None, None, BAD_REQUEST, 'a request is a JSON object with a "type"')
+            return
+        request_id = request.pop("id", None)
+        if not _valid_id(request_id):
+            self._error(
+                None, None, BAD_REQUEST,
+                f'"id" must be an integer or a string of at most {MAX_REQUEST_ID_LENGTH} characters',
+            )
+            return
+        op = request.pop("type", None)
+        if not isinstance(op, str) or op not in CHAT_OPS:
+            # not echoed back: it is whatever the client sent, of any size
+            self._error(None, request_id, UNKNOWN_COMMAND, f'"type" must be one of {", ".join(CHAT_OPS)}')
+            return
+        self.queue.append((op, request_id, request))
+        if len(self.queue) >= self.settings.max_queued:
+            self.conn.pause_reading("requests")
+        self._process()
+
+    def _process(self) -> None:
+        while self.queue and not self.waiting and self.open:
+            self._run(*self.queue.popleft())
+        if len(self.queue) < self.settings.max_queued:
+            self.conn.resume_reading("requests")
+
+    def _run(self, op: str, request_id: Any, args: dict[str, Any]) -> None:
+        if not self.bucket.allow():
+            self._error(op, request_id, RATE_LIMITED, f"at most {self.settings.request_rate:g} requests per second")
+            return
+        command = self.settings.router.commands[CHAT_OPS[op]]
+        try:
+            result = command.handler(self.state, **command.bind(args, label=op))
+        except Exception as e:
+            self._failed(e, op, request_id)
+            return
+        if command.is_async:
+            result = Deferred.fromCoroutine(result)
+        if not isinstance(result, Deferred):
+            self._reply(result, op, request_id)
+            return
+        result.addCallbacks(self._reply, self._failed_f, (op, request_id), errbackArgs=(op, request_id))
+        if not result.called:
+            self.waiting = True
+            result.addBoth(self._go_on)
+
+    def _go_on(self, _: object) -> None:
+        self.waiting = False
+        self._process()
+
+    # --- output ----------------------------------------------------------------
+
+    def _send(self, obj: dict[str, Any]) -> None:
+        if not self.open:
+            return
+        self.conn.send(_dumps(obj))
+        if self.conn.output_paused:
+            self.conn.pause_reading("output")
+
+    def _reply(self, result: Any, op: str, request_id: Any) -> None:
+        self.factory.count(op, "ok")
+        reply: dict[str, Any] = {"type": "reply", "op": op, "result": result}
+        if request_id is not None:
+            reply["id"] = request_id
+        self._send(reply)
+
+    def _failed_f(self, failure: Failure, op: str, request_id: Any) -> None:
+        self._failed(failure.value, op, request_id, failure)
+
+    def _failed(self, e: BaseException, op: str, request_id: Any, failure: Failure | None = None) -> None:
+        if isinstance(e, RequestError):
+            self._error(op, request_id, e.error, e.detail)
+        elif isinstance(e, DatabaseUnavailable):
+            self._error(op, request_id, DATABASE_UNAVAILABLE)
+        else:
+            self.log.failure("websocket chat: {op} failed", failure or Failure(e), op=op)
+            self._error(op, request_id, INTERNAL)
+
+    def _error(self, op: str | None, request_id: Any, error: ErrorCode, detail: str | None = None) -> None:
+        self.factory.count(op or "invalid", error.code)
+        self.factory.metrics.error(error.code)
+        reply: dict[str, Any] = {
+            "type": "error",
+            "error": {"code": error.code, "message": detail or error.message, "retry": error.retry},
+        }
+        if op is not None:
+            reply["op"] = op
+        if request_id is not None:
+            reply["id"] = request_id
+        self._send(reply)
+
+
+def _valid_id(value: Any) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, str):
+        return len(value) <= MAX_REQUEST_ID_LENGTH
+    return isinstance(value, int) and not isinstance(value, bool) and -(2**53) < value < 2**53
