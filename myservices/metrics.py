@@ -172,3 +172,35 @@ class ServiceMetrics:
 
     def error(self, code: str) -> None:
         self._metrics.errors.labels(self.service, code).inc()
+
+
+class RequestCounts:
+    """Mixin for the factories of request/reply services: messages, bytes and results counted in plain
+    integers on the hot path and folded into the metrics when they are read (L{Metrics.before_collect})."""
+
+    messages_in: int
+    messages_out: int
+    bytes_in: int
+
+    def start_counting(self, metrics: Metrics, service: ServiceMetrics) -> None:
+        """Call from C{__init__}."""
+        self.messages_in = self.messages_out = self.bytes_in = 0
+        self._results: dict[tuple[str, str], int] = {}
+        self._counted = service
+        self._requests = metrics.requests
+        metrics.before_collect(self._fold_counts)
+
+    def count(self, command: str, result: str) -> None:
+        """One request answered: C{result} is "ok" or an error code."""
+        key = (command, result)
+        self._results[key] = self._results.get(key, 0) + 1
+
+    def _fold_counts(self) -> None:
+        m = self._counted
+        m.messages_in.inc(self.messages_in)
+        m.messages_out.inc(self.messages_out)
+        m.bytes_in.inc(self.bytes_in)
+        self.messages_in = self.messages_out = self.bytes_in = 0
+        results, self._results = self._results, {}
+        for (command, result), n in results.items():
+            self._requests.labels(m.service, command, result).inc(n)

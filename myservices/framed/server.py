@@ -43,7 +43,7 @@ from myservices.handlers.commands import CommandState, SharedServices, message_j
 from myservices.handlers.router import Command, Router
 from myservices.hub import Event, Message, NickChange, Presence
 from myservices.listeners import ConnectionTrackingFactory, StreamListenerService, TrackedProtocol
-from myservices.metrics import Metrics
+from myservices.metrics import Metrics, RequestCounts
 from myservices.outbound import Outbound
 from myservices.ratelimit import TokenBucket
 from myservices.registry import BuildContext
@@ -194,7 +194,7 @@ class FramedProtocol(TrackedProtocol):
     def _request(self, frame: Frame) -> None:
         # the idle timer looks at this when it fires: cheaper than moving a timer on every request
         self._last_request = self._clock.seconds()
-        self.factory.frames_in += 1
+        self.factory.messages_in += 1
         command_id = frame.command
         try:
             text = frame.body.decode("utf-8")
@@ -286,7 +286,7 @@ class FramedProtocol(TrackedProtocol):
             self._reply_error(self.factory.command_ids[command.name], request_id, INTERNAL)
             return
         self.factory.count(command.name, "ok")
-        self.factory.frames_out += 1
+        self.factory.messages_out += 1
         self.outbound.write(frame)
 
     def _failed_f(self, failure: Failure, command: Command, request_id: int) -> None:
@@ -306,7 +306,7 @@ class FramedProtocol(TrackedProtocol):
     def _reply_error(self, command_id: int, request_id: int, error: ErrorCode, detail: str | None = None) -> None:
         self.factory.count(COMMAND_NAMES.get(command_id, "unknown"), error.code)
         self.factory.metrics.error(error.code)
-        self.factory.frames_out += 1
+        self.factory.messages_out += 1
         body = {"id": request_id, "ok": False, "error": error_object(error, detail)}
         self.outbound.write(encode_json(command_id, body))
 
@@ -356,7 +356,7 @@ class FramedProtocol(TrackedProtocol):
             self.transport.loseConnection()
 
 
-class FramedFactory(ConnectionTrackingFactory):
+class FramedFactory(RequestCounts, ConnectionTrackingFactory):
     """Configuration, the command router and the shared services for L{FramedProtocol} connections."""
 
     protocol = FramedProtocol
@@ -385,25 +385,7 @@ class FramedFactory(ConnectionTrackingFactory):
         self.request_burst = cfg.request_burst
         self.max_pending = max_pending
         self.slow_consumers = metrics.slow_consumers.labels(name)
-        # counted in plain integers and folded into the metrics when they are read (Metrics.before_collect)
-        self.frames_in = self.frames_out = self.bytes_in = 0
-        self._results: dict[tuple[str, str], int] = {}
-        self._requests = metrics.requests
-        metrics.before_collect(self._fold_counts)
-
-    def count(self, command: str, result: str) -> None:
-        key = (command, result)
-        self._results[key] = self._results.get(key, 0) + 1
-
-    def _fold_counts(self) -> None:
-        m = self.metrics
-        m.messages_in.inc(self.frames_in)
-        m.messages_out.inc(self.frames_out)
-        m.bytes_in.inc(self.bytes_in)
-        self.frames_in = self.frames_out = self.bytes_in = 0
-        results, self._results = self._results, {}
-        for (command, result), n in results.items():
-            self._requests.labels(self.service_name, command, result).inc(n)
+        self.start_counting(metrics, self.metrics)
 
 
 def build(name: str, cfg: FramedConfig, ctx: BuildContext) -> IService:

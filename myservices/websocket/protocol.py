@@ -23,7 +23,7 @@ from twisted.python.failure import Failure
 
 from myservices.errors import INTERNAL, NOT_FOUND, SHUTTING_DOWN, SLOW_CONSUMER, TIMEOUT, ErrorCode
 from myservices.listeners import ConnectionTrackingFactory, TrackedProtocol
-from myservices.metrics import Metrics
+from myservices.metrics import Metrics, RequestCounts
 from myservices.outbound import Outbound
 from myservices.websocket.origin import origin_allowed
 
@@ -251,7 +251,7 @@ class WebSocketConnection(TrackedProtocol, WebSocketServerProtocol):
         self.close_with(TIMEOUT, f"no message for {idle:g} seconds")
 
 
-class WebSocketFactory(ConnectionTrackingFactory, WebSocketServerFactory):
+class WebSocketFactory(RequestCounts, ConnectionTrackingFactory, WebSocketServerFactory):
     """Configuration and routes for L{WebSocketConnection}s; counts connections like every stream service.
 
     Connections mounted in the HTTP site (under /ws) are built by this factory
@@ -305,11 +305,7 @@ class WebSocketFactory(ConnectionTrackingFactory, WebSocketServerFactory):
             failByDrop=False,  # fail with a close frame that says why, then drop
             allowNullOrigin=True,  # origins are checked in onConnect (403), "null" included
         )
-        # counted in plain integers and folded into the metrics when they are read (Metrics.before_collect)
-        self.messages_in = self.messages_out = self.bytes_in = 0
-        self._results: dict[tuple[str, str], int] = {}
-        self._requests = metrics.requests
-        metrics.before_collect(self._fold_counts)
+        self.start_counting(metrics, self.metrics)
 
     def _accept_compression(self, offers: list[Any]) -> PerMessageDeflateOfferAccept | None:
         for offer in offers:
@@ -327,17 +323,3 @@ class WebSocketFactory(ConnectionTrackingFactory, WebSocketServerFactory):
     def prepare(self, payload: bytes, binary: bool = False) -> Any:
         """A message framed once, to send to many connections with L{WebSocketConnection.send_prepared}."""
         return self.prepareMessage(payload, binary)
-
-    def count(self, command: str, result: str) -> None:
-        key = (command, result)
-        self._results[key] = self._results.get(key, 0) + 1
-
-    def _fold_counts(self) -> None:
-        m = self.metrics
-        m.messages_in.inc(self.messages_in)
-        m.messages_out.inc(self.messages_out)
-        m.bytes_in.inc(self.bytes_in)
-        self.messages_in = self.messages_out = self.bytes_in = 0
-        results, self._results = self._results, {}
-        for (command, result), n in results.items():
-            self._requests.labels(self.service_name, command, result).inc(n)
