@@ -48,6 +48,7 @@ def service_kinds() -> dict[str, ServiceKind]:
     """Every kind, in the order services are started."""
     from myservices import chat, echo, udp
     from myservices.framed import server as framed
+    from myservices.pb import server as pb
     from myservices.web import service as http
     from myservices.websocket import service as websocket
 
@@ -59,6 +60,7 @@ def service_kinds() -> dict[str, ServiceKind]:
         ServiceKind("websocket", websocket.WebSocketConfig, websocket.build),
         ServiceKind("http", http.HttpConfig, http.build),
         ServiceKind("framed", framed.FramedConfig, framed.build),
+        ServiceKind("pb", pb.PBConfig, pb.build),
     ]
     return {k.name: k for k in kinds}
 

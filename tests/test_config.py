@@ -42,7 +42,7 @@ class ConfigErrorsTests(TestCase):
             """
         )
         self.assertIn("colour: unknown key (expected daemon, database, hub, accounts, kv or services)", problems)
-        self.assertTrue(any(p.startswith("services.ecko: unknown service (expected one of chat, echo, framed, http, udp, websocket") for p in problems))
+        self.assertTrue(any(p.startswith("services.ecko: unknown service (expected one of chat, echo, framed, http, pb, udp, websocket") for p in problems))
 
     def test_wrong_type(self) -> None:
         problems = self.problems(

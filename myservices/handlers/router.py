@@ -21,6 +21,7 @@ class Arg:
     required: bool = True
     max_length: int | None = None  # characters, for strings
     min: int | None = None  # for integers
+    type_name: str | None = None  # for other types: what the error message calls it
 
     def check(self, value: Any) -> Any:
         t = self.type
@@ -31,7 +32,7 @@ class Arg:
         else:
             ok = isinstance(value, t)
         if not ok:
-            raise RequestError(BAD_ARGUMENTS, f'"{self.name}" must be {_TYPE_NAMES[t]}')
+            raise RequestError(BAD_ARGUMENTS, f'"{self.name}" must be {self.type_name or _TYPE_NAMES[t]}')
         if self.max_length is not None and len(value) > self.max_length:
             raise RequestError(BAD_ARGUMENTS, f'"{self.name}" is longer than {self.max_length} characters')
         if self.min is not None and value < self.min:

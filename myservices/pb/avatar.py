@@ -1,0 +1,287 @@
+"""The logged-in side of PB: avatars whose methods are the shared commands, and the room objects ``join`` returns.
+
+An avatar's ``perspective_*`` methods are not written out one by one: each
+name maps to a command of L{myservices.handlers.commands} (the ones the
+framed and WebSocket services call), so checks, results and errors are the
+same on every front end. ``join`` takes a client-side listener
+(a L{pb.Referenceable} with ``remote_message``) and returns a L{RoomHandle}.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.spread import pb
+
+from myservices.errors import NOT_IN_ROOM, SLOW_CONSUMER, UNAUTHENTICATED, ErrorCode, RequestError
+from myservices.handlers import commands as shared
+from myservices.handlers.commands import CommandState, message_json
+from myservices.handlers.router import Arg, Command, Router
+from myservices.hub import Event, Message, NickChange, Presence
+
+if TYPE_CHECKING:
+    from myservices.accounts import Account
+    from myservices.pb.server import PBConnection
+
+_log = Logger()
+
+# PB-only commands: their handlers take the avatar or the room object instead of the shared state
+pb_commands = Router()
+
+_LISTENER = Arg("listener", pb.RemoteReference, type_name="a pb.Referenceable (your listener object)")
+
+
+@pb_commands.command(
+    "pb.join", Arg("room", str, max_length=256), _LISTENER, Arg("presence", bool, required=False), barrier=True
+)
+async def join(avatar: Avatar, room: str, listener: pb.RemoteReference, presence: bool = False) -> dict[str, Any]:
+    """Join C{room}; C{listener} receives its messages (and joins, parts, nick changes with C{presence})."""
+    state = avatar.state
+    name = state.services.hub.check_room(room)
+    previous = avatar.rooms.get(name)
+    handle = RoomHandle(avatar, name, listener, presence)
+    # registered before joining, so the events of the join itself reach it
+    avatar.rooms[name] = handle
+    try:
+        result = await shared.hub_join(state, name)
+    except BaseException:
+        if avatar.rooms.get(name) is handle:
+            if previous is not None:
+                avatar.rooms[name] = previous
+            else:
+                del avatar.rooms[name]
+        raise
+    if previous is not None:
+        previous.deactivate("replaced by a later join of the same room")
+    result["object"] = handle
+    return result
+
+
+@pb_commands.command("room.publish", Arg("text", str))
+async def room_publish(handle: RoomHandle, text: str) -> dict[str, Any]:
+    handle.check_active()
+    return await shared.hub_publish(handle.avatar.state, handle.room, text)
+
+
+@pb_commands.command("room.who")
+def room_who(handle: RoomHandle) -> dict[str, Any]:
+    handle.check_active()
+    return shared.hub_who(handle.avatar.state, handle.room)
+
+
+@pb_commands.command("room.history", Arg("limit", int, required=False, min=0))
+async def room_history(handle: RoomHandle, limit: int | None = None) -> dict[str, Any]:
+    handle.check_active()
+    return await shared.hub_history(handle.avatar.state, handle.room, limit)
+
+
+@pb_commands.command("room.part", barrier=True)
+def room_part(handle: RoomHandle) -> dict[str, Any]:
+    handle.check_active()
+    result = shared.hub_part(handle.avatar.state, handle.room)  # the listener gets its own part, as a last event
+    handle.deactivate("parted")
+    return result
+
+
+def _shared(name: str) -> tuple[Command, bool]:
+    command = shared.router.get(name)
+    assert command is not None, name
+    return command, True
+
+
+# PB method name -> (command, whether its handler takes the shared CommandState rather than the avatar)
+READ_ONLY_METHODS: Mapping[str, tuple[Command, bool]] = {
+    "ping": _shared("ping"),
+    "echo": _shared("echo"),
+    "whoami": _shared("whoami"),
+    "counter_get": _shared("counter.get"),
+    "history": _shared("hub.history"),
+    "who": _shared("hub.who"),
+    "rooms": _shared("hub.rooms"),
+}
+USER_METHODS: Mapping[str, tuple[Command, bool]] = {
+    **READ_ONLY_METHODS,
+    "nick": _shared("hub.nick"),
+    "counter_increment": _shared("counter.increment"),
+    "kv_get": _shared("kv.get"),
+    "kv_set": _shared("kv.set"),
+    "kv_delete": _shared("kv.delete"),
+    "kv_list": _shared("kv.list"),
+    "publish": _shared("hub.publish"),
+    "join": (pb_commands.commands["pb.join"], False),
+}
+ROOM_METHODS: Mapping[str, Command] = {
+    "publish": pb_commands.commands["room.publish"],
+    "who": pb_commands.commands["room.who"],
+    "history": pb_commands.commands["room.history"],
+    "part": pb_commands.commands["room.part"],
+}
+
+
+def _method_name(message: Any) -> str:
+    return message.decode("utf-8", "replace") if isinstance(message, bytes) else str(message)
+
+
+class Avatar(pb.Avatar):
+    """One login's perspective: routes calls to the shared commands and is the hub subscriber of its rooms."""
+
+    methods: Mapping[str, tuple[Command, bool]] = USER_METHODS
+
+    def __init__(self, account: Account | None) -> None:
+        self.account = account
+        self.connection: PBConnection | None = None
+        self.rooms: dict[str, RoomHandle] = {}
+        self._state: CommandState | None = None
+
+    @property
+    def state(self) -> CommandState:
+        assert self._state is not None, "attach() first"
+        return self._state
+
+    def attach(self, connection: PBConnection) -> None:
+        """Bind to the connection that logged in; logged-in users take their username as nick."""
+        self.connection = connection
+        self._state = CommandState(connection.factory.services, self)
+        self._state.account = self.account
+        if self.account is not None:
+            try:
+                self._state.services.hub.set_nick(self._state.session, self.account.username)
+            except RequestError:
+                pass  # someone else holds it: keep the guest nick
+
+    def logout(self) -> None:
+        """The connection closed: every membership ends (other members see PART)."""
+        for handle in list(self.rooms.values()):
+            handle.deactivate("the connection closed")
+        if self._state is not None:
+            self._state.close()
+
+    def perspectiveMessageReceived(self, broker: pb.Broker, message: Any, args: Any, kw: Any) -> Any:
+        conn = self.connection
+        assert conn is not None
+        name = _method_name(message)
+        entry = self.methods.get(name)
+        if entry is None:
+            if name in USER_METHODS:
+                error = RequestError(UNAUTHENTICATED, f"{name} needs a login with an account (this session is anonymous)")
+                return broker.serialize(conn.refuse(USER_METHODS[name][0].name, error), self)
+            return broker.serialize(conn.unknown(name, self.methods), self)
+        command, takes_state = entry
+        return broker.serialize(conn.call(name, command, self.state if takes_state else self, args, kw), self)
+
+    # --- the hub's Subscriber interface ---------------------------------------------------
+
+    def deliver(self, event: Event) -> None:
+        if isinstance(event, Message):
+            handle = self.rooms.get(event.room)
+            if handle is not None:
+                handle.send("message", message_json(event))
+        elif isinstance(event, Presence):
+            handle = self.rooms.get(event.room)
+            if handle is not None and handle.presence:
+                handle.send("presence", {"kind": event.kind, "room": event.room, "nick": event.nick})
+        elif isinstance(event, NickChange):
+            hub = self.state.services.hub
+            for handle in list(self.rooms.values()):
+                if handle.presence and event.new in hub.who(handle.room):
+                    handle.send("nick", {"old": event.old, "new": event.new})
+
+    def close(self, error: ErrorCode) -> None:
+        if self.connection is not None:
+            self.connection.close(error)
+
+
+class UserAvatar(Avatar):
+    """The perspective of a login with an account: every method."""
+
+
+class AnonymousAvatar(Avatar):
+    """The perspective of an anonymous login: read-only methods, no account, no rooms."""
+
+    methods = READ_ONLY_METHODS
+
+    def __init__(self) -> None:
+        super().__init__(None)
+
+
+class RoomHandle(pb.Referenceable):
+    """What ``join`` returns: the membership of one room, with ``publish``, ``who``, ``history`` and ``part``.
+
+    Sends the room's events to the client's listener with
+    ``listener.callRemote("message", {...})``. A listener that raises, or
+    leaves more than C{max_unanswered} events unanswered, is dropped: the
+    membership ends as if it had parted, and the room object answers
+    NOT_IN_ROOM from then on. Other members and rooms are not affected.
+    """
+
+    def __init__(self, avatar: Avatar, room: str, listener: pb.RemoteReference, presence: bool) -> None:
+        self.avatar = avatar
+        self.room = room
+        self.listener = listener
+        self.presence = presence
+        self.unanswered = 0
+        self.active = True
+        self.ended = ""
+
+    def remoteMessageReceived(self, broker: pb.Broker, message: Any, args: Any, kw: Any) -> Any:
+        conn = self.avatar.connection
+        assert conn is not None
+        name = _method_name(message)
+        command = ROOM_METHODS.get(name)
+        if command is None:
+            return broker.serialize(conn.unknown(name, ROOM_METHODS))
+        return broker.serialize(conn.call(name, command, self, args, kw))
+
+    def check_active(self) -> None:
+        if not self.active:
+            raise RequestError(NOT_IN_ROOM, f'not in room "{self.room}" any more: {self.ended}')
+
+    def deactivate(self, why: str) -> None:
+        """This object no longer stands for a membership (the hub is told by the caller, if needed)."""
+        self.active = False
+        self.ended = why
+        if self.avatar.rooms.get(self.room) is self:
+            del self.avatar.rooms[self.room]
+
+    def send(self, kind: str, data: dict[str, Any]) -> None:
+        if not self.active:
+            return
+        conn = self.avatar.connection
+        assert conn is not None
+        if self.unanswered >= conn.factory.max_unanswered:
+            self.drop(SLOW_CONSUMER, f"{self.unanswered} events unanswered")
+            return
+        self.unanswered += 1
+        try:
+            d = self.listener.callRemote(kind, data)
+        except pb.DeadReferenceError:
+            return  # the connection is closing; logout ends the membership
+        d.addCallbacks(self._answered, self._failed, errbackArgs=(kind,))
+
+    def _answered(self, _: Any) -> None:
+        self.unanswered -= 1
+
+    def _failed(self, failure: Failure, kind: str) -> None:
+        self.unanswered -= 1
+        if failure.check(pb.PBConnectionLost, pb.DeadReferenceError):
+            return  # logout ends the membership
+        self.drop(None, f"its remote_{kind} failed: {failure.getErrorMessage()[:200]}")
+
+    def drop(self, error: ErrorCode | None, detail: str) -> None:
+        """Stop sending to the listener and leave the room; the client learns it on its next call."""
+        if not self.active:
+            return
+        conn = self.avatar.connection
+        assert conn is not None
+        self.deactivate(f"the listener was dropped: {detail}")
+        _log.info(
+            "pb: dropped the listener of {peer} in {room}: {detail}", peer=conn.peer, room=self.room, detail=detail
+        )
+        conn.factory.count("listener", (error.code if error else "FAILED"))
+        try:
+            self.avatar.state.services.hub.part(self.avatar.state.session, self.room)
+        except RequestError:
+            pass  # already out (the join was replaced, or the session closed)

@@ -1,0 +1,154 @@
+"""PB login: a twisted.cred portal over the accounts table, and the root object clients log in through.
+
+PB's own login (``PBClientFactory.login``) is a challenge-response over MD5
+that needs the server to keep every password in plain text or as an unsalted
+MD5. Accounts here keep only a slow salted hash, so the root object takes the
+password itself (use a ``ssl:`` endpoint where the network is not trusted, as
+for the framed service) and checks it through the same portal, checker and
+realm machinery:
+
+    root = await factory.getRootObject()
+    avatar = await root.callRemote("login", "alice", "secret")
+
+``loginAnonymous`` has the same signature as Twisted's, so
+``factory.login(credentials.Anonymous())`` works when the server allows it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from twisted.cred.checkers import ANONYMOUS, AllowAnonymousAccess, ICredentialsChecker
+from twisted.cred.credentials import Anonymous, IUsernamePassword, UsernamePassword
+from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
+from twisted.cred.portal import IRealm, Portal
+from twisted.internet.defer import Deferred
+from twisted.spread import pb
+from zope.interface import implementer
+
+from myservices.accounts import Account, AccountStore
+from myservices.errors import BAD_ARGUMENTS, BAD_REQUEST, LOGIN_FAILED, UNAUTHENTICATED, RequestError
+from myservices.handlers.router import Arg, Router
+from myservices.pb.avatar import AnonymousAvatar, UserAvatar
+
+if TYPE_CHECKING:
+    from myservices.pb.server import PBConnection
+
+
+@implementer(ICredentialsChecker)
+class AccountChecker:
+    """Checks a username and password against the accounts table (the slow hash runs off the reactor thread).
+
+    The avatar id is the L{Account}, so the realm needs no second query.
+    """
+
+    credentialInterfaces = (IUsernamePassword,)
+
+    def __init__(self, accounts: AccountStore) -> None:
+        self.accounts = accounts
+
+    def requestAvatarId(self, credentials: IUsernamePassword) -> Deferred[Account]:
+        return Deferred.fromCoroutine(self._check(credentials))
+
+    async def _check(self, credentials: IUsernamePassword) -> Account:
+        try:
+            return await self.accounts.authenticate(credentials.username, credentials.password)
+        except RequestError as e:
+            if e.error is LOGIN_FAILED:
+                raise UnauthorizedLogin(e.detail) from None
+            raise
+
+
+@implementer(IRealm)
+class Realm:
+    """Hands out a L{UserAvatar} per account login and an L{AnonymousAvatar} per anonymous one."""
+
+    def requestAvatar(self, avatarId: Any, mind: Any, *interfaces: Any) -> tuple[Any, pb.Avatar, Any]:
+        if pb.IPerspective not in interfaces:
+            raise NotImplementedError("PB perspectives only")
+        avatar = AnonymousAvatar() if avatarId is ANONYMOUS else UserAvatar(avatarId)
+        return pb.IPerspective, avatar, avatar.logout
+
+
+def make_portal(accounts: AccountStore, allow_anonymous: bool) -> Portal:
+    checkers: list[Any] = [AccountChecker(accounts)]
+    if allow_anonymous:
+        checkers.append(AllowAnonymousAccess())
+    return Portal(Realm(), checkers)
+
+
+# the root object's methods, routed and checked like every other call
+gateway_commands = Router()
+
+
+@gateway_commands.command(
+    "login",
+    # bytes only so that Twisted's own login, which sends just the username as bytes, gets the explanation below
+    Arg("username", (str, bytes), max_length=64, type_name="a string"),
+    Arg("password", str, max_length=4096, required=False),
+    Arg("mind", object, required=False),
+)
+async def login(gateway: Gateway, username: str | bytes, password: str | None = None, mind: Any = None) -> Any:
+    if password is None:
+        raise RequestError(
+            BAD_ARGUMENTS,
+            'login takes (username, password): PB\'s challenge-response login (PBClientFactory.login) needs '
+            "plain-text passwords on the server, which this server does not keep; see docs/protocols.md",
+        )
+    if isinstance(username, bytes):
+        raise RequestError(BAD_ARGUMENTS, '"username" must be a string')
+    return await gateway.login(UsernamePassword(username, password))
+
+
+@gateway_commands.command("loginAnonymous", Arg("mind", object, required=False))
+async def login_anonymous(gateway: Gateway, mind: Any = None) -> Any:
+    if not gateway.connection.factory.allow_anonymous:
+        raise RequestError(UNAUTHENTICATED, "anonymous login is disabled on this server; log in with an account")
+    return await gateway.login(Anonymous())
+
+
+@implementer(pb.IPBRoot)
+class GatewayRoot:
+    """Gives each connection its own L{Gateway}."""
+
+    def rootObject(self, broker: PBConnection) -> Gateway:
+        return Gateway(broker)
+
+
+class Gateway(pb.Referenceable):
+    """The root object of one connection: ``login(username, password)`` and ``loginAnonymous()``.
+
+    Returns the avatar (a remote reference to its perspective). One login per
+    connection; the avatar logs out when the connection closes.
+    """
+
+    def __init__(self, connection: PBConnection) -> None:
+        self.connection = connection
+        self._logging_in = False
+
+    def remoteMessageReceived(self, broker: pb.Broker, message: Any, args: Any, kw: Any) -> Any:
+        name = message.decode("utf-8", "replace") if isinstance(message, bytes) else str(message)
+        command = gateway_commands.get(name)
+        if command is None:
+            return broker.serialize(self.connection.unknown(name, gateway_commands.commands))
+        return broker.serialize(self.connection.call(name, command, self, args, kw))
+
+    async def login(self, credentials: Any) -> Any:
+        conn = self.connection
+        if conn.logged_in or self._logging_in:
+            raise RequestError(BAD_REQUEST, "this connection is already logged in (one login per connection)")
+        self._logging_in = True
+        try:
+            _, avatar, logout = await conn.factory.portal.login(credentials, None, pb.IPerspective)
+        except (UnauthorizedLogin, UnhandledCredentials):
+            raise RequestError(LOGIN_FAILED) from None
+        finally:
+            self._logging_in = False
+        if conn.closing:
+            logout()
+            raise RequestError(LOGIN_FAILED, "the connection closed during login")
+        avatar.attach(conn)
+        conn.login_done()
+        conn.notifyOnDisconnect(logout)
+        return pb.AsReferenceable(avatar, "perspective")
+

@@ -1,0 +1,401 @@
+"""The PB service: a Perspective Broker over a twisted.cred portal, with limits for untrusted clients.
+
+Twisted's L{pb.Broker} does the wire protocol. L{PBConnection} adds what a
+public daemon needs around it: a byte limit per message, one login per
+connection within a deadline, a request rate, at most C{max_in_flight} calls
+at once (then the connection is not read), a bounded output queue (a client
+that stops reading is dropped as a slow consumer), and one place where every
+call's failure becomes a L{RequestFailed} with a shared error code, so no
+traceback ever reaches a client.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from io import BytesIO
+from typing import Any
+
+from twisted.application.service import IService
+from twisted.cred.portal import Portal
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.spread import pb
+from twisted.spread.jelly import SecurityOptions
+
+from myservices.config import DURATION, SIZE, KiB, MiB, StreamServiceConfig, setting
+from myservices.db import DatabaseUnavailable
+from myservices.errors import (
+    BAD_ARGUMENTS,
+    DATABASE_UNAVAILABLE,
+    INTERNAL,
+    RATE_LIMITED,
+    SHUTTING_DOWN,
+    SLOW_CONSUMER,
+    UNKNOWN_COMMAND,
+    ErrorCode,
+    RequestError,
+)
+from myservices.handlers.commands import SharedServices
+from myservices.handlers.router import ANY, Command
+from myservices.listeners import ConnectionTrackingFactory, StreamListenerService, TrackedProtocol
+from myservices.metrics import Metrics, RequestCounts
+from myservices.outbound import Outbound
+from myservices.pb.errors import RequestFailed
+from myservices.pb.login import GatewayRoot, make_portal
+from myservices.ratelimit import TokenBucket
+from myservices.registry import BuildContext
+
+_log = Logger()
+
+
+@dataclass(frozen=True, kw_only=True)
+class PBConfig(StreamServiceConfig):
+    """[services.pb]"""
+
+    allow_anonymous: bool = setting(
+        False, doc="let clients log in without an account (loginAnonymous); they get read-only methods"
+    )
+    login_timeout: float = setting(
+        30.0, kind=DURATION, min=0, max=3600, doc="seconds a connection may take to log in (0: no limit)"
+    )
+    max_message_size: int = setting(
+        256 * KiB, kind=SIZE, min=1 * KiB, max=64 * MiB,
+        doc="largest PB message (one call or answer, as encoded) a client may send; more closes the connection",
+    )
+    max_in_flight: int = setting(
+        32, min=1, max=10_000, doc="calls of one connection handled at once; later ones wait unread (backpressure)"
+    )
+    request_rate: float = setting(
+        500.0, min=0.01, max=1e9, doc="calls per second a connection may make; more get RATE_LIMITED"
+    )
+    request_burst: int = setting(1000, min=1, max=1_000_000_000, doc="calls a connection may make at once")
+    max_unanswered: int = setting(
+        100, min=1, max=100_000,
+        doc="room events a listener may leave unanswered; past it the listener is dropped (it left the room)",
+    )
+
+
+def _security() -> SecurityOptions:
+    # plain data and PB's references only: no client-chosen class is ever instantiated here;
+    # failures are let in so a listener's error can be reported
+    options = SecurityOptions()
+    options.allowBasicTypes()
+    options.allowTypes("remote", "local", "twisted.spread.pb.CopyableFailure")
+    return options
+
+
+def check_json(name: str, value: Any) -> None:
+    """PB carries more types than JSON; values the shared handlers store or echo must be JSON."""
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as e:
+        raise RequestError(BAD_ARGUMENTS, f'"{name}" must be a JSON value (str, int, float, bool, None, '
+                           f"lists and dicts with str keys): {str(e)[:100]}") from None
+
+
+def bind_call(command: Command, label: str, args: Any, kw: Any) -> dict[str, Any]:
+    """Map a PB call's positional and keyword arguments onto C{command}'s arguments and check them."""
+    if not isinstance(args, (list, tuple)) or not isinstance(kw, dict):
+        raise RequestError(BAD_ARGUMENTS, f"{label}: malformed arguments")
+    names = [a.name for a in command.args]
+    if len(args) > len(names):
+        raise RequestError(
+            BAD_ARGUMENTS, f"{label} takes at most {len(names)} arguments ({', '.join(names) or 'none'}), got {len(args)}"
+        )
+    given = dict(zip(names, args))
+    for key, value in kw.items():
+        key = key.decode("utf-8", "replace") if isinstance(key, bytes) else key
+        if key in given:
+            raise RequestError(BAD_ARGUMENTS, f'{label}: argument "{key}" given twice')
+        given[key] = value
+    kwargs = command.bind(given, label=label)
+    for a in command.args:
+        if a.type is ANY and a.name in kwargs:
+            check_json(a.name, kwargs[a.name])
+    return kwargs
+
+
+class PBConnection(TrackedProtocol, pb.Broker):
+    """One PB connection: Twisted's broker with limits, flow control and error translation."""
+
+    factory: PBFactory
+
+    def __init__(self, isClient: bool = False, security: SecurityOptions | None = None) -> None:
+        pb.Broker.__init__(self, isClient, security if security is not None else _security())
+
+    def connectionMade(self) -> None:
+        f = self.factory
+        self._clock = f.clock
+        # before the broker's first write (the dialect offer)
+        self.outbound = Outbound(self.transport, f.max_pending, self._slow_consumer, self._drained)
+        self.bucket = TokenBucket(f.request_rate, f.request_burst, f.clock)
+        self.in_flight = 0
+        self.logged_in = False
+        self.stopping = False
+        self.closing = False
+        self._reading = True
+        self._message_bytes = 0  # received since the last complete message
+        self._answer_required = True
+        self._last_input = f.clock.seconds()
+        self._timers: dict[str, IDelayedCall] = {}
+        if f.login_timeout:
+            self._timers["login"] = f.clock.callLater(f.login_timeout, self._login_timeout)
+        if f.idle_timeout:
+            self._timers["idle"] = f.clock.callLater(f.idle_timeout, self._check_idle)
+        super().connectionMade()
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.closing = True
+        for timer in self._timers.values():
+            if timer.active():
+                timer.cancel()
+        self._timers.clear()
+        super().connectionLost(reason)
+
+    @property
+    def peer(self) -> str:
+        return str(self.transport.getPeer())
+
+    # --- input -----------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.closing:
+            return
+        self._last_input = self._clock.seconds()
+        self.factory.bytes_in += len(data)
+        # banana only limits single strings and lists (640 KiB each); this bounds a whole message
+        self._message_bytes += len(data)
+        if self._message_bytes > self.factory.max_message_size:
+            self._drop("too_large", f"a message over max_message_size={self.factory.max_message_size} bytes")
+            return
+        try:
+            super().dataReceived(data)
+        except Exception as e:
+            # a malformed stream (bad prefix, unknown type byte, ...): nothing after it can be trusted
+            self._drop("bad_stream", f"malformed PB data: {str(e)[:200]}")
+
+    def proto_message(self, requestID: int, objectID: Any, message: Any, answerRequired: int, netArgs: Any, netKw: Any) -> None:
+        # a call sent without wanting an answer has nobody to take its failure: see call()
+        self._answer_required = bool(answerRequired)
+        super().proto_message(requestID, objectID, message, answerRequired, netArgs, netKw)
+
+    def expressionReceived(self, sexp: Any) -> None:
+        self._message_bytes = 0
+        self.factory.messages_in += 1
+        try:
+            super().expressionReceived(sexp)
+        except Exception as e:
+            # a well-formed stream with a malformed PB message (wrong arity, unknown object, ...)
+            self._drop("bad_message", f"malformed PB message: {str(e)[:200]}")
+
+    def _drop(self, reason: str, detail: str) -> None:
+        if self.closing:
+            return
+        self.closing = True
+        _log.info("pb: closing {peer}: {detail}", peer=self.peer, detail=detail)
+        self.factory.metrics.closed(reason)
+        self.transport.loseConnection()
+
+    # --- output ------------------------------------------------------------------
+
+    def sendEncoded(self, obj: Any) -> None:
+        # through the bounded queue, so a client that does not read cannot grow server memory
+        buffer = BytesIO()
+        self._encode(obj, buffer.write)
+        self.factory.messages_out += 1
+        self.outbound.write(buffer.getvalue())
+
+    def _slow_consumer(self) -> None:
+        self.factory.slow_consumers.inc()
+        self.factory.metrics.closed("slow_consumer")
+        _log.info("pb: dropping slow consumer {peer}", peer=self.peer)
+        self.close(SLOW_CONSUMER)
+
+    def close(self, error: ErrorCode) -> None:
+        """Disconnect now (PB has no goodbye message; pending calls fail with PBConnectionLost)."""
+        self.closing = True
+        self.transport.abortConnection()
+
+    # --- calls -------------------------------------------------------------------
+
+    def call(self, label: str, command: Command, target: Any, args: Any, kw: Any) -> Deferred[Any]:
+        """Run one remote call: unserialize, check, rate-limit, run C{command.handler(target, ...)}.
+
+        Always returns a Deferred; its failure is a L{RequestFailed}. C{args}
+        and C{kw} are still serialized (unserializing may fail, too).
+        """
+        d = self._call(label, command, target, args, kw)
+        if not self._answer_required:
+            # the broker drops the result of such a call; its failure is counted, not left unhandled
+            d.addErrback(lambda _: None)
+        return d
+
+    def _call(self, label: str, command: Command, target: Any, args: Any, kw: Any) -> Deferred[Any]:
+        if self.outbound.paused:
+            # the client is not reading its answers: take no more calls until it does (see _drained)
+            self._pause_reading()
+        if self.stopping:
+            return self._error(command, RequestError(SHUTTING_DOWN, "the server is shutting down; not started"))
+        if not self.bucket.allow():
+            return self._error(
+                command, RequestError(RATE_LIMITED, f"at most {self.factory.request_rate:g} calls per second")
+            )
+        try:
+            kwargs = bind_call(command, label, self.unserialize(args), self.unserialize(kw))
+            result = command.handler(target, **kwargs)
+        except Exception as e:
+            return self._failed(e, command)
+        if command.is_async:
+            d = Deferred.fromCoroutine(result)
+        elif isinstance(result, Deferred):
+            d = result
+        else:
+            self.factory.count(command.name, "ok")
+            return succeed(result)
+        if not d.called:
+            self._started()
+            # runs before the broker writes the answer; when stopping, that write still goes out,
+            # as loseConnection only closes once the transport's buffer is flushed
+            d.addBoth(self._finished)
+        return d.addCallbacks(self._ok, self._failed_f, (command,), errbackArgs=(command,))
+
+    def unknown(self, label: str, known: Iterable[str]) -> Deferred[Any]:
+        """The failure for a call to a method this object does not have."""
+        listed = ", ".join(sorted(known))
+        return self.refuse("unknown", RequestError(UNKNOWN_COMMAND, f'no method "{label[:64]}" here (methods: {listed})'))
+
+    def refuse(self, label: str, error: RequestError) -> Deferred[Any]:
+        """A call answered with C{error} without running anything."""
+        self.factory.count(label, error.error.code)
+        self.factory.metrics.error(error.error.code)
+        d: Deferred[Any] = fail(RequestFailed.from_request_error(error))
+        if not self._answer_required:
+            d.addErrback(lambda _: None)
+        return d
+
+    def _ok(self, result: Any, command: Command) -> Any:
+        self.factory.count(command.name, "ok")
+        return result
+
+    def _failed_f(self, failure: Failure, command: Command) -> Deferred[Any]:
+        return self._failed(failure.value, command, failure)
+
+    def _failed(self, e: BaseException, command: Command, failure: Failure | None = None) -> Deferred[Any]:
+        if isinstance(e, RequestError):
+            return self._error(command, e)
+        if isinstance(e, DatabaseUnavailable):
+            return self._error(command, RequestError(DATABASE_UNAVAILABLE))
+        if isinstance(e, RecursionError):
+            # unserializing a deeply nested argument
+            return self._error(command, RequestError(BAD_ARGUMENTS, "arguments are nested too deeply"))
+        _log.failure("pb: {command} failed", failure or Failure(e), command=command.name)
+        return self._error(command, RequestError(INTERNAL))
+
+    def _error(self, command: Command, e: RequestError) -> Deferred[Any]:
+        self.factory.count(command.name, e.error.code)
+        self.factory.metrics.error(e.error.code)
+        return fail(RequestFailed.from_request_error(e))
+
+    def _started(self) -> None:
+        self.in_flight += 1
+        if self.in_flight >= self.factory.max_in_flight:
+            self._pause_reading()
+
+    def _finished(self, result: Any) -> Any:
+        self.in_flight -= 1
+        if self.stopping:
+            if not self.in_flight:
+                self.transport.loseConnection()
+        elif self.in_flight < self.factory.max_in_flight and not self.outbound.paused:
+            self._resume_reading()
+        return result
+
+    def _drained(self) -> None:
+        if not self.stopping and self.in_flight < self.factory.max_in_flight:
+            self._resume_reading()
+
+    def _pause_reading(self) -> None:
+        if self._reading:
+            self._reading = False
+            self.transport.pauseProducing()
+
+    def _resume_reading(self) -> None:
+        if not self._reading and not self.closing:
+            self._reading = True
+            self.transport.resumeProducing()
+
+    # --- login and timers ----------------------------------------------------------------
+
+    def login_done(self) -> None:
+        self.logged_in = True
+        timer = self._timers.pop("login", None)
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _login_timeout(self) -> None:
+        self._timers.pop("login", None)
+        self._drop("login_timeout", f"not logged in after {self.factory.login_timeout:g} seconds")
+
+    def _check_idle(self) -> None:
+        left = self._last_input + self.factory.idle_timeout - self._clock.seconds()
+        if left > 0:
+            self._timers["idle"] = self._clock.callLater(left, self._check_idle)
+        else:
+            self._timers.pop("idle", None)
+            self._drop("idle_timeout", f"no input for {self.factory.idle_timeout:g} seconds")
+
+    def shutting_down(self) -> None:
+        """Finish the calls in flight (new ones get SHUTTING_DOWN), then disconnect."""
+        self.stopping = True
+        self._pause_reading()
+        if not self.in_flight:
+            self.transport.loseConnection()
+
+
+class PBFactory(RequestCounts, ConnectionTrackingFactory, pb.PBServerFactory):
+    """Configuration, the cred portal and the shared services for L{PBConnection}s."""
+
+    protocol = PBConnection  # type: ignore[assignment]
+    # a refused client cannot be told in PB terms before the dialect exchange
+    refusal_message = b""
+
+    def __init__(
+        self,
+        name: str,
+        cfg: PBConfig,
+        services: SharedServices,
+        metrics: Metrics,
+        clock: IReactorTime,
+        max_pending: int,
+        portal: Portal | None = None,
+    ) -> None:
+        ConnectionTrackingFactory.__init__(self, name, cfg.max_connections, metrics.for_service(name), clock)
+        self.services = services
+        self.portal = portal if portal is not None else make_portal(services.accounts, cfg.allow_anonymous)
+        self.allow_anonymous = cfg.allow_anonymous
+        self.root = GatewayRoot()
+        self.unsafeTracebacks = False  # never: a client must not read server internals
+        self.security = _security()
+        self.login_timeout = cfg.login_timeout
+        self.idle_timeout = cfg.idle_timeout
+        self.max_message_size = cfg.max_message_size
+        self.max_in_flight = cfg.max_in_flight
+        self.request_rate = cfg.request_rate
+        self.request_burst = cfg.request_burst
+        self.max_unanswered = cfg.max_unanswered
+        self.max_pending = max_pending
+        self.slow_consumers = metrics.slow_consumers.labels(name)
+        self.dropped_listeners = 0
+        self.start_counting(metrics, self.metrics)
+
+
+def build(name: str, cfg: PBConfig, ctx: BuildContext) -> IService:
+    """The PB listener for C{[services.NAME]}."""
+    services = SharedServices(hub=ctx.hub, accounts=ctx.accounts, kv=ctx.kv, counter=ctx.counter, clock=ctx.reactor)
+    factory = PBFactory(name, cfg, services, ctx.metrics, ctx.reactor, ctx.config.hub.max_pending)
+    return StreamListenerService(name, cfg.endpoint, factory, ctx.reactor, ctx.config.daemon.shutdown_timeout)
+
