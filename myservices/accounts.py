@@ -129,7 +129,7 @@ class AccountStore:
         found = await self.database.run(_find_txn, username)
         stored = found[1] if found else None
         if not await self.hasher.verify(password, stored) or found is None:
-            self.log.info("login failed for {username}", username=username)
+            self.log.info("login failed for {username}", username=username, code="LOGIN_FAILED")
             raise RequestError(LOGIN_FAILED)
         account = Account(found[0], username)
         if self.hasher.needs_rehash(found[1]):

@@ -95,10 +95,14 @@ class ChatProtocol(TrackedProtocol, LineReceiver, TimeoutMixin):
     factory: ChatFactory
     log = Logger()
 
+    @property  # type: ignore[override]
+    def MAX_LENGTH(self) -> int:  # noqa: N802 (LineReceiver's name)
+        # read from the factory each time, so a reload (SIGHUP) applies to open connections too
+        return self.factory.max_line_length
+
     def connectionMade(self) -> None:
         super().connectionMade()
         factory = self.factory
-        self.MAX_LENGTH = factory.max_line_length
         self.callLater = factory.clock.callLater
         self.hub: Hub = factory.hub
         self.metrics = factory.metrics
@@ -126,7 +130,7 @@ class ChatProtocol(TrackedProtocol, LineReceiver, TimeoutMixin):
 
     def _slow_consumer(self) -> None:
         self.factory.slow_consumers.inc()
-        self.log.info("chat: dropping slow consumer {nick}", nick=self.session.nick)
+        self.log.info("chat: dropping slow consumer {nick}", nick=self.session.nick, code="SLOW_CONSUMER")
         self.close(SLOW_CONSUMER)
 
     def timeoutConnection(self) -> None:
@@ -208,7 +212,7 @@ class ChatProtocol(TrackedProtocol, LineReceiver, TimeoutMixin):
         except RequestError as e:
             self.send_error(e.error, e.detail)
         except Exception:
-            self.log.failure("chat: command {line!r} failed", line=line[:100])
+            self.log.failure("chat: command {line!r} failed", line=line[:100], code="INTERNAL")
             self.send_error(INTERNAL)
 
     async def _say(self, text: str) -> None:
@@ -317,6 +321,7 @@ class ChatFactory(ConnectionTrackingFactory):
     """Configuration and the shared hub for L{ChatProtocol} connections."""
 
     protocol = ChatProtocol
+    live_settings = ("max_connections", "idle_timeout", "max_line_length")
 
     def __init__(self, name: str, cfg: ChatConfig, hub: Hub, metrics: ServiceMetrics, clock: IReactorTime) -> None:
         super().__init__(name, cfg.max_connections, metrics, clock)

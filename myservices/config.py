@@ -108,6 +108,12 @@ class DaemonConfig:
         1.0, kind=DURATION, min=0, max=60,
         doc="seconds between reactor lag probes (myservices_reactor_lag_seconds); 0 turns them off",
     )
+    log_format: Literal["text", "json"] = setting(
+        "text", doc='"json": one JSON object per line on standard output, for log shippers'
+    )
+    log_level: Literal["debug", "info", "warn", "error", "critical"] = setting(
+        "info", doc="the least severe events that are logged"
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -84,6 +84,7 @@ class EchoFactory(ConnectionTrackingFactory):
     """Per-listener configuration and bookkeeping for L{EchoProtocol}."""
 
     protocol = EchoProtocol
+    live_settings = ("max_connections", "idle_timeout")
 
     def __init__(
         self, service_name: str, cfg: EchoConfig, metrics: ServiceMetrics, clock: IReactorTime

@@ -81,6 +81,9 @@ class ConnectionTrackingFactory(Factory):
 
     noisy = False
     refusal_message = f"{BUSY.code} {BUSY.message}\r\n".encode()
+    # config keys a reload (SIGHUP) may change while running: attributes of the same name, read at
+    # use or when a connection opens; any other change needs a restart
+    live_settings: tuple[str, ...] = ("max_connections",)
 
     def __init__(self, service_name: str, max_connections: int, metrics: ServiceMetrics, clock: IReactorTime):
         self.service_name = service_name
@@ -104,6 +107,16 @@ class ConnectionTrackingFactory(Factory):
             self._refused_since_log += 1
             return _Refusal(self.refusal_message)
         return super().buildProtocol(addr)
+
+    def reconfigure(self, cfg: Any, changed: list[str]) -> list[str]:
+        """Apply the C{changed} keys of C{cfg} that are live; return those that need a restart."""
+        later = []
+        for key in changed:
+            if key in self.live_settings:
+                setattr(self, key, getattr(cfg, key))
+            else:
+                later.append(key)
+        return later
 
     def connection_opened(self, proto: Protocol) -> None:
         self.connections.add(proto)
@@ -215,6 +228,10 @@ class ListenerService(Service):
         """The bound address, or None when not listening."""
         return self.port.getHost() if self.port is not None else None
 
+    def reconfigure(self, cfg: Any, changed: list[str]) -> list[str]:
+        """Apply what of C{cfg} can change while running; return the C{changed} keys that need a restart."""
+        return list(changed)
+
     async def _stop_listening(self) -> None:
         self._binding = False
         if self.port is not None:
@@ -238,6 +255,11 @@ class StreamListenerService(ListenerService):
         self._reactor = reactor
         self.shutdown_timeout = shutdown_timeout
         self._listening: Deferred[None] | None = None
+
+    def reconfigure(self, cfg: Any, changed: list[str]) -> list[str]:
+        return self.factory.reconfigure(cfg, [key for key in changed if key != "endpoint"]) + (
+            ["endpoint"] if "endpoint" in changed else []
+        )
 
     def _listen(self) -> None:
         try:

@@ -1,8 +1,10 @@
 """systemd's notify protocol (sd_notify), standard library only.
 
 A unit with ``Type=notify`` waits for READY=1; STATUS= lines show in
-``systemctl status``. Outside systemd (no NOTIFY_SOCKET) every call is a no-op,
-so the daemon and tests can use the same code path.
+``systemctl status``; with ``WatchdogSec=`` systemd expects WATCHDOG=1 at least
+that often and restarts a daemon that falls silent. Outside systemd (no
+NOTIFY_SOCKET) every call is a no-op, so the daemon and tests can use the same
+code path.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import os
 import socket
 from collections.abc import Mapping
 
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 
@@ -23,6 +27,7 @@ class Notifier:
         environ = os.environ if environ is None else environ
         address = environ.get("NOTIFY_SOCKET", "")
         self.address = "\0" + address[1:] if address.startswith("@") else address
+        self.watchdog_interval = _watchdog_interval(environ) if self.address else None
 
     @property
     def enabled(self) -> bool:
@@ -41,3 +46,39 @@ class Notifier:
             self.log.warn("cannot notify the service manager at {address}: {error}", address=self.address, error=e)
             return False
         return True
+
+
+def _watchdog_interval(environ: Mapping[str, str]) -> float | None:
+    """Half of $WATCHDOG_USEC in seconds, when systemd set it for this process (sd_watchdog_enabled)."""
+    pid = environ.get("WATCHDOG_PID")
+    if pid and pid != str(os.getpid()):
+        return None  # meant for another process (a parent that exec'd us keeps it)
+    try:
+        usec = int(environ.get("WATCHDOG_USEC", ""))
+    except ValueError:
+        return None
+    return usec / 2_000_000 if usec > 0 else None
+
+
+class Watchdog:
+    """Sends WATCHDOG=1 every C{notifier.watchdog_interval} seconds from a reactor timer.
+
+    The timer runs on the reactor thread, so a reactor that is stuck (a
+    blocking call, a busy loop) stops the pings and systemd restarts the
+    daemon.
+    """
+
+    def __init__(self, notifier: Notifier, clock: IReactorTime) -> None:
+        self.notifier = notifier
+        self._loop: LoopingCall | None = None
+        if notifier.watchdog_interval:
+            self._loop = LoopingCall(notifier.notify, WATCHDOG="1")
+            self._loop.clock = clock
+
+    def start(self) -> None:
+        if self._loop is not None and not self._loop.running:
+            self._loop.start(self.notifier.watchdog_interval, now=True)
+
+    def stop(self) -> None:
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()

@@ -64,6 +64,8 @@ def makeService(options: Options) -> IService:
 
     from myservices.tree import build_service_tree
 
-    return build_service_tree(options.loaded, reactor)
+    tree = build_service_tree(options.loaded, reactor)
+    tree.handle_sighup = True  # a real process: SIGHUP reloads the configuration
+    return tree
 
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+import signal
+from collections.abc import Collection, Mapping, Sequence
+from types import FrameType
 from typing import Any
 
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
 from twisted.internet.interfaces import IAddress
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger
+from twisted.python.components import Componentized
 
 from myservices.accounts import AccountStore
 from myservices.config import Config
@@ -19,31 +23,43 @@ from myservices.hub import HistoryStore, Hub, HubService
 from myservices.kv import KeyValueStore
 from myservices.lag import ReactorLagMonitor
 from myservices.listeners import format_address
+from myservices.logs import LogOutput
 from myservices.metrics import Metrics
 from myservices.passwords import PasswordHasher
 from myservices.registry import BuildContext, service_kinds
-from myservices.sdnotify import Notifier
+from myservices.reload import reload_config
+from myservices.sdnotify import Notifier, Watchdog
 
 
 class OrderedMultiService(MultiService):
-    """A MultiService that stops its children one at a time, last added first.
+    """A MultiService that stops its children in stages, last added first.
 
-    Twisted's MultiService stops all children at once; here the database,
-    added first, closes only after every service using it has stopped.
+    Twisted's MultiService stops all children at once; here the children
+    named in C{parallel_stop} (the listeners) stop together first, so their
+    clients drain at the same time, within one shutdown timeout; then the
+    others one at a time, so the database, added first, closes only after
+    every service using it has stopped.
     """
 
     log = Logger()
+    parallel_stop: Collection[str] = ()
 
     def stopService(self) -> Deferred[None]:
         Service.stopService(self)
         return Deferred.fromCoroutine(self._stop_children())
 
     async def _stop_children(self) -> None:
-        for child in reversed(list(self)):
-            try:
-                await maybeDeferred(child.stopService)
-            except Exception:
-                self.log.failure("stopping {service} failed", service=child.name)
+        children = list(reversed(list(self)))
+        first = [c for c in children if c.name in self.parallel_stop]
+        await gatherResults([self._stop(c) for c in first])
+        for child in children:
+            if child not in first:
+                await self._stop(child)
+
+    def _stop(self, child: IService) -> Deferred[None]:
+        d = maybeDeferred(child.stopService)
+        d.addErrback(lambda f: self.log.failure("stopping {service} failed", f, service=child.name))
+        return d
 
 
 class ServiceTree(OrderedMultiService):
@@ -51,6 +67,8 @@ class ServiceTree(OrderedMultiService):
 
     Once the reactor runs and every listener is bound, it tells the service
     manager READY=1 with a STATUS line of the bound addresses (see L{Notifier}).
+    Run by twistd (L{handle_sighup} set), SIGHUP reloads the configuration
+    file (see L{myservices.reload}).
     """
 
     def __init__(
@@ -61,11 +79,39 @@ class ServiceTree(OrderedMultiService):
         self.database = database
         self.metrics = metrics
         self.listeners: dict[str, IService] = {}
+        self.parallel_stop = self.listeners  # the front ends drain together, then hub, lag probe, database
         self.hub: Hub | None = None
         self._reactor = reactor
         self.notifier = notifier or Notifier()
+        self.watchdog = Watchdog(self.notifier, reactor)
+        # what reloads compare with: the configuration as last applied
+        self.applied_config = config
+        self._config_path = os.path.abspath(config.source)
+        d = config.daemon
+        self.log_output = LogOutput(d.log_format, d.log_level) if LogOutput.wanted(d.log_format, d.log_level) else None
+        self.handle_sighup = False
+        self._previous_sighup: Any = None
+
+    def setServiceParent(self, parent: Any) -> None:
+        # twistd hands us its Application before it starts logging: an ILogObserver component
+        # set here replaces its default observer ([daemon] log_format, log_level)
+        if self.log_output is not None and isinstance(parent, Componentized):
+            parent.setComponent(ILogObserver, self.log_output.observer)
+        super().setServiceParent(parent)
+
+    def reload(self, environ: Mapping[str, str] | None = None) -> bool:
+        """Read the configuration file again and apply what can change while running."""
+        ok = reload_config(self, self._config_path, environ)
+        self.notifier.notify(STATUS=("reloaded; " if ok else "reload failed (invalid file); ") + self.status())
+        return ok
+
+    def _on_sighup(self, signum: int, frame: FrameType | None) -> None:
+        # a signal handler may run in the middle of reactor code: hand the work to the reactor
+        self._reactor.callFromThread(self.reload)
 
     def startService(self) -> None:
+        if self.handle_sighup:
+            self._previous_sighup = signal.signal(signal.SIGHUP, self._on_sighup)
         super().startService()
         # after the reactor runs, so twistd's signal handlers are in place when systemd hears READY
         self._reactor.callWhenRunning(self._announce_ready)
@@ -73,6 +119,7 @@ class ServiceTree(OrderedMultiService):
     def _announce_ready(self) -> None:
         d = self.when_listening()
         d.addCallback(lambda _: self.notifier.notify(READY="1", STATUS=self.status()))
+        d.addCallback(lambda _: self.watchdog.start())
         d.addErrback(lambda f: self.log.failure("not announcing readiness: a listener failed", f))
 
     def status(self) -> str:
@@ -83,7 +130,17 @@ class ServiceTree(OrderedMultiService):
 
     def stopService(self) -> Deferred[None]:
         self.notifier.notify(STOPPING="1", STATUS="stopping")
-        return super().stopService()
+        if self.handle_sighup and self._previous_sighup is not None:
+            signal.signal(signal.SIGHUP, self._previous_sighup)
+            self._previous_sighup = None
+        # pings go on while draining: a slow drain is not a hung daemon (TimeoutStopSec bounds it)
+        d = super().stopService()
+        d.addBoth(self._stop_watchdog)
+        return d
+
+    def _stop_watchdog(self, result: Any) -> Any:
+        self.watchdog.stop()
+        return result
 
     def when_listening(self) -> Deferred[list[Any]]:
         """Fires once every listener is bound."""

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,9 @@ class InstalledDaemon:
         return cls._venv
 
 
-class EndToEndTests(TestCase):
+class DaemonTestCase(TestCase):
+    """Runs the installed twistd as a separate process."""
+
     timeout = 1200
 
     def setUp(self) -> None:
@@ -89,6 +92,9 @@ class EndToEndTests(TestCase):
         addresses = dict(item.split("=", 1) for item in fields["STATUS"].removeprefix("serving ").split(", "))
         return proc, notify, log, addresses
 
+
+
+class EndToEndTests(DaemonTestCase):
     def test_installed_twistd_lists_the_plugin_and_checks_configs(self) -> None:
         listing = self.run_twistd("--help")
         self.assertEqual(listing.returncode, 0, listing.stderr)
@@ -223,3 +229,241 @@ class EndToEndTests(TestCase):
         log.seek(0)
         self.assertIn(f"echo listening on systemd:domain=INET:index=0 (bound to 127.0.0.1:{port})", log.read())
 
+
+
+def _port(address: str) -> int:
+    return int(address.rsplit(":", 1)[1])
+
+
+def _read_until_closed(sock: socket.socket) -> bytes:
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def _read_all_until_closed(socks: list[socket.socket], websockets: set[socket.socket], timeout: float) -> dict[socket.socket, bytes]:
+    """Read every socket at once until the server closes it, answering WebSocket close frames as a client
+    does; return what each received."""
+    import selectors
+
+    received = {sock: b"" for sock in socks}
+    with selectors.DefaultSelector() as selector:
+        for sock in socks:
+            sock.setblocking(False)
+            selector.register(sock, selectors.EVENT_READ)
+        deadline = time.monotonic() + timeout
+        while selector.get_map():
+            ready = selector.select(max(0.0, deadline - time.monotonic()))
+            if not ready:
+                raise AssertionError(f"{len(selector.get_map())} connections still open after {timeout} seconds")
+            for key, _ in ready:
+                sock = key.fileobj
+                try:
+                    chunk = sock.recv(65536)
+                except ConnectionResetError:
+                    # autobahn aborts the TCP connection once the closing handshake is done (no TIME_WAIT
+                    # on the server); anything else that resets shows up in what the caller checks
+                    chunk, received[sock] = b"", received[sock] + b"<RESET>"
+                if chunk:
+                    received[sock] += chunk
+                    if sock in websockets and _ws_close_code(received[sock]) is not None:
+                        websockets.discard(sock)
+                        sock.sendall(b"\x88\x82" + b"\x00" * 4 + b"\x03\xe9")  # masked close 1001, zero mask
+                else:
+                    selector.unregister(sock)
+    return received
+
+
+def _framed(sock: socket.socket, command: str, request_id: int, **args: Any) -> dict[str, Any]:
+    """One framed JSON request and its reply (pushes before it are skipped)."""
+    from myservices.framed.catalog import COMMANDS
+    from myservices.framed.wire import FrameDecoder, encode_json
+
+    sock.sendall(encode_json(COMMANDS[command], {"id": request_id, "args": args}))
+    decoder = FrameDecoder(1 << 20)
+    while True:
+        while (frame := decoder.next_frame()) is None:
+            decoder.feed(sock.recv(65536))
+        body = json.loads(frame.body)
+        if body.get("id") == request_id:
+            return body
+
+
+def _ws_open(port: int) -> socket.socket:
+    from base64 import b64encode
+
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    key = b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        f"GET /echo HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(1)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return sock
+
+
+def _ws_close_code(data: bytes) -> int | None:
+    """The status code of the first close frame the server sent (server frames are unmasked)."""
+    i = 0
+    while i + 2 <= len(data):
+        opcode, length = data[i] & 0x0F, data[i + 1] & 0x7F
+        i += 2
+        if length == 126:
+            length, i = int.from_bytes(data[i:i + 2], "big"), i + 2
+        elif length == 127:
+            length, i = int.from_bytes(data[i:i + 8], "big"), i + 8
+        if opcode == 0x8:
+            return int.from_bytes(data[i:i + 2], "big")
+        i += length
+    return None
+
+
+ALL_SERVICES = """
+    [daemon]
+    data_dir = "state"
+    shutdown_timeout = {drain}
+    {daemon}
+    [database]
+    url = "{url}"
+    [accounts]
+    scrypt_cost = 10
+    [services.echo]
+    endpoint = "tcp:0:interface=127.0.0.1"
+    [services.chat]
+    endpoint = "tcp:0:interface=127.0.0.1"
+    max_line_length = {line}
+    [services.websocket]
+    endpoint = "tcp:0:interface=127.0.0.1"
+    [services.framed]
+    endpoint = "tcp:0:interface=127.0.0.1"
+    [services.pb]
+    endpoint = "tcp:0:interface=127.0.0.1"
+    [services.http]
+    endpoint = "tcp:0:interface=127.0.0.1"
+    [services.udp]
+    endpoint = "udp:0:interface=127.0.0.1"
+"""
+
+
+class OperationsEndToEndTests(DaemonTestCase):
+    """SIGTERM drain, SIGHUP reload and JSON logs of a real twistd process."""
+
+    def all_services(self, drain: float = 5.0, line: int = 4096, daemon: str = "",
+                     url: str = "sqlite:///myservices.sqlite3") -> Path:
+        return self.config(ALL_SERVICES.format(drain=drain, line=line, daemon=daemon, url=url))
+
+    def test_sigterm_drains_a_hundred_clients_of_every_protocol(self) -> None:
+        drain = 5.0
+        config = self.all_services(drain)
+        proc, notify, log, addresses = self.start_daemon(config)
+        ports = {name: _port(address) for name, address in addresses.items()}
+
+        # acknowledged work that must survive the restart: a chat message and a stored value
+        chatter = socket.create_connection(("127.0.0.1", ports["chat"]), timeout=30)
+        self.addCleanup(chatter.close)
+        lines = chatter.makefile("rwb")
+        self.assertTrue(lines.readline().startswith(b"WELCOME"))
+        lines.write(b"/nick keeper\n/join lobby\nkeep me\n")
+        lines.flush()
+        while not (line := lines.readline()).startswith(b"MSG lobby 1 keeper keep me"):
+            self.assertTrue(line, "closed before the message was acknowledged")
+        saver = socket.create_connection(("127.0.0.1", ports["framed"]), timeout=30)
+        self.addCleanup(saver.close)
+        for i, (command, args) in enumerate([
+            ("register", {"username": "kim", "password": "kim's password"}),
+            ("login", {"username": "kim", "password": "kim's password"}),
+            ("kv.set", {"key": "saved", "value": [1, 2, 3]}),
+        ], 1):
+            reply = _framed(saver, command, i, **args)
+            self.assertTrue(reply.get("ok"), reply)
+
+        clients: dict[str, list[socket.socket]] = {"echo": [], "chat": [], "websocket": [], "framed": [], "pb": []}
+        for _ in range(20):
+            for name in ("echo", "chat", "framed", "pb"):
+                sock = socket.create_connection(("127.0.0.1", ports[name]), timeout=30)
+                self.addCleanup(sock.close)
+                clients[name].append(sock)
+            clients["websocket"].append(_ws_open(ports["websocket"]))
+            self.addCleanup(clients["websocket"][-1].close)
+        for sock in clients["chat"]:
+            self.assertTrue(sock.recv(100).startswith(b"WELCOME"))
+        for sock in clients["pb"]:
+            self.assertTrue(sock.recv(100))  # the broker's dialect offer
+        self.assertEqual(sum(len(c) for c in clients.values()), 100)
+
+        from myservices.framed.catalog import PUSHES
+
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        every = [sock for socks in clients.values() for sock in socks]
+        received = _read_all_until_closed(every, set(clients["websocket"]), timeout=drain + 10)
+        for sock in clients["chat"]:
+            self.assertEqual(received[sock], b"BYE server shutting down\r\n")
+        for sock in clients["websocket"]:
+            self.assertEqual(_ws_close_code(received[sock]), 1001)
+        for sock in clients["framed"]:
+            data = received[sock]
+            self.assertEqual(int.from_bytes(data[8:12], "big"), PUSHES["shutdown"], data)
+        for name in ("pb", "echo"):
+            for sock in clients[name]:
+                self.assertEqual(received[sock], b"")
+        self.assertIn(proc.wait(timeout=drain + 10), (0, -signal.SIGTERM))
+        self.assertLess(time.monotonic() - started, drain)
+
+        # nothing acknowledged was lost
+        proc, notify, log, addresses = self.start_daemon(config)
+        with socket.create_connection(("127.0.0.1", _port(addresses["chat"])), timeout=30) as chat:
+            lines = chat.makefile("rwb")
+            lines.readline()
+            lines.write(b"/history lobby\n")
+            lines.flush()
+            history = []
+            while not (line := lines.readline()).startswith((b"END", b"ERR")):
+                history.append(line)
+            self.assertIn(b"keep me", b"".join(history))
+        with socket.create_connection(("127.0.0.1", _port(addresses["framed"])), timeout=30) as framed:
+            _framed(framed, "login", 1, username="kim", password="kim's password")
+            self.assertEqual(_framed(framed, "kv.get", 2, key="saved")["result"]["value"], [1, 2, 3])
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=15)
+
+    def test_sighup_reloads_a_limit_without_dropping_connections(self) -> None:
+        config = self.all_services(line=4096, daemon='log_format = "json"',
+                                   url="mysql://app:hunter2-secret@127.0.0.1:1/nowhere")
+        proc, notify, log, addresses = self.start_daemon(config)
+        # READY=1 came only once every stream service accepts connections
+        for name in ("echo", "chat", "websocket", "framed", "pb", "http"):
+            socket.create_connection(("127.0.0.1", _port(addresses[name])), timeout=5).close()
+        chat = socket.create_connection(("127.0.0.1", _port(addresses["chat"])), timeout=30)
+        self.addCleanup(chat.close)
+        lines = chat.makefile("rwb")
+        self.assertTrue(lines.readline().startswith(b"WELCOME"))
+        nick = b"x" * 100  # too long for a nick, not for a line
+
+        def nick_reply() -> bytes:
+            lines.write(b"/nick " + nick + b"\n")
+            lines.flush()
+            return lines.readline()
+
+        self.assertTrue(nick_reply().startswith(b"ERR NICK_INVALID"))
+        config.write_text(config.read_text().replace("max_line_length = 4096", "max_line_length = 64"))
+        proc.send_signal(signal.SIGHUP)
+        status = notify.recv(4096).decode()
+        self.assertTrue(status.startswith("STATUS=reloaded; serving "), status)
+        self.assertTrue(nick_reply().startswith(b"ERR LINE_TOO_LONG"))  # the same connection, the new limit
+        proc.send_signal(signal.SIGTERM)
+        self.assertIn(proc.wait(timeout=15), (0, -signal.SIGTERM))
+
+        # the log: one JSON object per line, the reload in it, the database password nowhere
+        log.seek(0)
+        output = log.read()
+        self.assertNotIn("hunter2", output)
+        events = [json.loads(line) for line in output.splitlines() if line.strip()]
+        self.assertTrue(events)
+        applied = [e for e in events if e.get("log_format") == "reload: {key} = {value}"]
+        self.assertEqual([(e["key"], e["value"]) for e in applied], [("services.chat.max_line_length", "64")])
+        self.assertTrue(any(e.get("log_namespace", "").startswith("myservices.db") for e in events))

@@ -7,13 +7,16 @@ import shutil
 import socket
 import tempfile
 
+from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
-from myservices.sdnotify import Notifier
+from myservices.sdnotify import Notifier, Watchdog
 from tests.support import LOCAL_SERVICES, load, start_tree
 
 
-class NotifierTests(TestCase):
+class NotifySocketTestCase(TestCase):
+    """A test that is the service manager: it listens on its own notify socket."""
+
     def listen(self) -> tuple[socket.socket, str]:
         directory = tempfile.mkdtemp(prefix="myservices-")  # AF_UNIX paths are short
         self.addCleanup(shutil.rmtree, directory, True)
@@ -32,6 +35,9 @@ class NotifierTests(TestCase):
             except BlockingIOError:
                 return out
 
+
+
+class NotifierTests(NotifySocketTestCase):
     def test_without_notify_socket_nothing_is_sent(self) -> None:
         self.assertFalse(Notifier({}).notify(READY="1"))
 
@@ -55,3 +61,45 @@ class NotifierTests(TestCase):
         self.assertEqual(ready, f"READY=1\nSTATUS=serving echo=127.0.0.1:{echo.port}, udp=127.0.0.1:{udp.port}")
         await tree.stopService()
         self.assertEqual(self.messages(sock), ["STOPPING=1\nSTATUS=stopping"])
+
+
+class WatchdogTests(NotifySocketTestCase):
+    def test_interval_is_half_of_watchdog_usec_for_this_process_only(self) -> None:
+        env = {"NOTIFY_SOCKET": "/run/notify", "WATCHDOG_USEC": "30000000"}
+        self.assertEqual(Notifier(env).watchdog_interval, 15.0)
+        self.assertEqual(Notifier({**env, "WATCHDOG_PID": str(os.getpid())}).watchdog_interval, 15.0)
+        self.assertIsNone(Notifier({**env, "WATCHDOG_PID": "1"}).watchdog_interval)
+        self.assertIsNone(Notifier({**env, "WATCHDOG_USEC": "nonsense"}).watchdog_interval)
+        self.assertIsNone(Notifier({"WATCHDOG_USEC": "30000000"}).watchdog_interval)
+
+    def test_pings_from_a_reactor_timer(self) -> None:
+        sock, path = self.listen()
+        clock = Clock()
+        watchdog = Watchdog(Notifier({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "10000000"}), clock)
+        watchdog.start()
+        self.assertEqual(self.messages(sock), ["WATCHDOG=1"])
+        clock.advance(4.9)
+        self.assertEqual(self.messages(sock), [])
+        clock.advance(0.1)
+        clock.advance(5)
+        self.assertEqual(self.messages(sock), ["WATCHDOG=1", "WATCHDOG=1"])
+        watchdog.stop()
+        clock.advance(60)
+        self.assertEqual(self.messages(sock), [])
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_without_watchdog_usec_there_is_no_timer(self) -> None:
+        sock, path = self.listen()
+        clock = Clock()
+        Watchdog(Notifier({"NOTIFY_SOCKET": path}), clock).start()
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    async def test_tree_starts_the_watchdog_after_ready_and_stops_it_on_stop(self) -> None:
+        sock, path = self.listen()
+        notifier = Notifier({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "60000000"})
+        tree = await start_tree(self, load(self, LOCAL_SERVICES), notifier=notifier)
+        ready, ping = self.messages(sock)
+        self.assertTrue(ready.startswith("READY=1\n"))
+        self.assertEqual(ping, "WATCHDOG=1")
+        await tree.stopService()
+        self.assertFalse(tree.watchdog._loop.running)

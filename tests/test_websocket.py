@@ -7,15 +7,13 @@ import os
 import socket
 from base64 import b64encode
 
-from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.trial.unittest import TestCase
 
 from myservices.errors import ERRORS
 from tests import mysql
-from tests.support import Collector, chat_client, disconnect_at_cleanup, load, port_of, start_tree
-from tests.wsclient import HandshakeFailed, ws_connect
+from tests.support import chat_client, load, port_of, start_tree
+from tests.wsclient import HandshakeFailed, raw_handshake, ws_connect
 
 
 def ws_config(database_url: str = "sqlite:///ws.sqlite3", websocket: str = "", hub: str = "") -> str:
@@ -37,22 +35,6 @@ endpoint = "tcp:0:interface=127.0.0.1"
 endpoint = "tcp:0:interface=127.0.0.1"
 websocket = true
 """
-
-
-async def raw_handshake(testcase: TestCase, port: int, path: str, headers: dict[str, str] | None = None) -> str:
-    """Send an opening handshake by hand; return the status line of the answer."""
-    fields = {
-        "Host": f"127.0.0.1:{port}", "Upgrade": "websocket", "Connection": "Upgrade",
-        "Sec-WebSocket-Key": b64encode(os.urandom(16)).decode(), "Sec-WebSocket-Version": "13",
-        **(headers or {}),
-    }
-    request = f"GET {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in fields.items()) + "\r\n"
-    proto = Collector()
-    await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), proto)
-    disconnect_at_cleanup(testcase, proto)
-    proto.transport.write(request.encode())
-    data = await proto.receive(12)
-    return data.split(b"\r\n", 1)[0].decode()
 
 
 class WebSocketTestsMixin:

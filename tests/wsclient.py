@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
+from base64 import b64encode
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.trial.unittest import TestCase
+
+from tests.support import Collector, disconnect_at_cleanup
 
 
 class HandshakeFailed(Exception):
@@ -125,3 +129,19 @@ async def ws_connect(
     testcase.addCleanup(lambda: Deferred.fromCoroutine(cleanup()))
     await client.opened
     return client
+
+
+async def raw_handshake(testcase: TestCase, port: int, path: str, headers: dict[str, str] | None = None) -> str:
+    """Send an opening handshake by hand; return the status line of the answer."""
+    fields = {
+        "Host": f"127.0.0.1:{port}", "Upgrade": "websocket", "Connection": "Upgrade",
+        "Sec-WebSocket-Key": b64encode(os.urandom(16)).decode(), "Sec-WebSocket-Version": "13",
+        **(headers or {}),
+    }
+    request = f"GET {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in fields.items()) + "\r\n"
+    proto = Collector()
+    await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), proto)
+    disconnect_at_cleanup(testcase, proto)
+    proto.transport.write(request.encode())
+    data = await proto.receive(12)
+    return data.split(b"\r\n", 1)[0].decode()

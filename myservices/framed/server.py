@@ -169,7 +169,7 @@ class FramedProtocol(TrackedProtocol):
                     self._request(frame)
                 except Exception:
                     # a bug must cost this request, not the connection or the reactor
-                    self.log.failure("framed: handling a frame failed")
+                    self.log.failure("framed: handling a frame failed", code="INTERNAL")
                     self._reply_error(frame.command, 0, INTERNAL)
         finally:
             self._processing = False
@@ -282,7 +282,7 @@ class FramedProtocol(TrackedProtocol):
         try:
             frame = encode_json(self.factory.command_ids[command.name], {"id": request_id, "ok": True, "result": result})
         except (TypeError, ValueError):
-            self.log.failure("framed: {command} returned a result that is not JSON", command=command.name)
+            self.log.failure("framed: {command} returned a result that is not JSON", command=command.name, code="INTERNAL")
             self._reply_error(self.factory.command_ids[command.name], request_id, INTERNAL)
             return
         self.factory.count(command.name, "ok")
@@ -299,7 +299,7 @@ class FramedProtocol(TrackedProtocol):
             self._reply_error(self.factory.command_ids[command.name], request_id, DATABASE_UNAVAILABLE)
         else:
             self.log.failure(
-                "framed: {command} failed", failure or Failure(e), command=command.name
+                "framed: {command} failed", failure or Failure(e), command=command.name, code=INTERNAL.code
             )
             self._reply_error(self.factory.command_ids[command.name], request_id, INTERNAL)
 
@@ -322,7 +322,7 @@ class FramedProtocol(TrackedProtocol):
 
     def _slow_consumer(self) -> None:
         self.factory.slow_consumers.inc()
-        self.log.info("framed: dropping slow consumer {peer}", peer=str(self.transport.getPeer()))
+        self.log.info("framed: dropping slow consumer {peer}", peer=str(self.transport.getPeer()), code="SLOW_CONSUMER")
         self.close(SLOW_CONSUMER)
 
     def _stop_idle_timer(self) -> None:
@@ -360,6 +360,8 @@ class FramedFactory(RequestCounts, ConnectionTrackingFactory):
     """Configuration, the command router and the shared services for L{FramedProtocol} connections."""
 
     protocol = FramedProtocol
+    # read when a connection opens (max_body_size, request_rate, request_burst) or at each use
+    live_settings = ("max_connections", "idle_timeout", "max_body_size", "max_in_flight", "request_rate", "request_burst")
     refusal_message = closing_push(BUSY)
 
     def __init__(

@@ -212,7 +212,7 @@ class PBConnection(TrackedProtocol, pb.Broker):
     def _slow_consumer(self) -> None:
         self.factory.slow_consumers.inc()
         self.factory.metrics.closed("slow_consumer")
-        _log.info("pb: dropping slow consumer {peer}", peer=self.peer)
+        _log.info("pb: dropping slow consumer {peer}", peer=self.peer, code="SLOW_CONSUMER")
         self.close(SLOW_CONSUMER)
 
     def close(self, error: ErrorCode) -> None:
@@ -292,7 +292,7 @@ class PBConnection(TrackedProtocol, pb.Broker):
         if isinstance(e, RecursionError):
             # unserializing a deeply nested argument
             return self._error(command, RequestError(BAD_ARGUMENTS, "arguments are nested too deeply"))
-        _log.failure("pb: {command} failed", failure or Failure(e), command=command.name)
+        _log.failure("pb: {command} failed", failure or Failure(e), command=command.name, code="INTERNAL")
         return self._error(command, RequestError(INTERNAL))
 
     def _error(self, command: Command, e: RequestError) -> Deferred[Any]:
@@ -360,6 +360,10 @@ class PBFactory(RequestCounts, ConnectionTrackingFactory, pb.PBServerFactory):
     """Configuration, the cred portal and the shared services for L{PBConnection}s."""
 
     protocol = PBConnection  # type: ignore[assignment]
+    live_settings = (
+        "max_connections", "idle_timeout", "login_timeout", "max_message_size", "max_in_flight",
+        "request_rate", "request_burst", "max_unanswered",
+    )
     # a refused client cannot be told in PB terms before the dialect exchange
     refusal_message = b""
 

@@ -27,6 +27,7 @@ class HttpSite(ConnectionTrackingFactory, Site):
     """A Site whose connections are counted, limited and closed on stop like every other service's."""
 
     protocol = LimitedHTTPChannel
+    live_settings = ("max_connections", "access_log")
     requestFactory = LimitedRequest
     displayTracebacks = False
     refusal_message = _refusal()

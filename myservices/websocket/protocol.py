@@ -203,7 +203,7 @@ class WebSocketConnection(TrackedProtocol, WebSocketServerProtocol):
     def _slow_consumer(self) -> None:
         self.factory.slow_consumers.inc()
         self.factory.metrics.closed("slow_consumer")
-        _log.info("{service}: closing slow consumer {peer}", service=self.factory.service_name, peer=self.peer)
+        _log.info("{service}: closing slow consumer {peer}", service=self.factory.service_name, peer=self.peer, code="SLOW_CONSUMER")
         if self.route is not None:
             route, self.route = self.route, None
             route.closed()  # no more hub events for it
@@ -259,6 +259,7 @@ class WebSocketFactory(RequestCounts, ConnectionTrackingFactory, WebSocketServer
     """
 
     protocol = WebSocketConnection
+    live_settings = ("max_connections", "idle_timeout", "allowed_origins")
     refusal_message = (
         b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nRetry-After: 1\r\n"
         b"Connection: close\r\n\r\nBUSY too many connections, try again later\r\n"

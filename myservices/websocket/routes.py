@@ -239,7 +239,7 @@ class ChatRoute:
         elif isinstance(e, DatabaseUnavailable):
             self._error(op, request_id, DATABASE_UNAVAILABLE)
         else:
-            self.log.failure("websocket chat: {op} failed", failure or Failure(e), op=op)
+            self.log.failure("websocket chat: {op} failed", failure or Failure(e), op=op, code=INTERNAL.code)
             self._error(op, request_id, INTERNAL)
 
     def _error(self, op: str | None, request_id: Any, error: ErrorCode, detail: str | None = None) -> None:

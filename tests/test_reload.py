@@ -1,0 +1,134 @@
+"""Reloading the configuration while running: live limits change without dropping connections;
+what needs a restart is logged; an invalid file changes nothing."""
+
+from __future__ import annotations
+
+import io
+import json
+import textwrap
+from pathlib import Path
+from typing import Any
+
+from twisted.logger import Logger, LogLevel, globalLogPublisher
+from twisted.application.service import Application
+from twisted.trial.unittest import TestCase
+
+from myservices.config import load_config
+from myservices.logs import LogOutput
+from myservices.tree import ServiceTree
+from tests.support import chat_client, port_of, start_tree, write_config
+from tests.wsclient import raw_handshake
+
+CONFIG = """
+[daemon]
+shutdown_timeout = 2
+[database]
+url = "sqlite:///:memory:"
+[hub]
+publish_rate = {rate}
+publish_burst = 1
+[services.chat]
+endpoint = "{endpoint}"
+max_line_length = {line}
+[services.websocket]
+endpoint = "tcp:0:interface=127.0.0.1"
+allowed_origins = [{origins}]
+"""
+
+
+class ReloadTests(TestCase):
+    timeout = 30
+
+    def write(self, path: Path, rate: float = 1000.0, endpoint: str = "tcp:0:interface=127.0.0.1", line: int = 200,
+              origins: str = "") -> None:
+        path.write_text(textwrap.dedent(CONFIG.format(rate=rate, endpoint=endpoint, line=line, origins=origins)))
+
+    async def start(self) -> tuple[ServiceTree, Path]:
+        path = write_config(self, "")
+        self.write(path)
+        tree = await start_tree(self, load_config(path, environ={}))
+        return tree, path
+
+    def capture_log(self) -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        return events
+
+    async def test_a_limit_changes_on_an_open_connection(self) -> None:
+        tree, path = await self.start()
+        client = await chat_client(self, port_of(tree, "chat"), "ann")
+        line = "x" * 80
+        lines = await client.command(f"/nick {line}")  # too long for a nick, not for a line
+        self.assertTrue(lines[-1].startswith("ERR NICK_INVALID"), lines)
+        self.write(path, line=64)
+        events = self.capture_log()
+        self.assertTrue(tree.reload(environ={}))
+        lines = await client.command(f"/nick {line}")
+        self.assertTrue(lines[-1].startswith("ERR LINE_TOO_LONG"), lines)
+        # the same connection goes on
+        self.assertEqual((await client.command("/nick bea"))[-1], "OK nick bea")
+        texts = [e.get("log_format", "").format(**e) for e in events]
+        self.assertIn("reload: services.chat.max_line_length = 64", texts)
+
+    async def test_what_needs_a_restart_is_logged_and_not_applied(self) -> None:
+        tree, path = await self.start()
+        port = port_of(tree, "chat")
+        self.write(path, endpoint="tcp:0:interface=127.0.0.2", rate=5.0)
+        events = self.capture_log()
+        self.assertTrue(tree.reload(environ={}))
+        self.assertEqual(port_of(tree, "chat"), port)
+        warnings = [e["key"] for e in events if e.get("log_level") == LogLevel.warn]
+        self.assertEqual(warnings, ["services.chat.endpoint"])
+        self.assertEqual(tree.hub.config.publish_rate, 5.0)  # live
+
+    async def test_an_invalid_file_changes_nothing(self) -> None:
+        tree, path = await self.start()
+        path.write_text(path.read_text().replace("max_line_length = 200", "max_line_length = -1"))
+        events = self.capture_log()
+        self.assertFalse(tree.reload(environ={}))
+        self.assertEqual(tree.listeners["chat"].factory.max_line_length, 200)
+        (error,) = [e for e in events if e.get("log_level") == LogLevel.error]
+        self.assertIn("services.chat.max_line_length", error["problems"])
+
+    async def test_allowed_origins_change_for_new_handshakes(self) -> None:
+        tree, path = await self.start()
+        port = port_of(tree, "websocket")
+        self.assertIn(" 403 ", await raw_handshake(self, port, "/echo", {"Origin": "https://app.example"}))
+        self.write(path, origins='"https://app.example"')
+        self.assertTrue(tree.reload(environ={}))
+        self.assertIn(" 101 ", await raw_handshake(self, port, "/echo", {"Origin": "https://app.example"}))
+
+
+class LogOutputTests(TestCase):
+    def test_json_lines_with_structured_fields_and_a_live_level(self) -> None:
+        stream = io.StringIO()
+        output = LogOutput("json", "warn", stream)
+        log = Logger(namespace="test", observer=output.observer)
+        log.info("hidden {peer}", peer="1.2.3.4")
+        log.warn("shown {peer}", peer="1.2.3.4", code="SLOW_CONSUMER")
+        output.set_level("info")
+        log.info("now shown")
+        lines = stream.getvalue().splitlines()
+        self.assertEqual(len(lines), 2)
+        first = json.loads(lines[0])
+        self.assertEqual((first["peer"], first["code"], first["log_format"]), ("1.2.3.4", "SLOW_CONSUMER", "shown {peer}"))
+        self.assertEqual(json.loads(lines[1])["log_format"], "now shown")
+
+    def test_only_non_default_settings_replace_twistds_observer(self) -> None:
+        self.assertFalse(LogOutput.wanted("text", "info"))
+        self.assertTrue(LogOutput.wanted("json", "info"))
+        self.assertTrue(LogOutput.wanted("text", "debug"))
+
+    def test_the_tree_hands_twistd_its_observer(self) -> None:
+        from twisted.internet import reactor
+
+        from myservices.tree import build_service_tree
+
+        path = write_config(self, '[daemon]\nlog_format = "json"\n[database]\nurl = "sqlite:///:memory:"\n')
+        tree = build_service_tree(load_config(path, environ={}), reactor)
+        application = Application("myservices")  # what twistd makes
+        tree.setServiceParent(application)
+        from twisted.logger import ILogObserver
+
+        self.assertIs(application.getComponent(ILogObserver), tree.log_output.observer)
