@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -59,7 +60,17 @@ def start_myservices(workdir: str, config_text: str) -> tuple[subprocess.Popen, 
         cwd=workdir, env=dict(os.environ, NOTIFY_SOCKET=notify_path),
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
-    fields = dict(line.split("=", 1) for line in notify.recv(4096).decode().splitlines())
+    notify.settimeout(1)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            message = notify.recv(4096)
+            break
+        except TimeoutError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                notify.close()
+                raise RuntimeError(f"myservices did not start (exit status {proc.poll()}); config:\n{config_text}")
+    fields = dict(line.split("=", 1) for line in message.decode().splitlines())
     notify.close()
     ports = {}
     for item in fields["STATUS"].removeprefix("serving ").split(", "):
@@ -68,9 +79,11 @@ def start_myservices(workdir: str, config_text: str) -> tuple[subprocess.Popen, 
     return proc, ports
 
 
-def start_script(workdir: str, script: str) -> tuple[subprocess.Popen, int]:
+def start_script(workdir: str, script: str, *args: str) -> tuple[subprocess.Popen, int]:
     """Run a baseline server script that prints its port."""
-    proc = subprocess.Popen([sys.executable, str(HERE / "baselines" / script)], cwd=workdir, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(HERE / "baselines" / script), *args], cwd=workdir, stdout=subprocess.PIPE, text=True
+    )
     assert proc.stdout is not None
     return proc, int(proc.stdout.readline())
 

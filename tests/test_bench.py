@@ -1,0 +1,46 @@
+"""The benchmark harness in its smoke mode: every workload runs for about a second against every server,
+so bench/run.py never rots. Numbers are not checked (goals live in BENCHMARKS.md, not in tests)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+from twisted.trial.unittest import SkipTest, TestCase
+
+from tests.support import REPO, ci
+
+
+class BenchSmokeTests(TestCase):
+    timeout = 900
+
+    def test_every_workload_runs_against_its_baselines(self) -> None:
+        for tool, package in (("wrk", "wrk"), ("cc", "gcc")):
+            if shutil.which(tool) is None:
+                if ci():
+                    raise AssertionError(f"{tool} is missing: apt-get install {package}")
+                raise SkipTest(f"{tool} is missing: apt-get install {package}")
+        out = self.mktemp()
+        result = subprocess.run(
+            [sys.executable, str(REPO / "bench" / "run.py"), "--smoke", "--output", out],
+            capture_output=True, text=True, timeout=840,
+        )
+        self.assertEqual(result.returncode, 0, result.stderr[-3000:])
+        with open(f"{out}/benchmarks.json") as f:
+            rows = json.load(f)["rows"]
+        workloads = {r["workload"] for r in rows}
+        self.assertEqual(workloads, {"echo-64", "echo-16k", "udp", "chat-1", "chat-8", "http", "ws-64", "ws-16k",
+                                     "framed", "pb", "idle-tcp", "idle-ws"})
+        for name in workloads:
+            mine = [r for r in rows if r["workload"] == name]
+            self.assertEqual(sum(r["baseline"] for r in mine), 1, name)
+            self.assertTrue(any(r["server"].startswith("myservices") for r in mine), name)
+            for r in mine:
+                self.assertGreater(r.get("kib_per_conn", r["ops_s"]), 0, r)
+        report = open(f"{out}/BENCHMARKS.md").read()
+        self.assertIn("| echo-64 | myservices echo |", report)
+        self.assertIn("](./benchmarks.png)", report)
+        with open(f"{out}/benchmarks.png", "rb") as png:
+            self.assertEqual(png.read(8), b"\x89PNG\r\n\x1a\n")
