@@ -326,8 +326,7 @@ class ChatFactory(ConnectionTrackingFactory):
     def __init__(self, name: str, cfg: ChatConfig, hub: Hub, metrics: ServiceMetrics, clock: IReactorTime) -> None:
         super().__init__(name, cfg.max_connections, metrics, clock)
         self.hub = hub
-        self.idle_timeout = cfg.idle_timeout
-        self.max_line_length = cfg.max_line_length
+        self.configure(cfg)
         self.slow_consumers = hub.metrics.slow_consumers.labels(name)
 
 

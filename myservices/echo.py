@@ -90,7 +90,7 @@ class EchoFactory(ConnectionTrackingFactory):
         self, service_name: str, cfg: EchoConfig, metrics: ServiceMetrics, clock: IReactorTime
     ) -> None:
         super().__init__(service_name, cfg.max_connections, metrics, clock)
-        self.idle_timeout = cfg.idle_timeout
+        self.configure(cfg)
 
 
 def build(name: str, cfg: EchoConfig, ctx: BuildContext) -> IService:

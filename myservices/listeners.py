@@ -108,15 +108,15 @@ class ConnectionTrackingFactory(Factory):
             return _Refusal(self.refusal_message)
         return super().buildProtocol(addr)
 
+    def configure(self, cfg: Any) -> None:
+        """Take the C{live_settings} from C{cfg}: at construction, and again on reload."""
+        for key in self.live_settings:
+            setattr(self, key, getattr(cfg, key))
+
     def reconfigure(self, cfg: Any, changed: list[str]) -> list[str]:
         """Apply the C{changed} keys of C{cfg} that are live; return those that need a restart."""
-        later = []
-        for key in changed:
-            if key in self.live_settings:
-                setattr(self, key, getattr(cfg, key))
-            else:
-                later.append(key)
-        return later
+        self.configure(cfg)
+        return [key for key in changed if key not in self.live_settings]
 
     def connection_opened(self, proto: Protocol) -> None:
         self.connections.add(proto)

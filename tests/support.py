@@ -32,6 +32,9 @@ def load(testcase: TestCase, text: str, environ: dict[str, str] | None = None) -
     return load_config(write_config(testcase, text), environ=environ or {})
 
 
+# cheap hashing keeps the tests fast; the hash format and the checks are the same
+FAST_ACCOUNTS = "[accounts]\nscrypt_cost = 10\n"
+
 LOCAL_SERVICES = """
     [services.echo]
     endpoint = "tcp:0:interface=127.0.0.1"

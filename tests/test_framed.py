@@ -16,11 +16,10 @@ from myservices.framed.wire import FrameDecoder, encode_json
 from myservices.tree import ServiceTree
 from tests import mysql
 from tests.support import (
+    FAST_ACCOUNTS,
     Collector, HttpClient, chat_client, connect, framed_client, load, port_of, start_tree,
 )
 
-# cheap hashing keeps the tests fast; the hash format and the checks are the same
-FAST_ACCOUNTS = "[accounts]\nscrypt_cost = 10\n"
 
 
 def framed_config(url: str, framed: str = "", extra: str = "") -> str:

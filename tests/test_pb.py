@@ -23,10 +23,9 @@ from myservices.pb.server import PBFactory
 from myservices.tree import ServiceTree
 from tests import mysql
 from tests.pbclient import Listener, PBClient, failure_of, pb_connect
-from tests.support import chat_client, connect, load, port_of, start_tree
+from tests.support import FAST_ACCOUNTS, chat_client, connect, load, port_of, start_tree
 from tests.wsclient import ws_connect
 
-FAST_ACCOUNTS = "[accounts]\nscrypt_cost = 10\n"
 EXAMPLE = os.path.join(os.path.dirname(__file__), os.pardir, "docs", "examples", "pb_client.py")
 
 

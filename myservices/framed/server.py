@@ -380,11 +380,7 @@ class FramedFactory(RequestCounts, ConnectionTrackingFactory):
         self.command_ids = command_ids
         # the wire carries numbers: every routed command needs one
         self.commands = {command_ids[c.name]: c for c in router.commands.values()}
-        self.idle_timeout = cfg.idle_timeout
-        self.max_body_size = cfg.max_body_size
-        self.max_in_flight = cfg.max_in_flight
-        self.request_rate = cfg.request_rate
-        self.request_burst = cfg.request_burst
+        self.configure(cfg)
         self.max_pending = max_pending
         self.slow_consumers = metrics.slow_consumers.labels(name)
         self.start_counting(metrics, self.metrics)

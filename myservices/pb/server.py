@@ -384,16 +384,9 @@ class PBFactory(RequestCounts, ConnectionTrackingFactory, pb.PBServerFactory):
         self.root = GatewayRoot()
         self.unsafeTracebacks = False  # never: a client must not read server internals
         self.security = _security()
-        self.login_timeout = cfg.login_timeout
-        self.idle_timeout = cfg.idle_timeout
-        self.max_message_size = cfg.max_message_size
-        self.max_in_flight = cfg.max_in_flight
-        self.request_rate = cfg.request_rate
-        self.request_burst = cfg.request_burst
-        self.max_unanswered = cfg.max_unanswered
+        self.configure(cfg)
         self.max_pending = max_pending
         self.slow_consumers = metrics.slow_consumers.labels(name)
-        self.dropped_listeners = 0
         self.start_counting(metrics, self.metrics)
 
 
