@@ -31,6 +31,7 @@ from myservices.errors import (
     ErrorCode,
     RequestError,
 )
+from myservices.handlers.values import client_error
 from myservices.hub import Event, Hub, Message, NickChange, Presence
 from myservices.listeners import ConnectionTrackingFactory, StreamListenerService, TrackedProtocol
 from myservices.metrics import ServiceMetrics
@@ -209,11 +210,12 @@ class ChatProtocol(TrackedProtocol, LineReceiver, TimeoutMixin):
                 await handler(args.strip())
             else:
                 await self._say(line)
-        except RequestError as e:
-            self.send_error(e.error, e.detail)
-        except Exception:
-            self.log.failure("chat: command {line!r} failed", line=line[:100], code="INTERNAL")
-            self.send_error(INTERNAL)
+        except Exception as e:
+            error = client_error(e)
+            if error is None:
+                self.log.failure("chat: command {line!r} failed", line=line[:100], code="INTERNAL")
+                error = RequestError(INTERNAL)
+            self.send_error(error.error, error.detail)
 
     async def _say(self, text: str) -> None:
         if self.current is None:

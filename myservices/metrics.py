@@ -85,9 +85,17 @@ class Metrics:
         self.hub_sessions = Gauge("myservices_hub_sessions", "Connections attached to the hub", registry=r)
         self.hub_publishes = Counter("myservices_hub_publishes", "Messages published", registry=r)
         self.hub_deliveries = Counter("myservices_hub_deliveries", "Events delivered to connections", registry=r)
+        self.hub_undeliverable = Counter(
+            "myservices_hub_undeliverable_events", "Events no connection of a wire format could be sent", registry=r
+        )
         self.history_written = Counter("myservices_history_written_messages", "Messages saved to history", registry=r)
         self.history_dropped = Counter(
-            "myservices_history_dropped_messages", "Messages not saved because the backlog was full", registry=r
+            "myservices_history_dropped_messages",
+            "Messages refused (DATABASE_UNAVAILABLE) because max_history_backlog messages already waited",
+            registry=r,
+        )
+        self.history_rejected = Counter(
+            "myservices_history_rejected_messages", "Messages the database refused to store (not delivered)", registry=r
         )
         self.hub_members = Gauge(
             "myservices_hub_members", "Room memberships and topic subscriptions, summed over rooms", registry=r

@@ -467,3 +467,78 @@ class OperationsEndToEndTests(DaemonTestCase):
         applied = [e for e in events if e.get("log_format") == "reload: {key} = {value}"]
         self.assertEqual([(e["key"], e["value"]) for e in applied], [("services.chat.max_line_length", "64")])
         self.assertTrue(any(e.get("log_namespace", "").startswith("myservices.db") for e in events))
+
+
+CRASH_CONFIG = """
+    [daemon]
+    data_dir = "state"
+    [database]
+    url = "{url}"
+    [hub]
+    history_size = 200
+    publish_rate = 100000.0
+    publish_burst = 100000
+    [services.chat]
+    endpoint = "tcp:0:interface=127.0.0.1"
+    [services.framed]
+    endpoint = "tcp:0:interface=127.0.0.1"
+"""
+
+
+class CrashEndToEndTests(DaemonTestCase):
+    """kill -9 of a real twistd: every acknowledged chat message is there after the restart, no id repeats."""
+
+    def database_url(self) -> str:
+        return "sqlite:///myservices.sqlite3"
+
+    def test_kill_9_loses_no_acknowledged_message_and_repeats_no_id(self) -> None:
+        config = self.config(CRASH_CONFIG.format(url=self.database_url()))
+        proc, _notify, _log, addresses = self.start_daemon(config)
+        chat = socket.create_connection(("127.0.0.1", _port(addresses["chat"])), timeout=30)
+        self.addCleanup(chat.close)
+        lines = chat.makefile("rwb")
+        self.assertTrue(lines.readline().startswith(b"WELCOME"))
+        framed = socket.create_connection(("127.0.0.1", _port(addresses["framed"])), timeout=30)
+        self.addCleanup(framed.close)
+        # 60 messages, half through each front end, each acknowledged before the next is sent
+        lines.write(b"/nick keeper\n/join lobby\n")
+        lines.flush()
+        acknowledged = []
+        for i in range(60):
+            if i % 2:
+                reply = _framed(framed, "hub.publish", i + 1, room="lobby", text=f"m{i}")
+                acknowledged.append((reply["result"]["id"], f"m{i}"))
+                continue
+            lines.write(f"/msg lobby m{i}\n".encode())
+            lines.flush()
+            while not (line := lines.readline()).startswith((b"OK msg", b"ERR")):
+                self.assertTrue(line, "closed before the message was acknowledged")
+            self.assertTrue(line.startswith(b"OK msg lobby "), line)
+            acknowledged.append((int(line.split()[-1]), f"m{i}"))
+        proc.kill()  # SIGKILL: no drain, no flush
+        proc.wait(timeout=30)
+        self.assertEqual([i for i, _ in acknowledged], list(range(1, 61)))
+
+        proc, _notify, _log, addresses = self.start_daemon(config)
+        with socket.create_connection(("127.0.0.1", _port(addresses["chat"])), timeout=30) as chat:
+            lines = chat.makefile("rwb")
+            lines.readline()
+            lines.write(b"/join lobby\n/msg lobby after the crash\n")
+            lines.flush()
+            history = []
+            while not (line := lines.readline()).startswith(b"OK msg"):
+                if line.startswith(b"HISTORY lobby "):
+                    _, _, msg_id, _, _, text = line.decode().rstrip("\r\n").split(" ", 5)
+                    history.append((int(msg_id), text))
+                self.assertFalse(line.startswith(b"ERR"), line)
+            self.assertEqual(history, acknowledged)
+            self.assertEqual(line, b"OK msg lobby 61\r\n")
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=15)
+
+
+class MySQLCrashEndToEndTests(CrashEndToEndTests):
+    def database_url(self) -> str:
+        from tests import mysql
+
+        return mysql.create_database(self)

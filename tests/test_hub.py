@@ -23,7 +23,7 @@ from myservices.errors import (
     ErrorCode,
     RequestError,
 )
-from myservices.hub import Event, HistoryStore, Hub, HubConfig, Message, NickChange, Presence
+from myservices.hub import Event, HistoryRejected, HistoryStore, Hub, HubConfig, Message, NickChange, Presence
 from myservices.metrics import Metrics
 
 
@@ -249,6 +249,46 @@ class HubTests(HubTestsMixin, TestCase):
         self.assertEqual(len(calls), 1)
 
 
+    def test_text_that_is_not_valid_unicode_is_refused(self) -> None:
+        hub = self.make_hub()
+        alice, a = self.session(hub, "alice")
+        self.run_(hub.join(alice, "lobby"))
+        for text in ("\ud800", "a\udfffb", "x" + "\udc80" * 3):
+            self.assertRequestError(TEXT_INVALID, hub.publish, alice, "lobby", text)
+        self.assertEqual(self.run_(hub.publish(alice, "lobby", "ok \U0001f600 \u00e9")).id, 1)
+
+    def test_an_event_one_format_cannot_encode_is_skipped_and_nobody_is_closed(self) -> None:
+        hub = self.make_hub()
+        attempts = []
+
+        class Fragile(FakeSubscriber):
+            def deliver(self, event: Event) -> None:
+                def encode(e: Event) -> bytes:
+                    attempts.append(e)
+                    if isinstance(e, Message) and e.text == "bad":
+                        raise UnicodeEncodeError("utf-8", "x", 0, 1, "surrogates not allowed")
+                    return b"x"
+
+                event.encoded("fragile", encode)
+                self.events.append(event)
+
+        fragile = [hub.open_session(Fragile()) for _ in range(3)]
+        plain, p = self.session(hub, "plain")
+        for s in (*fragile, plain):
+            self.run_(hub.join(s, "lobby"))
+        attempts.clear()
+        self.run_(hub.publish(plain, "lobby", "bad"))
+        self.run_(hub.publish(plain, "lobby", "good"))
+        self.assertEqual(p.texts(), ["bad", "good"])  # another format is not affected
+        for s in fragile:
+            self.assertEqual(s.subscriber.texts(), ["good"])
+            self.assertIsNone(s.subscriber.closed_with)
+            self.assertIn(s, hub.sessions)
+        self.assertEqual(len(attempts), 2)  # tried once per event, not once per connection
+        self.assertEqual(hub.metrics.registry.get_sample_value("myservices_hub_undeliverable_events_total"), 1)
+        self.assertEqual(len(self.flushLoggedErrors(UnicodeEncodeError)), 1)
+
+
 class HistoryTests(HubTestsMixin, TestCase):
     """History through a real SQLite database (the MariaDB run is in test_chat)."""
 
@@ -260,97 +300,170 @@ class HistoryTests(HubTestsMixin, TestCase):
         await db.when_ready()
         return db
 
-    def store(self, db: Database, clock: Clock, keep: int = 50, **kw: object) -> HistoryStore:
-        options = dict(flush_interval=0.1, batch_size=500, max_backlog=1000)
+    def store(self, db: Database, clock: object = reactor, keep: int = 50, **kw: object) -> HistoryStore:
+        options = dict(flush_interval=0, batch_size=500, max_backlog=1000)
         options.update(kw)
         return HistoryStore(db, clock, keep=keep, metrics=Metrics(), **options)
 
-    async def test_messages_are_written_in_batches_after_the_interval(self) -> None:
+    def message(self, i: int, room: str = "lobby", text: str | None = None) -> Message:
+        return Message(room=room, id=i, ts=float(i), nick="a", text=text or f"m{i}")
+
+    async def test_a_commit_fires_only_once_stored_and_a_turn_shares_one_transaction(self) -> None:
         db = await self.database()
         clock = Clock()
         store = self.store(db, clock)
-        for i in range(1, 4):
-            store.record(Message(room="lobby", id=i, ts=1.0, nick="a", text=f"m{i}"))
+        committed = [store.commit(self.message(i)) for i in range(1, 4)]
         self.assertEqual(store.backlog, 3)
-        self.assertEqual(await db.run(_count_txn), 0)  # nothing written before the timer
-        clock.advance(0.1)
-        await store.flush()  # waits for the write the timer started
+        self.assertEqual(await db.run(_count_txn), 0)  # nothing written before the next turn
+        self.assertFalse(any(d.called for d in committed))
+        clock.advance(0)
+        for d in committed:
+            await d
         self.assertEqual(await db.run(_count_txn), 3)
+        self.assertEqual(db.metrics.registry.get_sample_value("myservices_db_query_seconds_count", {"operation": "write_messages"}), 1)
         self.assertEqual(store.backlog, 0)
         self.assertEqual(clock.getDelayedCalls(), [])
 
-    async def test_only_the_last_n_are_kept_and_load_merges_unsaved(self) -> None:
+    async def test_only_the_last_n_are_kept_but_the_last_id_is_never_forgotten(self) -> None:
         db = await self.database()
-        clock = Clock()
-        store = self.store(db, clock, keep=3)
+        store = self.store(db, keep=3)
         for i in range(1, 6):
-            store.record(Message(room="lobby", id=i, ts=float(i), nick="a", text=f"m{i}"))
+            store.commit(self.message(i))
         await store.flush()
         self.assertEqual(await db.run(_count_txn), 3)
-        store.record(Message(room="lobby", id=6, ts=6.0, nick="a", text="m6"))  # not yet written
-        loaded = await store.load("lobby", 3)
-        self.assertEqual([m.id for m in loaded], [4, 5, 6])
-        await store.flush()
+        last_id, loaded = await store.load("lobby", 50)
+        self.assertEqual((last_id, [m.id for m in loaded]), (5, [3, 4, 5]))
+        self.assertEqual(await store.load("elsewhere", 50), (0, []))
 
-    async def test_database_down_keeps_the_backlog_and_retries(self) -> None:
+    async def test_database_down_fails_the_commit_and_writing_resumes_when_it_is_back(self) -> None:
         db = await self.database()
-        clock = Clock()
-        store = self.store(db, clock, max_backlog=3)
+        store = self.store(db)
         db.stopService()  # the database is gone
-        for i in range(1, 6):
-            store.record(Message(room="lobby", id=i, ts=1.0, nick="a", text=f"m{i}"))
-        self.assertEqual(store.backlog, 3)  # the two oldest were dropped
-        self.assertEqual(store.metrics.registry.get_sample_value("myservices_history_dropped_messages_total"), 2)
-        clock.advance(0.1)
-        self.assertEqual(store.backlog, 3)  # write failed, kept
+        failed = store.commit(self.message(1))
+        await store.flush()
+        self.failureResultOf(failed, DatabaseUnavailable)
         db.startService()
         await db.when_ready()
-        clock.advance(1.0)  # the retry
-        await store.flush()
+        await store.commit(self.message(2))
+        self.assertEqual(await db.run(_count_txn), 1)
+
+    async def test_over_the_backlog_a_commit_fails_at_once(self) -> None:
+        db = await self.database()
+        store = self.store(db, max_backlog=3)
+        waiting = [store.commit(self.message(i)) for i in range(1, 4)]
+        self.failureResultOf(store.commit(self.message(4)), DatabaseUnavailable)
+        self.assertEqual(store.metrics.registry.get_sample_value("myservices_history_dropped_messages_total"), 1)
+        for d in waiting:
+            await d
         self.assertEqual(await db.run(_count_txn), 3)
+
+    async def test_one_bad_row_is_refused_alone_and_writing_goes_on(self) -> None:
+        db = await self.database()
+        # a row the database itself refuses, whatever the reason (a real constraint, not a mock)
+        await db.run(_poison_trigger_txn)
+        store = self.store(db)
+        batch = [store.commit(self.message(1)), store.commit(self.message(2, text="poison")),
+                 store.commit(self.message(3))]
+        await store.flush()
+        await batch[0]
+        await batch[2]
+        self.failureResultOf(batch[1], HistoryRejected)
+        self.assertEqual(store.metrics.registry.get_sample_value("myservices_history_rejected_messages_total"), 1)
+        await store.commit(self.message(4))
+        last_id, loaded = await store.load("lobby", 50)
+        self.assertEqual([m.id for m in loaded], [1, 3, 4])
+        self.assertEqual(len(self.flushLoggedErrors()), 0)  # logged as an error line, not a traceback
 
     async def test_room_history_and_ids_survive_a_new_hub(self) -> None:
         """What a restart does: a new hub on the same database continues each room's ids."""
         db = await self.database()
         clock = Clock()
-        store = self.store(db, clock)
-        hub = Hub(HubConfig(), clock, history=store)
+        hub = Hub(HubConfig(), clock, history=self.store(db))
         alice, _ = self.session(hub, "alice")
         await hub.join(alice, "lobby")
         for text in ("one", "two"):
             await hub.publish(alice, "lobby", text)
-        await store.flush()
 
-        store2 = self.store(db, clock)
-        hub2 = Hub(HubConfig(), clock, history=store2)
+        hub2 = Hub(HubConfig(), clock, history=self.store(db))
         bob, _ = self.session(hub2, "bob")
         history = await hub2.join(bob, "lobby")
         self.assertEqual([(m.id, m.nick, m.text) for m in history], [(1, "alice", "one"), (2, "alice", "two")])
         message = await hub2.publish(bob, "lobby", "three")
         self.assertEqual(message.id, 3)
-        await store2.flush()
 
-    async def test_history_of_a_room_nobody_is_in(self) -> None:
+    async def test_ids_survive_a_new_hub_with_history_off(self) -> None:
+        db = await self.database()
+        clock = Clock()
+        for expected in (1, 2):
+            hub = Hub(HubConfig(history_size=0), clock, history=self.store(db, keep=0))
+            alice, _ = self.session(hub, "alice")
+            self.assertEqual(await hub.join(alice, "lobby"), [])
+            self.assertEqual((await hub.publish(alice, "lobby", "hi")).id, expected)
+        self.assertEqual(await db.run(_count_txn), 0)
+
+    async def test_a_message_is_delivered_only_once_committed(self) -> None:
         db = await self.database()
         clock = Clock()
         store = self.store(db, clock)
         hub = Hub(HubConfig(), clock, history=store)
+        alice, a = self.session(hub, "alice")
+        await hub.join(alice, "lobby")
+        a.events.clear()
+        published = Deferred.fromCoroutine(hub.publish(alice, "lobby", "hello"))
+        self.assertEqual(a.texts(), [])
+        self.assertNoResult(published)
+        clock.advance(0)
+        message = await published
+        self.assertEqual((a.texts(), message.id), (["hello"], 1))
+
+    async def test_with_the_database_down_publish_and_join_fail_clearly_and_deliver_nothing(self) -> None:
+        db = await self.database()
+        clock = Clock()
+        hub = Hub(HubConfig(), clock, history=self.store(db))
+        alice, a = self.session(hub, "alice")
+        await hub.join(alice, "lobby")
+        a.events.clear()
+        db.stopService()
+        with self.assertRaises(RequestError) as caught:
+            await hub.publish(alice, "lobby", "lost?")
+        self.assertEqual(caught.exception.error.code, "DATABASE_UNAVAILABLE")
+        self.assertEqual(a.texts(), [])
+        bob, _ = self.session(hub, "bob")
+        with self.assertRaises(RequestError) as caught:
+            await hub.join(bob, "other")
+        self.assertEqual(caught.exception.error.code, "DATABASE_UNAVAILABLE")
+        self.assertNotIn("other", hub.rooms)  # loaded again on the next try
+        db.startService()
+        await db.when_ready()
+        await hub.join(bob, "other")
+        self.assertEqual((await hub.publish(alice, "lobby", "back")).id, 2)
+        self.assertEqual(a.texts(), ["back"])
+
+    async def test_history_of_a_room_nobody_is_in(self) -> None:
+        db = await self.database()
+        clock = Clock()
+        hub = Hub(HubConfig(), clock, history=self.store(db))
         alice, _ = self.session(hub, "alice")
         await hub.publish(alice, "news", "archived", as_member=False)
         self.assertEqual(hub.rooms, {})
-        self.assertEqual([m.text for m in await hub.recent("news")], ["archived"])
-        await store.flush()
         self.assertEqual([m.text for m in await hub.recent("news")], ["archived"])
 
     async def test_unavailable_history_gives_a_clear_error(self) -> None:
         db = await self.database()
         clock = Clock()
-        hub = Hub(HubConfig(), clock, history=self.store(db, clock))
+        hub = Hub(HubConfig(), clock, history=self.store(db))
         db.stopService()
         with self.assertRaises(RequestError) as caught:
             await hub.recent("news")
         self.assertEqual(caught.exception.error.code, "DATABASE_UNAVAILABLE")
         self.assertIsInstance(caught.exception.__cause__, DatabaseUnavailable)
+
+
+def _poison_trigger_txn(txn) -> None:
+    txn.execute(
+        "CREATE TRIGGER poison BEFORE INSERT ON chat_messages WHEN NEW.text = 'poison'"
+        " BEGIN SELECT RAISE(ABORT, 'poison row'); END"
+    )
 
 
 def _count_txn(txn) -> int:

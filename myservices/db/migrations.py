@@ -84,11 +84,25 @@ def _accounts_and_kv(txn: Txn) -> None:
     )
 
 
+def _chat_rooms(txn: Txn) -> None:
+    # each room's highest message id ever given, written with the messages: ids never repeat after a
+    # restart, even when history is off or trimmed
+    table_options = " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4" if txn.dialect == "mysql" else ""
+    txn.execute(
+        "CREATE TABLE IF NOT EXISTS chat_rooms ("
+        " room VARCHAR(255) NOT NULL PRIMARY KEY,"
+        " last_id BIGINT NOT NULL)" + table_options
+    )
+    verb = "INSERT OR IGNORE" if txn.dialect == "sqlite" else "INSERT IGNORE"
+    txn.execute(f"{verb} INTO chat_rooms (room, last_id) SELECT room, MAX(id) FROM chat_messages GROUP BY room")
+
+
 # Append new migrations with the next version; never change one that has shipped.
 MIGRATIONS: Sequence[Migration] = (
     Migration(1, "chat history", _chat_messages),
     Migration(2, "counters", _counters),
     Migration(3, "accounts and key-value items", _accounts_and_kv),
+    Migration(4, "chat room ids", _chat_rooms),
 )
 
 _LOCK_NAME = "myservices.schema_migration"

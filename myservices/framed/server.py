@@ -9,7 +9,6 @@ key-value store and counter.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -21,12 +20,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from myservices.config import SIZE, MiB, StreamServiceConfig, setting
-from myservices.db import DatabaseUnavailable
 from myservices.errors import (
+    BAD_ARGUMENTS,
     BAD_ENCODING,
     BAD_REQUEST,
     BUSY,
-    DATABASE_UNAVAILABLE,
     INTERNAL,
     RATE_LIMITED,
     SHUTTING_DOWN,
@@ -39,6 +37,7 @@ from myservices.errors import (
 )
 from myservices.framed.catalog import COMMAND_NAMES, COMMANDS, PUSHES
 from myservices.framed.wire import MAX_ID, Frame, FrameDecoder, FrameError, encode_json, error_object
+from myservices.handlers import values
 from myservices.handlers.commands import CommandState, SharedServices, message_json, router
 from myservices.handlers.router import Command, Router
 from myservices.hub import Event, Message, NickChange, Presence
@@ -202,9 +201,15 @@ class FramedProtocol(TrackedProtocol):
             self._reply_error(command_id, 0, BAD_ENCODING, "the body is not valid UTF-8")
             return
         try:
-            body = json.loads(text)
-        except (ValueError, RecursionError) as e:
-            self._reply_error(command_id, 0, BAD_REQUEST, f"the body is not valid JSON: {str(e)[:200]}")
+            body = values.loads(text)
+        except values.InvalidJSON as e:
+            self._reply_error(command_id, 0, BAD_REQUEST, f"the body is not valid JSON: {e}")
+            return
+        except values.InvalidValue as e:
+            request_id = values.peek_id(text)
+            if type(request_id) is not int or not 0 < request_id <= MAX_ID:
+                request_id = 0
+            self._reply_error(command_id, request_id, BAD_ARGUMENTS, f"a value JSON cannot carry: {e}")
             return
         if not isinstance(body, dict):
             self._reply_error(command_id, 0, BAD_REQUEST, "the body must be a JSON object")
@@ -293,10 +298,9 @@ class FramedProtocol(TrackedProtocol):
         self._failed(failure.value, command, request_id, failure)
 
     def _failed(self, e: BaseException, command: Command, request_id: int, failure: Failure | None = None) -> None:
-        if isinstance(e, RequestError):
-            self._reply_error(self.factory.command_ids[command.name], request_id, e.error, e.detail)
-        elif isinstance(e, DatabaseUnavailable):
-            self._reply_error(self.factory.command_ids[command.name], request_id, DATABASE_UNAVAILABLE)
+        error = values.client_error(e)
+        if error is not None:
+            self._reply_error(self.factory.command_ids[command.name], request_id, error.error, error.detail)
         else:
             self.log.failure(
                 "framed: {command} failed", failure or Failure(e), command=command.name, code=INTERNAL.code

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from myservices.errors import BAD_ARGUMENTS, RequestError
+from myservices.handlers.values import InvalidValue, check_text
 
 ANY = object()  # any JSON value
 
@@ -35,6 +36,11 @@ class Arg:
             raise RequestError(BAD_ARGUMENTS, f'"{self.name}" must be {self.type_name or _TYPE_NAMES[t]}')
         if self.max_length is not None and len(value) > self.max_length:
             raise RequestError(BAD_ARGUMENTS, f'"{self.name}" is longer than {self.max_length} characters')
+        if t is str:
+            try:
+                check_text(value)
+            except InvalidValue as e:
+                raise RequestError(BAD_ARGUMENTS, f'"{self.name}": {e}') from None
         if self.min is not None and value < self.min:
             raise RequestError(BAD_ARGUMENTS, f'"{self.name}" must be at least {self.min}')
         return value

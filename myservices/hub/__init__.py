@@ -2,10 +2,10 @@
 
 from myservices.hub.backplane import Backplane, InProcessBackplane
 from myservices.hub.core import Hub, HubConfig, HubService, Room, Session, Subscriber
-from myservices.hub.events import Event, Message, NickChange, Presence
-from myservices.hub.history import HistoryStore
+from myservices.hub.events import Event, Message, NickChange, Presence, UnencodableEvent
+from myservices.hub.history import HistoryRejected, HistoryStore
 
 __all__ = [
-    "Backplane", "Event", "HistoryStore", "Hub", "HubConfig", "HubService", "InProcessBackplane",
-    "Message", "NickChange", "Presence", "Room", "Session", "Subscriber",
+    "Backplane", "Event", "HistoryRejected", "HistoryStore", "Hub", "HubConfig", "HubService", "InProcessBackplane",
+    "Message", "NickChange", "Presence", "Room", "Session", "Subscriber", "UnencodableEvent",
 ]

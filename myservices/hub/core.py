@@ -23,6 +23,7 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from myservices.config import DURATION, SIZE, MiB, setting
 from myservices.errors import (
@@ -39,8 +40,9 @@ from myservices.errors import (
     RequestError,
 )
 from myservices.hub.backplane import Backplane, InProcessBackplane
-from myservices.hub.events import Event, Message, NickChange, Presence
-from myservices.hub.history import HistoryStore
+from myservices.db import DatabaseUnavailable
+from myservices.hub.events import Event, Message, NickChange, Presence, UnencodableEvent
+from myservices.hub.history import HistoryRejected, HistoryStore
 from myservices.metrics import Metrics
 from myservices.ratelimit import TokenBucket
 
@@ -63,11 +65,13 @@ class HubConfig:
         4000, min=1, max=16_000, doc="longest message text (characters; history stores up to 16,000)"
     )
     history_flush_interval: float = setting(
-        0.1, kind=DURATION, min=0.001, max=60, doc="seconds between history writes (messages are batched)"
+        0.0, kind=DURATION, min=0, max=60,
+        doc="seconds a message waits for others to share its transaction (0: the next one starts at once)",
     )
     history_batch_size: int = setting(500, min=1, max=100_000, doc="most messages written in one transaction")
     max_history_backlog: int = setting(
-        100_000, min=1, max=10_000_000, doc="unsaved messages kept while the database is down; older ones are dropped"
+        10_000, min=1, max=10_000_000,
+        doc="messages waiting to be committed; a publish beyond it is answered DATABASE_UNAVAILABLE",
     )
 
 
@@ -109,7 +113,9 @@ class Room:
         self.subscribers: dict[Session, None] = {}
         self.recent: deque[Message] = deque(maxlen=history_size)
         self.last_id = 0
+        self.pending = 0  # messages being committed: the room's ids live here until they are stored
         self.loaded = False
+        self.failed: RequestError | None = None  # why loading failed (the room is then forgotten)
         self._waiters: list[Deferred[None]] = []
 
     def audience(self) -> Iterable[Session]:
@@ -121,17 +127,18 @@ class Room:
 
     @property
     def empty(self) -> bool:
-        return not self.members and not self.subscribers
+        return not self.members and not self.subscribers and not self.pending
 
 
 class Hub:
     """Rooms, topics and nicks for every front end of one daemon.
 
-    Message ids increase per room: a room loads its recent history (and so its
-    last id) from the L{HistoryStore} the first time it is used in this
-    process. Publishing is synchronous once a room is loaded: a message reaches
-    every member in publish order before C{publish} returns, and history is
-    written afterwards, in batches.
+    Message ids increase per room and never repeat: a room loads its recent
+    history and its last id from the L{HistoryStore} the first time it is used
+    in this process. A published message is committed to the database first
+    (in batches, see L{HistoryStore}), then delivered to every member in id
+    order, then acknowledged: what anyone saw or was acknowledged survives a
+    crash. Without a database the room cannot be used (DATABASE_UNAVAILABLE).
     """
 
     log = Logger()
@@ -239,28 +246,40 @@ class Hub:
             if room is None:
                 room = self.rooms[name] = Room(name, self.config.history_size)
                 self.metrics.hub_rooms.set(len(self.rooms))
-                Deferred.fromCoroutine(self._load(room)).addErrback(
-                    lambda f: self.log.failure("loading room {room} failed", f, room=name)
-                )
+                Deferred.fromCoroutine(self._load(room))
             if room.loaded:
                 return room
+            if room.failed is not None:
+                raise room.failed  # at once, when the database failed without waiting
             d: Deferred[None] = Deferred()
             room._waiters.append(d)
-            await d
+            await d  # fails when the load failed
             # look again: while we waited, everyone else may have left and the room been forgotten
 
     async def _load(self, room: Room) -> None:
-        messages: list[Message] = []
-        if self.history is not None and self.config.history_size:
-            try:
-                messages = await self.history.load(room.name, self.config.history_size)
-            except Exception as e:
-                # chat keeps working without the database; ids restart for this room incarnation
-                self.log.warn("room {room}: history unavailable, starting empty: {error}", room=room.name, error=e)
-        room.recent.extend(messages)
-        room.last_id = messages[-1].id if messages else 0
-        room.loaded = True
+        """Load the room's last id and history, then wake its waiters; never fails (the waiters do)."""
+        failure: Exception | None = None
+        try:
+            if self.history is not None:
+                room.last_id, messages = await self.history.load(room.name, self.config.history_size)
+                room.recent.extend(messages)
+        except DatabaseUnavailable as e:
+            # without its last id the room could repeat ids: it stays unusable until the database answers
+            self.log.warn("room {room}: cannot load its history: {error}", room=room.name, error=e)
+            failure = RequestError(DATABASE_UNAVAILABLE, f'room "{room.name}" cannot be loaded now; try again')
+        except Exception:
+            self.log.failure("room {room}: loading failed", room=room.name)
+            failure = RequestError(INTERNAL)
         waiters, room._waiters = room._waiters, []
+        if failure is not None:
+            room.failed = failure
+            if self.rooms.get(room.name) is room:
+                del self.rooms[room.name]  # the next use loads it again
+                self.metrics.hub_rooms.set(len(self.rooms))
+            for d in waiters:
+                d.errback(failure)
+            return
+        room.loaded = True
         for d in waiters:
             d.callback(None)
 
@@ -344,8 +363,8 @@ class Hub:
             messages = []
         else:
             try:
-                messages = await self.history.load(name, self.config.history_size)
-            except Exception as e:
+                _, messages = await self.history.load(name, self.config.history_size)
+            except DatabaseUnavailable as e:
                 raise RequestError(DATABASE_UNAVAILABLE, f"history of \"{name}\" is not available now") from e
         return messages[-limit:] if limit else []
 
@@ -356,6 +375,12 @@ class Hub:
             raise RequestError(TEXT_INVALID, "text must be non-empty, without control characters")
         if len(text) > self.config.max_text_length:
             raise RequestError(TEXT_INVALID, f"text is longer than {self.config.max_text_length} characters")
+        if not text.isascii():
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                # a lone surrogate (a JSON "\\ud800"): no front end could send it on, no database store it
+                raise RequestError(TEXT_INVALID, "text must be valid Unicode (no unpaired surrogates)") from None
         return text
 
     async def publish(self, session: Session, name: str, text: str, *, as_member: bool = True) -> Message:
@@ -373,10 +398,19 @@ class Hub:
         room = await self._room(name)
         room.last_id += 1
         message = Message(room=name, id=room.last_id, ts=self.clock.seconds(), nick=session.nick, text=text)
+        if self.history is not None:
+            room.pending += 1
+            try:
+                await self.history.commit(message)
+            except DatabaseUnavailable as e:
+                raise RequestError(DATABASE_UNAVAILABLE, "the message was not saved nor delivered; send it again") from e
+            except HistoryRejected as e:
+                raise RequestError(INTERNAL, "the message could not be saved; it was not delivered") from e
+            finally:
+                room.pending -= 1
+                self._forget_if_empty(room)
         self.metrics.hub_publishes.inc()
         self.backplane.publish(message)
-        if self.history is not None:
-            self.history.record(message)
         self._forget_if_empty(room)
         return message
 
@@ -395,6 +429,11 @@ class Hub:
             try:
                 session.subscriber.deliver(event)
                 delivered += 1
+            except UnencodableEvent as e:
+                # the event's fault, not the connection's: it is skipped, the connection stays
+                if e.first:
+                    self.metrics.hub_undeliverable.inc()
+                    self.log.failure("hub: cannot encode {event!r}; not delivered", Failure(e.__cause__), event=event)
             except Exception:
                 # one broken connection never stops delivery to the others
                 self.log.failure("delivering to {session} failed; closing it", session=session)
@@ -424,5 +463,5 @@ class HubService(Service):
 
     async def _stop(self) -> None:
         if self.hub.history is not None:
-            await self.hub.history.flush()
+            await self.hub.history.flush()  # every publish still waiting is committed (or answered) first
         self.hub.backplane.stop()

@@ -4,6 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
+
+
+class UnencodableEvent(Exception):
+    """The event cannot be put in this wire format; C{first} is true only for the first connection told."""
+
+    def __init__(self, fmt: str, first: bool) -> None:
+        super().__init__(f"cannot encode the event for {fmt}")
+        self.first = first
+
+
+_FAILED = object()
 
 
 @dataclass(eq=False)
@@ -11,12 +23,19 @@ class Event:
     """Base of hub events. C{encoded} caches the bytes per wire format, so a room
     of N members on one front end costs one encoding, not N."""
 
-    _encoded: dict[str, bytes] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _encoded: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
-    def encoded(self, fmt: str, encoder: Callable[[Event], bytes]) -> bytes:
+    def encoded(self, fmt: str, encoder: Callable[[Event], Any]) -> Any:
+        """C{encoder(self)}, once per format; raises L{UnencodableEvent} (to every caller) if it fails."""
         data = self._encoded.get(fmt)
         if data is None:
-            data = self._encoded[fmt] = encoder(self)
+            try:
+                data = self._encoded[fmt] = encoder(self)
+            except Exception as e:
+                self._encoded[fmt] = _FAILED
+                raise UnencodableEvent(fmt, first=True) from e
+        elif data is _FAILED:
+            raise UnencodableEvent(fmt, first=False)
         return data
 
 

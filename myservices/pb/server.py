@@ -11,7 +11,6 @@ traceback ever reaches a client.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from io import BytesIO
@@ -24,13 +23,11 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.spread import pb
-from twisted.spread.jelly import SecurityOptions
+from twisted.spread.jelly import InsecureJelly, SecurityOptions
 
 from myservices.config import DURATION, SIZE, KiB, MiB, StreamServiceConfig, setting
-from myservices.db import DatabaseUnavailable
 from myservices.errors import (
     BAD_ARGUMENTS,
-    DATABASE_UNAVAILABLE,
     INTERNAL,
     RATE_LIMITED,
     SHUTTING_DOWN,
@@ -39,6 +36,7 @@ from myservices.errors import (
     ErrorCode,
     RequestError,
 )
+from myservices.handlers import values
 from myservices.handlers.commands import SharedServices
 from myservices.handlers.router import ANY, Command
 from myservices.listeners import ConnectionTrackingFactory, StreamListenerService, TrackedProtocol
@@ -91,10 +89,10 @@ def _security() -> SecurityOptions:
 def check_json(name: str, value: Any) -> None:
     """PB carries more types than JSON; values the shared handlers store or echo must be JSON."""
     try:
-        json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError, RecursionError) as e:
-        raise RequestError(BAD_ARGUMENTS, f'"{name}" must be a JSON value (str, int, float, bool, None, '
-                           f"lists and dicts with str keys): {str(e)[:100]}") from None
+        values.check_value(value)
+    except values.InvalidValue as e:
+        raise RequestError(BAD_ARGUMENTS, f'"{name}" must be a JSON value (str, int, finite float, bool, None, '
+                           f"lists and dicts with str keys): {e}") from None
 
 
 def bind_call(command: Command, label: str, args: Any, kw: Any) -> dict[str, Any]:
@@ -245,7 +243,18 @@ class PBConnection(TrackedProtocol, pb.Broker):
                 command, RequestError(RATE_LIMITED, f"at most {self.factory.request_rate:g} calls per second")
             )
         try:
-            kwargs = bind_call(command, label, self.unserialize(args), self.unserialize(kw))
+            args, kw = self.unserialize(args), self.unserialize(kw)
+        except InsecureJelly as e:
+            # a type outside the allowed set: refused by the jelly security options, the client's error
+            return self._error(command, RequestError(BAD_ARGUMENTS, f"{label}: a type that is not allowed: {str(e)[:100]}"))
+        except RecursionError:
+            return self._error(command, RequestError(BAD_ARGUMENTS, f"{label}: arguments are nested too deeply"))
+        except Exception as e:
+            # malformed jelly: the stream parsed but its content cannot be trusted; this call and the connection end
+            self._drop("bad_message", f"malformed PB arguments: {str(e)[:200]}")
+            return self._error(command, RequestError(BAD_ARGUMENTS, f"{label}: malformed arguments"))
+        try:
+            kwargs = bind_call(command, label, args, kw)
             result = command.handler(target, **kwargs)
         except Exception as e:
             return self._failed(e, command)
@@ -285,13 +294,9 @@ class PBConnection(TrackedProtocol, pb.Broker):
         return self._failed(failure.value, command, failure)
 
     def _failed(self, e: BaseException, command: Command, failure: Failure | None = None) -> Deferred[Any]:
-        if isinstance(e, RequestError):
-            return self._error(command, e)
-        if isinstance(e, DatabaseUnavailable):
-            return self._error(command, RequestError(DATABASE_UNAVAILABLE))
-        if isinstance(e, RecursionError):
-            # unserializing a deeply nested argument
-            return self._error(command, RequestError(BAD_ARGUMENTS, "arguments are nested too deeply"))
+        error = values.client_error(e)
+        if error is not None:
+            return self._error(command, error)
         _log.failure("pb: {command} failed", failure or Failure(e), command=command.name, code="INTERNAL")
         return self._error(command, RequestError(INTERNAL))
 

@@ -16,16 +16,16 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from myservices.db import DatabaseUnavailable
 from myservices.errors import (
+    BAD_ARGUMENTS,
     BAD_REQUEST,
-    DATABASE_UNAVAILABLE,
     INTERNAL,
     RATE_LIMITED,
     UNKNOWN_COMMAND,
     ErrorCode,
     RequestError,
 )
+from myservices.handlers import values
 from myservices.handlers.commands import CommandState, SharedServices, message_json
 from myservices.handlers.router import Router
 from myservices.hub import Event, Message, NickChange, Presence
@@ -160,9 +160,14 @@ class ChatRoute:
             )
             return
         try:
-            request = json.loads(payload)
-        except (ValueError, RecursionError) as e:
-            self._error(None, None, BAD_REQUEST, f"not valid JSON: {str(e)[:200]}")
+            request = values.loads(payload)
+        except values.InvalidJSON as e:
+            self._error(None, None, BAD_REQUEST, f"not valid JSON: {e}")
+            return
+        except values.InvalidValue as e:
+            request_id = values.peek_id(payload)
+            self._error(None, request_id if _valid_id(request_id) else None, BAD_ARGUMENTS,
+                        f"a value JSON cannot carry: {e}")
             return
         if not isinstance(request, dict):
             self._error(None, None, BAD_REQUEST, 'a request is a JSON object with a "type"')
@@ -234,10 +239,9 @@ class ChatRoute:
         self._failed(failure.value, op, request_id, failure)
 
     def _failed(self, e: BaseException, op: str, request_id: Any, failure: Failure | None = None) -> None:
-        if isinstance(e, RequestError):
-            self._error(op, request_id, e.error, e.detail)
-        elif isinstance(e, DatabaseUnavailable):
-            self._error(op, request_id, DATABASE_UNAVAILABLE)
+        error = values.client_error(e)
+        if error is not None:
+            self._error(op, request_id, error.error, error.detail)
         else:
             self.log.failure("websocket chat: {op} failed", failure or Failure(e), op=op, code=INTERNAL.code)
             self._error(op, request_id, INTERNAL)
