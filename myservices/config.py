@@ -28,7 +28,7 @@ from myservices.endpoints import EndpointSyntaxError, check_stream_endpoint, par
 
 if typing.TYPE_CHECKING:
     from myservices.accounts import AccountsConfig
-    from myservices.hub.core import HubConfig
+    from myservices.hub.config import HubConfig
     from myservices.kv import KeyValueConfig
 
 ENV_PREFIX = "MYSERVICES__"
@@ -262,7 +262,7 @@ def config_from_dict(
     """Validate an already parsed TOML document (see L{load_config})."""
     # imported here: these modules declare their settings with this module's helpers
     from myservices.accounts import AccountsConfig
-    from myservices.hub.core import HubConfig
+    from myservices.hub.config import HubConfig
     from myservices.kv import KeyValueConfig
 
     if kinds is None:

@@ -16,7 +16,7 @@ class DocsTests(TestCase):
         text = (REPO / "docs" / "configuration.md").read_text()
         sections = {m.group(1): m.end() for m in re.finditer(r"^### \[([^\]]+)\]$", text, re.MULTILINE)}
         from myservices.accounts import AccountsConfig
-        from myservices.hub.core import HubConfig
+        from myservices.hub.config import HubConfig
         from myservices.kv import KeyValueConfig
 
         tables = {

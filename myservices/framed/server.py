@@ -33,7 +33,6 @@ from myservices.errors import (
     UNAUTHENTICATED,
     UNKNOWN_COMMAND,
     ErrorCode,
-    RequestError,
 )
 from myservices.framed.catalog import COMMAND_NAMES, COMMANDS, PUSHES
 from myservices.framed.wire import MAX_ID, Frame, FrameDecoder, FrameError, encode_json, error_object

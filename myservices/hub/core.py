@@ -14,10 +14,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Protocol
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
@@ -25,7 +22,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from myservices.config import DURATION, SIZE, MiB, setting
+from myservices.db import DatabaseUnavailable
+
 from myservices.errors import (
     DATABASE_UNAVAILABLE,
     INTERNAL,
@@ -36,98 +34,18 @@ from myservices.errors import (
     ROOM_INVALID,
     TEXT_INVALID,
     TOO_MANY_ROOMS,
-    ErrorCode,
     RequestError,
 )
 from myservices.hub.backplane import Backplane, InProcessBackplane
-from myservices.db import DatabaseUnavailable
+from myservices.hub.config import HubConfig
 from myservices.hub.events import Event, Message, NickChange, Presence, UnencodableEvent
 from myservices.hub.history import HistoryRejected, HistoryStore
+from myservices.hub.rooms import Room, Session, Subscriber
 from myservices.metrics import Metrics
 from myservices.ratelimit import TokenBucket
 
-
-@dataclass(frozen=True, kw_only=True)
-class HubConfig:
-    """[hub]: rules and limits shared by every front end."""
-
-    history_size: int = setting(50, min=0, max=10_000, doc="messages kept per room and sent on join (0: no history)")
-    max_pending: int = setting(
-        1 * MiB, kind=SIZE, min=4096, max=1024 * MiB,
-        doc="unread output a connection may queue before it is dropped as a slow consumer",
-    )
-    publish_rate: float = setting(10.0, min=0.01, max=1_000_000, doc="messages per second a connection may publish")
-    publish_burst: int = setting(20, min=1, max=1_000_000, doc="messages a connection may publish at once")
-    max_rooms_per_session: int = setting(20, min=1, max=10_000, doc="rooms joined plus topics subscribed, per connection")
-    max_nick_length: int = setting(32, min=1, max=255, doc="longest nick")
-    max_room_length: int = setting(64, min=1, max=255, doc="longest room or topic name")
-    max_text_length: int = setting(
-        4000, min=1, max=16_000, doc="longest message text (characters; history stores up to 16,000)"
-    )
-    history_flush_interval: float = setting(
-        0.0, kind=DURATION, min=0, max=60,
-        doc="seconds a message waits for others to share its transaction (0: the next one starts at once)",
-    )
-    history_batch_size: int = setting(500, min=1, max=100_000, doc="most messages written in one transaction")
-    max_history_backlog: int = setting(
-        10_000, min=1, max=10_000_000,
-        doc="messages waiting to be committed; a publish beyond it is answered DATABASE_UNAVAILABLE",
-    )
-
-
-class Subscriber(Protocol):
-    """What a front end hands the hub for one connection."""
-
-    def deliver(self, event: Event) -> None:
-        """Send one event to the client (encode with C{event.encoded(fmt, encoder)})."""
-
-    def close(self, error: ErrorCode) -> None:
-        """Tell the client why and disconnect it."""
-
-
 _NICK_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
 _ROOM_RE = re.compile(r"[a-z0-9][a-z0-9_.-]*")
-
-
-class Session:
-    """One connection's state in the hub."""
-
-    def __init__(self, subscriber: Subscriber, nick: str, bucket: TokenBucket) -> None:
-        self.subscriber = subscriber
-        self.nick = nick
-        self.rooms: dict[str, Room] = {}  # joined, with presence
-        self.topics: dict[str, Room] = {}  # subscribed, without presence
-        self.bucket = bucket
-        self.closed = False
-
-    def __repr__(self) -> str:
-        return f"<Session {self.nick}>"
-
-
-class Room:
-    """A room or topic: who receives it and its recent messages."""
-
-    def __init__(self, name: str, history_size: int) -> None:
-        self.name = name
-        self.members: dict[Session, None] = {}  # ordered, for stable /who output
-        self.subscribers: dict[Session, None] = {}
-        self.recent: deque[Message] = deque(maxlen=history_size)
-        self.last_id = 0
-        self.pending = 0  # messages being committed: the room's ids live here until they are stored
-        self.loaded = False
-        self.failed: RequestError | None = None  # why loading failed (the room is then forgotten)
-        self._waiters: list[Deferred[None]] = []
-
-    def audience(self) -> Iterable[Session]:
-        """Everyone who receives publications, each once."""
-        yield from self.members
-        for s in self.subscribers:
-            if s not in self.members:
-                yield s
-
-    @property
-    def empty(self) -> bool:
-        return not self.members and not self.subscribers and not self.pending
 
 
 class Hub:

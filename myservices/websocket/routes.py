@@ -23,7 +23,6 @@ from myservices.errors import (
     RATE_LIMITED,
     UNKNOWN_COMMAND,
     ErrorCode,
-    RequestError,
 )
 from myservices.handlers import values
 from myservices.handlers.commands import CommandState, SharedServices, message_json
