@@ -31,9 +31,10 @@ from myservices.errors import (
     ErrorCode,
     RequestError,
 )
+from myservices.halfclose import HalfCloseableProtocol
 from myservices.handlers.values import client_error
 from myservices.hub import Event, Hub, Message, NickChange, Presence
-from myservices.listeners import ConnectionTrackingFactory, StreamListenerService, TrackedProtocol
+from myservices.listeners import ConnectionTrackingFactory, StreamListenerService
 from myservices.metrics import ServiceMetrics
 from myservices.outbound import Outbound
 from myservices.registry import BuildContext
@@ -73,6 +74,10 @@ def encode_event(event: Event) -> bytes:
     return line.encode("utf-8") + b"\r\n"
 
 
+def _terminated(data: bytes) -> bytes:
+    return data + b"\n" if data and not data.endswith(b"\n") else data
+
+
 HELP = [
     "/nick NAME           take a nick (letters, digits, _ or -, starting with a letter)",
     "/join ROOM           join a room (it becomes your current room) and see its recent history",
@@ -89,8 +94,12 @@ HELP = [
 ]
 
 
-class ChatProtocol(TrackedProtocol, LineReceiver, TimeoutMixin):
-    """One chat connection: parses lines into hub calls and renders hub events as lines."""
+class ChatProtocol(HalfCloseableProtocol, LineReceiver, TimeoutMixin):
+    """One chat connection: parses lines into hub calls and renders hub events as lines.
+
+    A client that closes its side gets every line it sent answered, in order,
+    then the server closes.
+    """
 
     delimiter = b"\n"  # a trailing \r is stripped, so \r\n and \n both work
     factory: ChatFactory
@@ -197,6 +206,25 @@ class ChatProtocol(TrackedProtocol, LineReceiver, TimeoutMixin):
     def _resume(self, _: object) -> None:
         if self.transport is not None and self.transport.connected:
             self.resumeProducing()
+            self.close_if_answered()
+
+    # --- the client closed its side (HalfCloseableProtocol) ----------------------
+
+    def input_ended(self) -> None:
+        # a last line without its newline is a line too (what `printf '/join x' | nc -q1` means);
+        # the rest of an over-long line stays discarded
+        if self._discarding:
+            return
+        if self._rest:  # lines after an over-long one, waiting for a command in flight
+            self._rest = _terminated(self._rest)
+            return
+        LineReceiver.dataReceived(self, _terminated(self.clearLineBuffer()))
+
+    def answered(self) -> bool:
+        return not self.paused  # paused: a command is in flight, later lines wait for it
+
+    def stop_timers(self) -> None:
+        self.setTimeout(None)
 
     async def _handle(self, line: str) -> None:
         try:

@@ -11,7 +11,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from myservices.config import StreamServiceConfig
-from myservices.listeners import ConnectionTrackingFactory, StreamListenerService, TrackedProtocol
+from myservices.halfclose import HalfCloseableProtocol
+from myservices.listeners import ConnectionTrackingFactory, StreamListenerService
 from myservices.metrics import ServiceMetrics
 from myservices.registry import BuildContext
 
@@ -44,13 +45,14 @@ class _ReadThrottle:
         self._transport.loseConnection()
 
 
-class EchoProtocol(TrackedProtocol, TimeoutMixin):
+class EchoProtocol(HalfCloseableProtocol, TimeoutMixin):
     """Writes back what it reads.
 
     When the peer does not read, the write buffer fills, Twisted pauses the
     L{_ReadThrottle} and the server stops reading from that peer: memory stays
     bounded by the transport's buffer, and the peer's writes block in its own
-    kernel buffers.
+    kernel buffers. A peer that closes its side gets everything echoed, then
+    the server closes.
     """
 
     factory: EchoFactory
@@ -69,6 +71,9 @@ class EchoProtocol(TrackedProtocol, TimeoutMixin):
         self.factory.metrics.bytes_in.inc(n)
         self.factory.metrics.bytes_out.inc(n)
         self.transport.write(data)
+
+    def stop_timers(self) -> None:
+        self.setTimeout(None)
 
     def timeoutConnection(self) -> None:
         self.factory.metrics.closed("idle_timeout")

@@ -37,10 +37,12 @@ class Outbound:
         self.pending = 0
         self.paused = False
         self.overflowed = False
+        self.closing = False
+        self._released = False
         transport.registerProducer(self, True)
 
     def write(self, data: bytes) -> None:
-        if self.overflowed:
+        if self.overflowed or self._released:
             return
         if not self.paused:
             self._transport.write(data)
@@ -63,9 +65,27 @@ class Outbound:
             data = self._queue.popleft()
             self.pending -= len(data)
             self._transport.write(data)
-        if not self.paused and self._on_drained is not None:
+        if not self.paused and self.closing:
+            self._release()
+        elif not self.paused and self._on_drained is not None:
             # the peer reads again: a caller that stopped taking requests may go on
             self._on_drained()
+
+    def lose_connection(self) -> None:
+        """Close the connection once everything written so far, and until then, has been sent.
+
+        Writes stay bounded until the last queued byte reaches the transport;
+        after that they are dropped.
+        """
+        self.closing = True
+        self._transport.loseConnection()
+
+    def _release(self) -> None:
+        # loseConnection waits for a streaming producer it paused: after the last drain Twisted
+        # resumes it, and if nothing is written then, the connection never closes
+        if not self._released:
+            self._released = True
+            self._transport.unregisterProducer()
 
     def stopProducing(self) -> None:
         self._queue.clear()

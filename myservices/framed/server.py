@@ -36,11 +36,12 @@ from myservices.errors import (
 )
 from myservices.framed.catalog import COMMAND_NAMES, COMMANDS, PUSHES
 from myservices.framed.wire import MAX_ID, Frame, FrameDecoder, FrameError, encode_json, error_object
+from myservices.halfclose import HalfCloseableProtocol
 from myservices.handlers import values
 from myservices.handlers.commands import CommandState, SharedServices, message_json, router
 from myservices.handlers.router import Command, Router
 from myservices.hub import Event, Message, NickChange, Presence
-from myservices.listeners import ConnectionTrackingFactory, StreamListenerService, TrackedProtocol
+from myservices.listeners import ConnectionTrackingFactory, StreamListenerService
 from myservices.metrics import Metrics, RequestCounts
 from myservices.outbound import Outbound
 from myservices.ratelimit import TokenBucket
@@ -92,7 +93,7 @@ def closing_push(error: ErrorCode, detail: str | None = None) -> bytes:
     return _push("closing", {"error": error_object(error, detail)})
 
 
-class FramedProtocol(TrackedProtocol):
+class FramedProtocol(HalfCloseableProtocol):
     """One framed connection: decodes frames, checks each request's envelope, runs it, writes the reply.
 
     Requests are started in the order they arrive and may finish in any
@@ -279,6 +280,7 @@ class FramedProtocol(TrackedProtocol):
             self.transport.loseConnection()
         elif self.transport.connected and not self.closing:
             self._process()
+        self.close_if_answered()
 
     # --- output --------------------------------------------------------------
 
@@ -333,6 +335,8 @@ class FramedProtocol(TrackedProtocol):
             self._idle_timer.cancel()
         self._idle_timer = None
 
+    stop_timers = _stop_idle_timer
+
     def _check_idle(self) -> None:
         left = self._last_request + self.factory.idle_timeout - self._clock.seconds()
         if left > 0:
@@ -347,6 +351,15 @@ class FramedProtocol(TrackedProtocol):
         idle = self.factory.idle_timeout
         self.outbound.write(closing_push(TIMEOUT, f"no request for {idle:g} seconds; send ping to stay connected"))
         self.transport.loseConnection()
+
+    def answered(self) -> bool:
+        return not self.in_flight  # the client closed its side: close once this is true
+
+    def close_after_replies(self) -> None:
+        if self.decoder.incomplete and not self.closing:
+            self.factory.metrics.error(BAD_REQUEST.code)
+            self.outbound.write(closing_push(BAD_REQUEST, "the input ended inside a frame; that frame was discarded"))
+        super().close_after_replies()
 
     def shutting_down(self) -> None:
         """Tell the client, answer buffered requests with SHUTTING_DOWN, finish those in flight, close."""

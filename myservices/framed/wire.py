@@ -65,6 +65,11 @@ class FrameDecoder:
         """Bytes received and not yet returned as part of a frame."""
         return len(self._buffer) - self._pos
 
+    @property
+    def incomplete(self) -> bool:
+        """Part of a frame has arrived, and not the rest (once L{next_frame} has returned None)."""
+        return self._header is not None or self.buffered > 0
+
     def next_frame(self) -> Frame | None:
         """The next complete frame, or None until more bytes are fed."""
         buf, pos = self._buffer, self._pos

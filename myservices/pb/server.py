@@ -36,10 +36,11 @@ from myservices.errors import (
     ErrorCode,
     RequestError,
 )
+from myservices.halfclose import HalfCloseableProtocol
 from myservices.handlers import values
 from myservices.handlers.commands import SharedServices
 from myservices.handlers.router import ANY, Command
-from myservices.listeners import ConnectionTrackingFactory, StreamListenerService, TrackedProtocol
+from myservices.listeners import ConnectionTrackingFactory, StreamListenerService
 from myservices.metrics import Metrics, RequestCounts
 from myservices.outbound import Outbound
 from myservices.pb.errors import RequestFailed
@@ -117,7 +118,7 @@ def bind_call(command: Command, label: str, args: Any, kw: Any) -> dict[str, Any
     return kwargs
 
 
-class PBConnection(TrackedProtocol, pb.Broker):
+class PBConnection(HalfCloseableProtocol, pb.Broker):
     """One PB connection: Twisted's broker with limits, flow control and error translation."""
 
     factory: PBFactory
@@ -148,11 +149,14 @@ class PBConnection(TrackedProtocol, pb.Broker):
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.closing = True
+        self.stop_timers()
+        super().connectionLost(reason)
+
+    def stop_timers(self) -> None:
         for timer in self._timers.values():
             if timer.active():
                 timer.cancel()
         self._timers.clear()
-        super().connectionLost(reason)
 
     @property
     def peer(self) -> str:
@@ -317,7 +321,11 @@ class PBConnection(TrackedProtocol, pb.Broker):
                 self.transport.loseConnection()
         elif self.in_flight < self.factory.max_in_flight and not self.outbound.paused:
             self._resume_reading()
+        self.close_if_answered()  # the answer is written after this, before the connection closes
         return result
+
+    def answered(self) -> bool:
+        return not self.in_flight  # the client closed its side: close once this is true
 
     def _drained(self) -> None:
         if not self.stopping and self.in_flight < self.factory.max_in_flight:

@@ -22,7 +22,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from myservices.errors import INTERNAL, NOT_FOUND, SHUTTING_DOWN, SLOW_CONSUMER, TIMEOUT, ErrorCode
-from myservices.listeners import ConnectionTrackingFactory, TrackedProtocol
+from myservices.halfclose import HalfCloseableProtocol
+from myservices.listeners import ConnectionTrackingFactory
 from myservices.metrics import Metrics, RequestCounts
 from myservices.outbound import Outbound
 from myservices.websocket.origin import origin_allowed
@@ -58,6 +59,7 @@ class Route(Protocol):
     """What serves one path: created per connection once its handshake is accepted."""
 
     max_pending: int  # unread output bytes before the client is closed as a slow consumer
+    busy: bool  # a message received is not answered yet
 
     def opened(self) -> None: ...
 
@@ -80,8 +82,13 @@ class _ClockTimer:
         return self._clock.callLater(delay, fn, *args, **kwargs)
 
 
-class WebSocketConnection(TrackedProtocol, WebSocketServerProtocol):
-    """A WebSocket connection: the handshake checks, then one route's handler gets the messages."""
+class WebSocketConnection(HalfCloseableProtocol, WebSocketServerProtocol):
+    """A WebSocket connection: the handshake checks, then one route's handler gets the messages.
+
+    A client that closes its side of the TCP connection without a close frame
+    still gets the answers to the messages it sent in full; then the server
+    closes the TCP connection (no close frame: the client could not answer it).
+    """
 
     factory: WebSocketFactory
     # not named "log": autobahn's own (txaio) logger is self.log, which drops debug events cheaply
@@ -238,6 +245,11 @@ class WebSocketConnection(TrackedProtocol, WebSocketServerProtocol):
         if self._idle_timer is not None and self._idle_timer.active():
             self._idle_timer.cancel()
         self._idle_timer = None
+
+    stop_timers = _stop_idle_timer
+
+    def answered(self) -> bool:
+        return self.route is None or not self.route.busy
 
     def _check_idle(self) -> None:
         clock, idle = self.factory.clock, self.factory.idle_timeout

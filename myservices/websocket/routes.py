@@ -58,6 +58,8 @@ class EchoRoute:
     either, so a client that only sends waits on TCP, not on server memory.
     """
 
+    busy = False  # every echo is sent as its message arrives
+
     def __init__(self, conn: WebSocketConnection) -> None:
         self.conn = conn
         # reading stops while output waits, so the queue holds at most what was already read:
@@ -217,6 +219,12 @@ class ChatRoute:
     def _go_on(self, _: object) -> None:
         self.waiting = False
         self._process()
+        self.conn.close_if_answered()
+
+    @property
+    def busy(self) -> bool:
+        """A request received is not answered yet."""
+        return self.waiting or bool(self.queue)
 
     # --- output ----------------------------------------------------------------
 
