@@ -10,21 +10,23 @@ trusted.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.interfaces import IDelayedCall
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.web.http import HTTPChannel
-from twisted.web.server import Request
+from twisted.web.http_headers import Headers
 
 from myservices.errors import BAD_REQUEST, TIMEOUT, TOO_LARGE, ErrorCode
 from myservices.listeners import TrackedProtocol
+from myservices.web.request import LimitedRequest, error_body
 
 if TYPE_CHECKING:
     from myservices.web.site import HttpSite
 
+# LimitedRequest and error_body live in request.py now; importers of this module still find them
+__all__ = ["HttpLimits", "LimitedHTTPChannel", "LimitedRequest", "error_body"]
 
 @dataclass(frozen=True)
 class HttpLimits:
@@ -36,27 +38,17 @@ class HttpLimits:
     request_timeout: float
 
 
-def error_body(error: ErrorCode, message: str) -> bytes:
-    """The JSON body of every error response: the shared error shape."""
-    return json.dumps({"error": {"code": error.code, "message": message, "retry": error.retry}}).encode() + b"\n"
-
-
-class LimitedRequest(Request):
-    """A request that counts a chunked body against the limit as it arrives."""
-
-    channel: LimitedHTTPChannel
-    _body_bytes = 0
-    received_at: float | None = None  # set when the access log is on
-
-    def handleContentChunk(self, data: bytes) -> None:
-        if self.channel.rejected:
-            return
-        self._body_bytes += len(data)
-        limit = self.channel.limits.max_body_size
-        if self._body_bytes > limit:
-            self.channel.reject(413, b"Content Too Large", TOO_LARGE, f"request body larger than {limit} bytes")
-            return
-        super().handleContentChunk(data)
+def _request_problem(version: bytes, target: bytes, headers: Headers) -> str | None:
+    """Why twisted.web's parser should not have let this request through, if it should not have."""
+    # it lets bytes 0x7F-0xB0 through (it compares with 176, meant as octal 0o176); code further on
+    # takes the target for ASCII, and a URI is ASCII (RFC 3986)
+    if not target.isascii() or b"\x7f" in target:
+        return "the request target is not ASCII: percent-encode other bytes"
+    if version == b"HTTP/1.1":
+        hosts = headers.getRawHeaders(b"host")
+        if not hosts or len(hosts) > 1:
+            return "an HTTP/1.1 request needs exactly one Host header"
+    return None
 
 
 class LimitedHTTPChannel(TrackedProtocol, HTTPChannel):
@@ -95,7 +87,10 @@ class LimitedHTTPChannel(TrackedProtocol, HTTPChannel):
         if self._receivedHeaderSize == 0:  # still in the request line
             self.reject(414, b"URI Too Long", TOO_LARGE, f"request line longer than {self.MAX_LENGTH} bytes")
         else:
-            self._respondToBadRequestAndDisconnect()
+            self.reject(
+                431, b"Request Header Fields Too Large", TOO_LARGE,
+                f"a header line longer than {self.limits.max_header_size} bytes",
+            )
 
     def _respondToBadRequestAndDisconnect(self) -> None:
         # HTTPChannel's answer to any request it cannot parse; say which limit was broken, if one was
@@ -113,6 +108,10 @@ class LimitedHTTPChannel(TrackedProtocol, HTTPChannel):
 
     def allHeadersReceived(self) -> None:
         if self.rejected:
+            return
+        problem = _request_problem(self._version, self._path, self.requests[-1].requestHeaders)
+        if problem is not None:
+            self.reject(400, b"Bad Request", BAD_REQUEST, problem)
             return
         # refuse a declared length before reading any of the body (chunked bodies are counted as they come)
         if self.length is not None and self.length > self.limits.max_body_size:
@@ -184,7 +183,9 @@ class LimitedHTTPChannel(TrackedProtocol, HTTPChannel):
         self.transport.write(head + body)
         # stop reading: a client sending a huge body should not make us read (and drop) all of it
         self.transport.pauseProducing()
-        self.transport.loseConnection()
+        # HTTPChannel's loseConnection leaves the transport's producer first: with a full buffer the
+        # transport would otherwise resume this channel when it drains, instead of closing
+        self.loseConnection()
 
     # --- protocol switch ----------------------------------------------------------
 
@@ -214,5 +215,5 @@ class LimitedHTTPChannel(TrackedProtocol, HTTPChannel):
         if self._handlingRequest or self.requests:
             # let the request in flight finish; the connection closes after its response
             self.persistent = False
-        else:
-            super().shutting_down()
+        elif not self.transport.disconnecting:
+            self.loseConnection()  # HTTPChannel's: see reject()

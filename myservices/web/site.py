@@ -10,7 +10,8 @@ from twisted.web.server import Request, Site
 from myservices.errors import BUSY, ErrorCode
 from myservices.listeners import ConnectionTrackingFactory
 from myservices.metrics import Metrics
-from myservices.web.channel import HttpLimits, LimitedHTTPChannel, LimitedRequest, error_body
+from myservices.web.channel import HttpLimits, LimitedHTTPChannel
+from myservices.web.request import LimitedRequest, error_body
 
 access_log = Logger(namespace="myservices.web.access")
 
@@ -90,7 +91,7 @@ class HttpSite(ConnectionTrackingFactory, Site):
         self._pending_status[101] = self._pending_status.get(101, 0) + 1
 
     def count_rejection(self, status: int, error: ErrorCode) -> None:
-        """A request the channel refused (413, 431, 414, 408, 400)."""
+        """A request the channel refused (413, 431, 414, 408, 400); the resources count their own errors."""
         self._pending_status[status] = self._pending_status.get(status, 0) + 1
         self.metrics.error(error.code)
 
