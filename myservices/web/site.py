@@ -58,6 +58,7 @@ class HttpSite(ConnectionTrackingFactory, Site):
         # counted in plain integers and folded into the metrics when they are read (see Metrics.before_collect)
         self._pending_status: dict[int, int] = {}
         self._pending_bytes = 0
+        self.bytes_in = 0  # added to by the channels as they read
         metrics.before_collect(self._fold_counts)
 
     # twisted.web's access log would start a once-a-second timer and write to the legacy log
@@ -107,6 +108,9 @@ class HttpSite(ConnectionTrackingFactory, Site):
         if self._pending_bytes:
             self.metrics.bytes_out.inc(self._pending_bytes)
             self._pending_bytes = 0
+        if self.bytes_in:
+            self.metrics.bytes_in.inc(self.bytes_in)
+            self.bytes_in = 0
 
 
 def _peer(request: Request) -> str:
