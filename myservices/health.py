@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -18,6 +19,11 @@ if TYPE_CHECKING:
     from myservices.listeners import ListenerService
 
 log = Logger()
+
+# what /readyz says when the database check fails; the reason itself goes to the log
+DATABASE_UNAVAILABLE_REASON = "database unavailable"
+# user:password@ in a URL a driver may quote
+_URL_CREDENTIALS = re.compile(r"(://[^/@\s:]*):[^/\s]*@")
 
 
 def health_check_txn(txn: Txn) -> None:
@@ -60,6 +66,7 @@ class Readiness:
         self.clock = clock
         self._running = running
         self._probe_waiters: list[Deferred[None]] | None = None
+        self._last_logged: str | None = None
 
     async def check(self, timeout: float) -> ReadinessReport:
         """Run every check; the database must answer within C{timeout} seconds."""
@@ -83,8 +90,17 @@ class Readiness:
         except TimeoutError:
             return f"no answer within {timeout:g}s"
         except Exception as e:
-            return str(e) or type(e).__name__
+            # the driver's message names hosts and ports: for the log, not for whoever probes
+            self._log_failure(f"{type(e).__name__}: {e}")
+            return DATABASE_UNAVAILABLE_REASON
+        self._last_logged = None
         return "ok"
+
+    def _log_failure(self, detail: str) -> None:
+        detail = _URL_CREDENTIALS.sub(r"\1:***@", detail)
+        if detail != self._last_logged:  # once per outage and distinct error, not once per probe
+            self._last_logged = detail
+            log.warn("readiness: the database check failed: {error}", error=detail)
 
     def _probe_done(self, result: Any) -> None:
         waiters, self._probe_waiters = self._probe_waiters or [], None

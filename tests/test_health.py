@@ -6,6 +6,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from myservices.db import DatabaseUnavailable
@@ -52,8 +53,11 @@ class ReadinessTests(TestCase):
     def test_unbound_listeners_and_stopping_are_reported(self) -> None:
         class Db:
             def run(self, fn: Any) -> Deferred[None]:
-                return fail(DatabaseUnavailable("database is not ready: refused"))
+                return fail(DatabaseUnavailable("database is not ready: mysql://app:hunter2@db.internal:3306 refused"))
 
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
         stopping = {"value": False}
         readiness = Readiness(
             {"http": _Listener("addr"), "chat": _Listener(None)}, Db(), Clock(), lambda: not stopping["value"]  # type: ignore[arg-type]
@@ -63,9 +67,16 @@ class ReadinessTests(TestCase):
         self.assertEqual(
             report.checks,
             {"running": "the daemon is stopping", "listeners": "not listening: chat",
-             "database": "database is not ready: refused"},
+             "database": "database unavailable"},
         )
         self.assertFalse(report.ready)
+        # the driver's detail goes to the log, once per distinct error and without the password
+        self.successResultOf(Deferred.fromCoroutine(readiness.check(1.0)))
+        logged = [formatEvent(e) for e in events if e.get("log_namespace") == "myservices.health"]
+        self.assertEqual(
+            logged, ["readiness: the database check failed: DatabaseUnavailable: database is not ready: "
+                     "mysql://app:***@db.internal:3306 refused"],
+        )
 
 
 class ReactorLagTests(TestCase):

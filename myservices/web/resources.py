@@ -18,7 +18,7 @@ from myservices.counter import DurableCounter
 from myservices.db import DatabaseUnavailable
 from myservices.errors import DATABASE_UNAVAILABLE, INTERNAL, NOT_FOUND
 from myservices.health import Readiness
-from myservices.web.channel import error_body
+from myservices.web.request import error_response
 
 log = Logger()
 
@@ -62,13 +62,10 @@ class DatabaseErrors:
         if gone(request):
             return
         if unavailable:
-            status, error, message = 503, DATABASE_UNAVAILABLE, DATABASE_UNAVAILABLE.message
             request.setHeader(b"Retry-After", str(self.retry_after).encode())
+            finish(request, error_response(request, 503, DATABASE_UNAVAILABLE))
         else:
-            status, error, message = 500, INTERNAL, INTERNAL.message
-        request.setResponseCode(status)
-        _no_store(request, b"application/json")
-        finish(request, error_body(error, message))
+            finish(request, error_response(request, 500, INTERNAL))
 
 
 class JsonRoot(Resource):
@@ -82,9 +79,7 @@ class NotFound(Resource):
     isLeaf = True
 
     def render(self, request: Request) -> bytes:
-        request.setResponseCode(404)
-        _no_store(request, b"application/json")
-        return error_body(NOT_FOUND, NOT_FOUND.message)
+        return error_response(request, 404, NOT_FOUND)
 
 
 class _CounterResource(Resource):

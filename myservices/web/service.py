@@ -36,6 +36,15 @@ class HttpConfig(StreamServiceConfig):
         doc="largest request line plus headers; larger get 431 (414 for the request line alone)",
     )
     max_headers: int = setting(100, min=1, max=10_000, doc="most header lines in a request; more get 431")
+    max_pending_output: int = setting(
+        64 * KiB, kind=SIZE, min=0, max=64 * MiB,
+        doc="response bytes queued for a client that does not read them (beyond the socket's buffers); "
+        "past it the connection is not read and no pipelined request is answered until the client reads",
+    )
+    max_read_ahead: int = setting(
+        64 * KiB, kind=SIZE, min=0, max=64 * MiB,
+        doc="bytes of pipelined requests read while an earlier one is answered; past it the connection is not read",
+    )
     access_log: bool = setting(
         False, doc="log every request (structured: peer, method, uri, status, size, duration); costs CPU"
     )
@@ -77,6 +86,8 @@ def build(name: str, cfg: HttpConfig, ctx: BuildContext) -> IService:
         max_header_size=cfg.max_header_size,
         max_headers=cfg.max_headers,
         request_timeout=cfg.request_timeout,
+        max_pending_output=cfg.max_pending_output,
+        max_read_ahead=cfg.max_read_ahead,
     )
     site = HttpSite(
         name, root, limits=limits, max_connections=cfg.max_connections, idle_timeout=cfg.idle_timeout,

@@ -10,7 +10,8 @@ from twisted.web.server import Request, Site
 from myservices.errors import BUSY, ErrorCode
 from myservices.listeners import ConnectionTrackingFactory
 from myservices.metrics import Metrics
-from myservices.web.channel import HttpLimits, LimitedHTTPChannel, LimitedRequest, error_body
+from myservices.web.channel import HttpLimits, LimitedHTTPChannel
+from myservices.web.request import LimitedRequest, error_body
 
 access_log = Logger(namespace="myservices.web.access")
 
@@ -57,6 +58,7 @@ class HttpSite(ConnectionTrackingFactory, Site):
         # counted in plain integers and folded into the metrics when they are read (see Metrics.before_collect)
         self._pending_status: dict[int, int] = {}
         self._pending_bytes = 0
+        self.bytes_in = 0  # added to by the channels as they read
         metrics.before_collect(self._fold_counts)
 
     # twisted.web's access log would start a once-a-second timer and write to the legacy log
@@ -90,7 +92,7 @@ class HttpSite(ConnectionTrackingFactory, Site):
         self._pending_status[101] = self._pending_status.get(101, 0) + 1
 
     def count_rejection(self, status: int, error: ErrorCode) -> None:
-        """A request the channel refused (413, 431, 414, 408, 400)."""
+        """A request the channel refused (413, 431, 414, 408, 400); the resources count their own errors."""
         self._pending_status[status] = self._pending_status.get(status, 0) + 1
         self.metrics.error(error.code)
 
@@ -106,6 +108,9 @@ class HttpSite(ConnectionTrackingFactory, Site):
         if self._pending_bytes:
             self.metrics.bytes_out.inc(self._pending_bytes)
             self._pending_bytes = 0
+        if self.bytes_in:
+            self.metrics.bytes_in.inc(self.bytes_in)
+            self.bytes_in = 0
 
 
 def _peer(request: Request) -> str:

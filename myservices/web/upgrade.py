@@ -15,7 +15,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from myservices.errors import BAD_REQUEST, BUSY, ErrorCode
-from myservices.web.channel import error_body
+from myservices.web.request import error_response
 from myservices.web.resources import finish
 
 if TYPE_CHECKING:
@@ -36,14 +36,16 @@ class WebSocketMount(Resource):
     def render(self, request: Request) -> bytes | int:
         upgrade = (request.getHeader(b"upgrade") or b"").lower()
         if b"websocket" not in upgrade:
-            request.setResponseCode(426)
             request.setHeader(b"Upgrade", b"websocket")
-            return self._error(request, BAD_REQUEST, "this is a WebSocket endpoint: connect with a WebSocket client")
+            return self._error(
+                request, 426, BAD_REQUEST, "this is a WebSocket endpoint: connect with a WebSocket client"
+            )
         if self.factory.full:
-            request.setResponseCode(503)
             request.setHeader(b"Retry-After", b"1")
-            return self._error(request, BUSY, BUSY.message)
-        target = b"/" + b"/".join(request.postpath)
+            return self._error(request, 503, BUSY, BUSY.message)
+        # the path below the mount as the client sent it: postpath is percent-decoded, and a decoded
+        # space or CR LF would break (or add lines to) the request replayed below
+        target = b"/" + b"/".join(request.path.split(b"/")[1 + len(request.prepath):])
         _, question, query = request.uri.partition(b"?")
         lines = [request.method + b" " + target + question + query + b" HTTP/1.1"]
         for name, values in request.requestHeaders.getAllRawHeaders():
@@ -54,8 +56,6 @@ class WebSocketMount(Resource):
         request.channel.hand_over(protocol, handshake)
         return NOT_DONE_YET
 
-    def _error(self, request: Request, error: ErrorCode, message: str) -> int:
-        request.setHeader(b"Content-Type", b"application/json")
-        request.setHeader(b"Cache-Control", b"no-store")
-        finish(request, error_body(error, message))
+    def _error(self, request: Request, status: int, error: ErrorCode, message: str) -> int:
+        finish(request, error_response(request, status, error, message))
         return NOT_DONE_YET
