@@ -33,7 +33,7 @@ from myservices.errors import (
 )
 from myservices.halfclose import HalfCloseableProtocol
 from myservices.handlers.values import client_error
-from myservices.hub import Event, Hub, Message, NickChange, Presence
+from myservices.hub import Event, Hub, Message, NickChange, Presence, Session, Subscriber
 from myservices.listeners import ConnectionTrackingFactory, StreamListenerService
 from myservices.metrics import ServiceMetrics
 from myservices.outbound import Outbound
@@ -120,13 +120,27 @@ class ChatProtocol(HalfCloseableProtocol, LineReceiver, TimeoutMixin):
         self._discarding = False
         self._rest = b""
         self.outbound = Outbound(self.transport, self.hub.config.max_pending, self._slow_consumer)
-        self.session = self.hub.open_session(self)
+        self.session: Session | None = None
         self.setTimeout(factory.idle_timeout or None)
+        self.pauseProducing()  # no command before the session exists
+        Deferred.fromCoroutine(self._open()).addErrback(self._not_opened)
+
+    async def _open(self) -> None:
+        self.session = await self.hub.open_session(Subscriber(self.deliver, self.close))
+        if not self.transport.connected:
+            self.hub.close_session_later(self.session)
+            return
         self.send_line(f"WELCOME {self.session.nick} myservices chat; /help lists the commands")
+        self._resume(None)
+
+    def _not_opened(self, failure: Failure) -> None:
+        self.log.failure("chat: opening a hub session failed", failure, code=INTERNAL.code)
+        self.close(INTERNAL)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.setTimeout(None)
-        self.hub.close_session(self.session)
+        if self.session is not None:
+            self.hub.close_session_later(self.session)
         super().connectionLost(reason)
 
     # --- the hub's Subscriber interface ------------------------------------------
@@ -140,7 +154,7 @@ class ChatProtocol(HalfCloseableProtocol, LineReceiver, TimeoutMixin):
 
     def _slow_consumer(self) -> None:
         self.factory.slow_consumers.inc()
-        self.log.info("chat: dropping slow consumer {nick}", nick=self.session.nick, code="SLOW_CONSUMER")
+        self.log.info("chat: dropping slow consumer {peer}", peer=self.transport.getPeer(), code="SLOW_CONSUMER")
         self.close(SLOW_CONSUMER)
 
     def timeoutConnection(self) -> None:
@@ -245,10 +259,15 @@ class ChatProtocol(HalfCloseableProtocol, LineReceiver, TimeoutMixin):
                 error = RequestError(INTERNAL)
             self.send_error(error.error, error.detail)
 
+    def _session(self) -> Session:
+        # lines are read only once the session is open (see connectionMade)
+        assert self.session is not None
+        return self.session
+
     async def _say(self, text: str) -> None:
         if self.current is None:
             raise RequestError(NOT_IN_ROOM, "join a room first (/join ROOM), or use /msg ROOM TEXT")
-        await self.hub.publish(self.session, self.current, text)
+        await self.hub.publish(self._session(), self.current, text)
 
     # --- commands -------------------------------------------------------------
 
@@ -268,40 +287,41 @@ class ChatProtocol(HalfCloseableProtocol, LineReceiver, TimeoutMixin):
 
     async def do_nick(self, args: str) -> None:
         (nick,) = self._words(args, 1, 1, "/nick NAME")
-        self.hub.set_nick(self.session, nick)
+        await self.hub.set_nick(self._session(), nick)
         self.send_line(f"OK nick {nick}")
 
     async def do_join(self, args: str) -> None:
         (name,) = self._words(args, 1, 1, "/join ROOM")
-        room = self.hub.check_room(name)
-        history = await self.hub.join(self.session, room)
+        joined = await self.hub.join(self._session(), name)
+        room = joined.room
         self.current = room
-        self._send_history(room, history)
+        self._send_history(room, joined.history)
         self.send_line(f"OK join {room}")
 
     async def do_part(self, args: str) -> None:
         room = self._room_arg(self._words(args, 0, 1, "/part [ROOM]"), "/part ROOM")
-        self.hub.part(self.session, room)
+        session = self._session()
+        await self.hub.part(session, room)
         if self.current == room:
-            self.current = next(reversed(self.session.rooms), None)
+            self.current = next(reversed(session.rooms), None)
         self.send_line(f"OK part {room}")
 
     async def do_msg(self, args: str) -> None:
         name, _, text = args.partition(" ")
         if not name or not text:
             raise RequestError(BAD_ARGUMENTS, "usage: /msg ROOM TEXT")
-        message = await self.hub.publish(self.session, name, text)
+        message = await self.hub.publish(self._session(), name, text)
         self.send_line(f"OK msg {message.room} {message.id}")
 
     async def do_rooms(self, args: str) -> None:
         self._words(args, 0, 0, "/rooms")
-        for name, members, subscribers in self.hub.room_list():
-            self.send_line(f"ROOM {name} {members} {subscribers}")
+        for info in await self.hub.rooms():
+            self.send_line(f"ROOM {info.name} {info.members} {info.subscribers}")
         self.send_line("END rooms")
 
     async def do_who(self, args: str) -> None:
         room = self._room_arg(self._words(args, 0, 1, "/who [ROOM]"), "/who ROOM")
-        for nick in self.hub.who(room):
+        for nick in await self.hub.who(room):
             self.send_line(f"WHO {room} {nick}")
         self.send_line(f"END who {room}")
 
@@ -311,26 +331,26 @@ class ChatProtocol(HalfCloseableProtocol, LineReceiver, TimeoutMixin):
         if words and words[-1].isdigit():
             limit = int(words.pop())
         room = self._room_arg(words, "/history ROOM [N]")
-        self._send_history(room, await self.hub.recent(room, limit))
+        self._send_history(room, await self.hub.history(room, limit))
         self.send_line(f"END history {room}")
 
     async def do_sub(self, args: str) -> None:
         (name,) = self._words(args, 1, 1, "/sub TOPIC")
         topic = self.hub.check_room(name)
-        await self.hub.subscribe(self.session, topic)
+        await self.hub.subscribe(self._session(), topic)
         self.send_line(f"OK sub {topic}")
 
     async def do_unsub(self, args: str) -> None:
         (name,) = self._words(args, 1, 1, "/unsub TOPIC")
         topic = self.hub.check_room(name)
-        self.hub.unsubscribe(self.session, topic)
+        await self.hub.unsubscribe(self._session(), topic)
         self.send_line(f"OK unsub {topic}")
 
     async def do_pub(self, args: str) -> None:
         name, _, text = args.partition(" ")
         if not name or not text:
             raise RequestError(BAD_ARGUMENTS, "usage: /pub TOPIC TEXT")
-        message = await self.hub.publish(self.session, name, text, as_member=False)
+        message = await self.hub.publish(self._session(), name, text, as_member=False)
         self.send_line(f"OK pub {message.room} {message.id}")
 
     async def do_help(self, args: str) -> None:

@@ -19,7 +19,7 @@ from myservices.config import Config
 from myservices.counter import DurableCounter
 from myservices.db import MIGRATIONS, Database, Migration
 from myservices.health import Readiness
-from myservices.hub import HistoryStore, Hub, HubService
+from myservices.hub import HistoryStore, Hub, HubService, MemoryEngine
 from myservices.kv import KeyValueStore
 from myservices.lag import ReactorLagMonitor
 from myservices.listeners import format_address
@@ -174,8 +174,9 @@ def build_service_tree(
         database, reactor, keep=h.history_size, flush_interval=h.history_flush_interval,
         batch_size=h.history_batch_size, max_backlog=h.max_history_backlog, metrics=metrics,
     )
-    hub = Hub(h, reactor, history=history, metrics=metrics)
-    HubService(hub).setServiceParent(tree)  # stops after the front ends, before the database
+    engine = MemoryEngine(h, reactor, history=history, metrics=metrics)
+    hub = Hub(h, reactor, engine, metrics=metrics)
+    HubService(hub, engine).setServiceParent(tree)  # stops after the front ends, before the database
     tree.hub = hub
     a = config.accounts
     hasher = PasswordHasher(

@@ -11,6 +11,7 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from myservices.config import Config, load_config
@@ -298,3 +299,22 @@ async def framed_client(testcase: TestCase, port: int) -> Any:
 
     testcase.addCleanup(lambda: Deferred.fromCoroutine(cleanup()))
     return client
+
+
+def memory_hub(config: Any, clock: Any, metrics: Any = None, history: Any = None) -> Any:
+    """A hub on its own memory engine (no database unless C{history} is given), for unit tests."""
+    from myservices.hub import Hub, MemoryEngine
+
+    return Hub(config, clock, MemoryEngine(config, clock, history=history, metrics=metrics), metrics=metrics)
+
+
+def run_now(coroutine: Any) -> Any:
+    """The result of a hub coroutine that finishes without waiting (the memory engine without a database)."""
+    d = Deferred.fromCoroutine(coroutine)
+    results: list[Any] = []
+    d.addBoth(results.append)
+    if not results:
+        raise AssertionError(f"{coroutine} is still waiting")
+    if isinstance(results[0], Failure):
+        results[0].raiseException()
+    return results[0]

@@ -124,9 +124,9 @@ class PoisonMessageTests(FrontEndsMixin, TestCase):
             self.assertEqual((await listener.next("message", id=i))["id"], i)
         self.assertEqual([(m["id"], m["text"]) for m in (await framed.call("hub.history", room="lobby"))["messages"]],
                          expected)
-        self.assertEqual(sorted(tree.hub.who("lobby")), ["framer", "liner", "pat", "webby"])
+        self.assertEqual(sorted(await tree.hub.who("lobby")), ["framer", "liner", "pat", "webby"])
         # and it is in the database, not only in memory
-        _, stored = await tree.hub.history.load("lobby", 50)
+        _, stored = await tree.hub.engine.store.load("lobby", 50)
         self.assertEqual([(m.id, m.text) for m in stored], expected)
         self.assertEqual(self.alarms.events, [])
 

@@ -11,10 +11,10 @@ from twisted.trial.unittest import TestCase
 
 from myservices.chat import ChatConfig, ChatFactory, ChatProtocol
 from myservices.errors import ERRORS
-from myservices.hub import Hub, HubConfig
+from myservices.hub import HubConfig
 from myservices.metrics import Metrics
 from tests import mysql
-from tests.support import chat_client, load, port_of, start_tree
+from tests.support import chat_client, load, memory_hub, port_of, start_tree
 
 HUB_FAST = "publish_rate = 100000.0\npublish_burst = 100000"
 
@@ -108,7 +108,7 @@ class ChatUnitTests(TestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.metrics = Metrics()
-        self.hub = Hub(HubConfig(), self.clock, metrics=self.metrics)
+        self.hub = memory_hub(HubConfig(), self.clock, metrics=self.metrics)
         cfg = ChatConfig(endpoint="tcp:0", idle_timeout=30, max_line_length=64)
         self.factory = ChatFactory("chat", cfg, self.hub, self.metrics.for_service("chat"), self.clock)
 
@@ -128,7 +128,7 @@ class ChatUnitTests(TestCase):
         self.assertTrue(transport.value().endswith(b"BYE idle timeout\r\n"))
         self.assertTrue(transport.disconnecting)
         proto.connectionLost(None)
-        self.assertEqual(self.hub.sessions, set())
+        self.assertEqual(self.hub.sessions, {})
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_pipelined_commands_in_one_read_are_answered_in_order(self) -> None:
@@ -285,7 +285,7 @@ class SQLiteChatTests(ChatTestsMixin, TestCase):
             lines = await publisher.command(f"/msg lobby {text}")
             self.assertEqual(lines[-1], f"OK msg lobby {sent + 1}")
             sent += 1
-        self.assertNotIn("slow", tree.hub.who("lobby"))
+        self.assertNotIn("slow", await tree.hub.who("lobby"))
         # the fast member got every message, in order, while the slow one was dropped
         ids: list[int] = []
         while len(ids) < sent:

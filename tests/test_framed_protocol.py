@@ -19,8 +19,9 @@ from myservices.framed.server import FramedConfig, FramedFactory, FramedProtocol
 from myservices.framed.wire import HEADER, FrameDecoder, FrameError, encode_frame, encode_json
 from myservices.handlers.commands import SharedServices, router as default_router
 from myservices.handlers.router import Command, Router
-from myservices.hub import Hub, HubConfig
+from myservices.hub import HubConfig, Subscriber
 from myservices.metrics import Metrics
+from tests.support import memory_hub, run_now
 
 SLOW, FAILING, BROKEN = 900, 901, 902
 
@@ -58,7 +59,7 @@ class Harness:
         router.commands["failing"] = Command("failing", failing, ())
         router.commands["broken"] = Command("broken", broken, ())
         ids = {**COMMANDS, "slow": SLOW, "failing": FAILING, "broken": BROKEN}
-        hub = Hub(HubConfig(publish_rate=1e6, publish_burst=10**6), self.clock)
+        hub = memory_hub(HubConfig(publish_rate=1e6, publish_burst=10**6), self.clock)
         services = SharedServices(hub=hub, accounts=None, kv=None, counter=None, clock=self.clock)  # type: ignore[arg-type]
         config = FramedConfig(endpoint="tcp:0", **cfg)
         self.factory = FramedFactory(
@@ -151,7 +152,7 @@ class ProtocolTests(TestCase):
         h.send(41, 1, {"room": "lobby"})  # hub.join
         h.replies()
         h.proto.outbound.pauseProducing()  # the kernel buffer is full: the peer is not reading
-        member = h.factory.services.hub.open_session(_Sink())
+        member = run_now(h.factory.services.hub.open_session(Subscriber(_Sink().deliver, _Sink().close)))
         self.successResultOf(Deferred.fromCoroutine(h.factory.services.hub.join(member, "lobby")))
         for i in range(200):
             self.successResultOf(Deferred.fromCoroutine(h.factory.services.hub.publish(member, "lobby", "x" * 100)))

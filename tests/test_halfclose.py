@@ -19,13 +19,13 @@ from twisted.trial.unittest import TestCase
 from myservices.chat import ChatConfig, ChatFactory
 from myservices.echo import EchoConfig, EchoFactory, _ReadThrottle
 from myservices.framed.catalog import PUSHES
-from myservices.hub import Hub, HubConfig
+from myservices.hub import HubConfig
 from myservices.metrics import Metrics
 from myservices.outbound import Outbound
 from myservices.tree import ServiceTree
 from tests.halfcloser import HalfCloser, half_close
 from tests.pbclient import pb_connect
-from tests.support import FAST_ACCOUNTS, framed_client, load, port_of, start_tree
+from tests.support import FAST_ACCOUNTS, framed_client, load, memory_hub, port_of, start_tree
 from tests.test_framed import frames, request
 from tests.wsclient import ws_connect
 
@@ -173,7 +173,7 @@ class ChatHalfCloseTests(HalfCloseTestsMixin, TestCase):
                 "WHO lobby alice", "END who lobby",
             ],
         )
-        self.assertEqual(tree.hub.sessions, set())  # the nick and the membership are gone
+        self.assertEqual(tree.hub.sessions, {})  # the nick and the membership are gone
 
     async def test_a_single_line_without_newline(self) -> None:
         """printf '/join x' | nc -q1"""
@@ -360,7 +360,7 @@ class ChatHalfCloseUnitTests(TestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.metrics = Metrics()
-        hub = Hub(HubConfig(), self.clock, metrics=self.metrics)
+        hub = memory_hub(HubConfig(), self.clock, metrics=self.metrics)
         cfg = ChatConfig(endpoint="tcp:0", idle_timeout=30)
         self.factory = ChatFactory("chat", cfg, hub, self.metrics.for_service("chat"), self.clock)
         self.proto = self.factory.buildProtocol(None)

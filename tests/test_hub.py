@@ -23,8 +23,12 @@ from myservices.errors import (
     ErrorCode,
     RequestError,
 )
-from myservices.hub import Event, HistoryRejected, HistoryStore, Hub, HubConfig, Message, NickChange, Presence
+from myservices.hub import (
+    Event, HistoryRejected, HistoryStore, Hub, HubConfig, MemoryEngine, Message, NickChange, Presence, Session,
+    Subscriber,
+)
 from myservices.metrics import Metrics
+from tests.support import memory_hub, run_now
 
 
 class FakeSubscriber:
@@ -46,17 +50,30 @@ class FakeSubscriber:
 
 
 class HubTestsMixin:
+    clock: Clock
+
     def make_hub(self, history: HistoryStore | None = None, **config: object) -> Hub:
         self.clock = Clock()
-        return Hub(HubConfig(**config), self.clock, history=history)
+        return memory_hub(HubConfig(**config), self.clock, history=history)
 
-    def session(self, hub: Hub, nick: str | None = None, fail: bool = False):
+    def attach(self, hub: Hub, sub: FakeSubscriber) -> Session:
+        session = run_now(hub.open_session(Subscriber(sub.deliver, sub.close)))
+        self.fakes[session] = sub
+        return session
+
+    def session(self, hub: Hub, nick: str | None = None, fail: bool = False) -> tuple[Session, FakeSubscriber]:
         sub = FakeSubscriber(fail)
-        session = hub.open_session(sub)
+        session = self.attach(hub, sub)
         if nick:
-            hub.set_nick(session, nick)
+            run_now(hub.set_nick(session, nick))
         sub.events.clear()
         return session, sub
+
+    @property
+    def fakes(self) -> dict[Session, FakeSubscriber]:
+        if not hasattr(self, "_fakes"):
+            self._fakes: dict[Session, FakeSubscriber] = {}
+        return self._fakes
 
     def assertRequestError(self, error: ErrorCode, f, *args, **kw) -> RequestError:
         try:
@@ -94,13 +111,13 @@ class HubTests(HubTestsMixin, TestCase):
         bob, b = self.session(hub, "bob")
         for s in (alice, broken, bob):
             self.run_(hub.join(s, "lobby"))
-        broken.subscriber.fail = True
+        self.fakes[broken].fail = True
         self.run_(hub.publish(alice, "lobby", "still here"))
         self.assertEqual(a.texts(), ["still here"])
         self.assertEqual(b.texts(), ["still here"])
-        self.assertNotIn(broken, hub.sessions)  # the broken one was detached and told to close
-        self.assertEqual(broken.subscriber.closed_with.code, "INTERNAL")
-        self.assertEqual(hub.who("lobby"), ["alice", "bob"])
+        self.assertNotIn(broken, hub.sessions.values())  # the broken one was detached and told to close
+        self.assertEqual(self.fakes[broken].closed_with.code, "INTERNAL")
+        self.assertEqual(self.run_(hub.who("lobby")), ["alice", "bob"])
         self.flushLoggedErrors(RuntimeError)
 
     def test_presence_join_and_part(self) -> None:
@@ -112,11 +129,11 @@ class HubTests(HubTestsMixin, TestCase):
         self.run_(hub.join(bob, "lobby"))
         self.assertEqual([(e.kind, e.nick) for e in a.events], [("join", "bob")])
         self.assertEqual([(e.kind, e.nick) for e in b.events], [("join", "bob")])
-        hub.part(bob, "lobby")
+        self.run_(hub.part(bob, "lobby"))
         self.assertEqual([(e.kind, e.nick) for e in a.events], [("join", "bob"), ("part", "bob")])
-        self.assertEqual(hub.who("lobby"), ["alice"])
-        hub.close_session(alice)
-        self.assertEqual(hub.rooms, {})  # an empty room is forgotten
+        self.assertEqual(self.run_(hub.who("lobby")), ["alice"])
+        self.run_(hub.close_session(alice))
+        self.assertEqual(hub.engine.rooms_by_name, {})  # an empty room is forgotten
 
     def test_join_sends_the_joiner_its_own_join(self) -> None:
         hub = self.make_hub()
@@ -133,8 +150,8 @@ class HubTests(HubTestsMixin, TestCase):
         self.run_(hub.publish(alice, "news", "hello"))
         self.assertEqual(r.texts(), ["hello"])
         self.assertEqual([type(e) for e in r.events], [Message])  # no JOIN seen
-        self.assertEqual(hub.who("news"), ["alice"])
-        self.assertEqual(hub.room_list(), [("news", 1, 1)])
+        self.assertEqual(self.run_(hub.who("news")), ["alice"])
+        self.assertEqual([(r.name, r.members, r.subscribers) for r in self.run_(hub.rooms())], [("news", 1, 1)])
 
     def test_member_and_subscriber_receives_once(self) -> None:
         hub = self.make_hub()
@@ -164,9 +181,9 @@ class HubTests(HubTestsMixin, TestCase):
             self.assertRequestError(NICK_INVALID, hub.set_nick, other, bad)
         error = self.assertRequestError(NICK_TAKEN, hub.set_nick, other, "ALICE")
         self.assertEqual(error.detail, 'nick "ALICE" is in use')
-        hub.set_nick(alice, "Alice")  # changing your own case is fine
-        hub.close_session(alice)
-        hub.set_nick(other, "alice")  # freed on disconnect
+        self.run_(hub.set_nick(alice, "Alice"))  # changing your own case is fine
+        self.run_(hub.close_session(alice))
+        self.run_(hub.set_nick(other, "alice"))  # freed on disconnect
 
     def test_nick_change_reaches_the_user_and_its_rooms_once(self) -> None:
         hub = self.make_hub()
@@ -178,11 +195,11 @@ class HubTests(HubTestsMixin, TestCase):
             self.run_(hub.join(bob, room))
         a.events.clear()
         b.events.clear()
-        hub.set_nick(alice, "alicia")
+        self.run_(hub.set_nick(alice, "alicia"))
         self.assertEqual([(e.old, e.new) for e in a.events], [("alice", "alicia")])
         self.assertEqual([(e.old, e.new) for e in b.events if isinstance(e, NickChange)], [("alice", "alicia")])
         self.assertEqual(lone.events, [])
-        self.assertEqual(hub.who("one"), ["alicia", "bob"])
+        self.assertEqual(self.run_(hub.who("one")), ["alicia", "bob"])
 
     def test_room_rules(self) -> None:
         hub = self.make_hub(max_room_length=10)
@@ -207,7 +224,7 @@ class HubTests(HubTestsMixin, TestCase):
         self.run_(hub.subscribe(alice, "two"))
         self.assertRequestError(TOO_MANY_ROOMS, hub.join, alice, "three")
         self.run_(hub.join(alice, "two"))  # already counted: allowed
-        hub.part(alice, "one")
+        self.run_(hub.part(alice, "one"))
         self.run_(hub.join(alice, "three"))
 
     def test_publish_rate_limit_refills_with_time(self) -> None:
@@ -229,9 +246,9 @@ class HubTests(HubTestsMixin, TestCase):
         for i in range(5):
             self.run_(hub.publish(alice, "lobby", f"m{i}"))
         bob, _ = self.session(hub, "bob")
-        history = self.run_(hub.join(bob, "lobby"))
+        history = self.run_(hub.join(bob, "lobby")).history
         self.assertEqual([(m.id, m.text) for m in history], [(3, "m2"), (4, "m3"), (5, "m4")])
-        self.assertEqual([m.text for m in self.run_(hub.recent("lobby", 2))], ["m3", "m4"])
+        self.assertEqual([m.text for m in self.run_(hub.history("lobby", 2))], ["m3", "m4"])
 
     def test_each_event_is_encoded_once_per_wire_format(self) -> None:
         hub = self.make_hub()
@@ -241,7 +258,7 @@ class HubTests(HubTestsMixin, TestCase):
             def deliver(self, event: Event) -> None:
                 event.encoded("line", lambda e: calls.append(e) or b"x")
 
-        sessions = [hub.open_session(Encoding()) for _ in range(50)]
+        sessions = [self.attach(hub, Encoding()) for _ in range(50)]
         for s in sessions:
             self.run_(hub.join(s, "lobby"))
         calls.clear()
@@ -272,7 +289,7 @@ class HubTests(HubTestsMixin, TestCase):
                 event.encoded("fragile", encode)
                 self.events.append(event)
 
-        fragile = [hub.open_session(Fragile()) for _ in range(3)]
+        fragile = [self.attach(hub, Fragile()) for _ in range(3)]
         plain, p = self.session(hub, "plain")
         for s in (*fragile, plain):
             self.run_(hub.join(s, "lobby"))
@@ -281,9 +298,9 @@ class HubTests(HubTestsMixin, TestCase):
         self.run_(hub.publish(plain, "lobby", "good"))
         self.assertEqual(p.texts(), ["bad", "good"])  # another format is not affected
         for s in fragile:
-            self.assertEqual(s.subscriber.texts(), ["good"])
-            self.assertIsNone(s.subscriber.closed_with)
-            self.assertIn(s, hub.sessions)
+            self.assertEqual(self.fakes[s].texts(), ["good"])
+            self.assertIsNone(self.fakes[s].closed_with)
+            self.assertIn(s, hub.sessions.values())
         self.assertEqual(len(attempts), 2)  # tried once per event, not once per connection
         self.assertEqual(hub.metrics.registry.get_sample_value("myservices_hub_undeliverable_events_total"), 1)
         self.assertEqual(len(self.flushLoggedErrors(UnicodeEncodeError)), 1)
@@ -378,15 +395,15 @@ class HistoryTests(HubTestsMixin, TestCase):
         """What a restart does: a new hub on the same database continues each room's ids."""
         db = await self.database()
         clock = Clock()
-        hub = Hub(HubConfig(), clock, history=self.store(db))
+        hub = memory_hub(HubConfig(), clock, history=self.store(db))
         alice, _ = self.session(hub, "alice")
         await hub.join(alice, "lobby")
         for text in ("one", "two"):
             await hub.publish(alice, "lobby", text)
 
-        hub2 = Hub(HubConfig(), clock, history=self.store(db))
+        hub2 = memory_hub(HubConfig(), clock, history=self.store(db))
         bob, _ = self.session(hub2, "bob")
-        history = await hub2.join(bob, "lobby")
+        history = (await hub2.join(bob, "lobby")).history
         self.assertEqual([(m.id, m.nick, m.text) for m in history], [(1, "alice", "one"), (2, "alice", "two")])
         message = await hub2.publish(bob, "lobby", "three")
         self.assertEqual(message.id, 3)
@@ -395,9 +412,9 @@ class HistoryTests(HubTestsMixin, TestCase):
         db = await self.database()
         clock = Clock()
         for expected in (1, 2):
-            hub = Hub(HubConfig(history_size=0), clock, history=self.store(db, keep=0))
+            hub = memory_hub(HubConfig(history_size=0), clock, history=self.store(db, keep=0))
             alice, _ = self.session(hub, "alice")
-            self.assertEqual(await hub.join(alice, "lobby"), [])
+            self.assertEqual((await hub.join(alice, "lobby")).history, [])
             self.assertEqual((await hub.publish(alice, "lobby", "hi")).id, expected)
         self.assertEqual(await db.run(_count_txn), 0)
 
@@ -405,7 +422,7 @@ class HistoryTests(HubTestsMixin, TestCase):
         db = await self.database()
         clock = Clock()
         store = self.store(db, clock)
-        hub = Hub(HubConfig(), clock, history=store)
+        hub = memory_hub(HubConfig(), clock, history=store)
         alice, a = self.session(hub, "alice")
         await hub.join(alice, "lobby")
         a.events.clear()
@@ -419,7 +436,7 @@ class HistoryTests(HubTestsMixin, TestCase):
     async def test_with_the_database_down_publish_and_join_fail_clearly_and_deliver_nothing(self) -> None:
         db = await self.database()
         clock = Clock()
-        hub = Hub(HubConfig(), clock, history=self.store(db))
+        hub = memory_hub(HubConfig(), clock, history=self.store(db))
         alice, a = self.session(hub, "alice")
         await hub.join(alice, "lobby")
         a.events.clear()
@@ -432,7 +449,7 @@ class HistoryTests(HubTestsMixin, TestCase):
         with self.assertRaises(RequestError) as caught:
             await hub.join(bob, "other")
         self.assertEqual(caught.exception.error.code, "DATABASE_UNAVAILABLE")
-        self.assertNotIn("other", hub.rooms)  # loaded again on the next try
+        self.assertNotIn("other", hub.engine.rooms_by_name)  # loaded again on the next try
         db.startService()
         await db.when_ready()
         await hub.join(bob, "other")
@@ -442,19 +459,19 @@ class HistoryTests(HubTestsMixin, TestCase):
     async def test_history_of_a_room_nobody_is_in(self) -> None:
         db = await self.database()
         clock = Clock()
-        hub = Hub(HubConfig(), clock, history=self.store(db))
+        hub = memory_hub(HubConfig(), clock, history=self.store(db))
         alice, _ = self.session(hub, "alice")
         await hub.publish(alice, "news", "archived", as_member=False)
-        self.assertEqual(hub.rooms, {})
-        self.assertEqual([m.text for m in await hub.recent("news")], ["archived"])
+        self.assertEqual(hub.engine.rooms_by_name, {})
+        self.assertEqual([m.text for m in await hub.history("news")], ["archived"])
 
     async def test_unavailable_history_gives_a_clear_error(self) -> None:
         db = await self.database()
         clock = Clock()
-        hub = Hub(HubConfig(), clock, history=self.store(db))
+        hub = memory_hub(HubConfig(), clock, history=self.store(db))
         db.stopService()
         with self.assertRaises(RequestError) as caught:
-            await hub.recent("news")
+            await hub.history("news")
         self.assertEqual(caught.exception.error.code, "DATABASE_UNAVAILABLE")
         self.assertIsInstance(caught.exception.__cause__, DatabaseUnavailable)
 
@@ -469,3 +486,95 @@ def _poison_trigger_txn(txn) -> None:
 def _count_txn(txn) -> int:
     txn.execute("SELECT COUNT(*) FROM chat_messages")
     return txn.fetchone()[0]
+
+
+class TwoHubTests(HubTestsMixin, TestCase):
+    """Two hubs on one engine behave as one hub to their clients: they share nothing but the engine."""
+
+    def run_(self, coro):
+        return self.successResultOf(Deferred.fromCoroutine(coro))
+
+    def hubs(self, history: HistoryStore | None = None, **config: object) -> tuple[Hub, Hub]:
+        self.clock = Clock()
+        cfg = HubConfig(**config)
+        engine = MemoryEngine(cfg, self.clock, history=history)
+        return Hub(cfg, self.clock, engine, node_id="a"), Hub(cfg, self.clock, engine, node_id="b")
+
+    def test_messages_presence_and_who_cross_hubs_with_contiguous_ids(self) -> None:
+        a, b = self.hubs(publish_burst=100)
+        alice, alice_sees = self.session(a, "alice")
+        bob, bob_sees = self.session(b, "bob")
+        self.run_(a.join(alice, "lobby"))
+        joined = self.run_(b.join(bob, "lobby"))
+        self.assertEqual(joined.members, ["alice", "bob"])
+        self.assertEqual([(e.kind, e.nick) for e in alice_sees.events], [("join", "alice"), ("join", "bob")])
+        for i in range(6):
+            self.run_((a if i % 2 else b).publish(alice if i % 2 else bob, "lobby", f"m{i}"))
+        for seen in (alice_sees, bob_sees):
+            self.assertEqual([(e.id, e.text) for e in seen.events if isinstance(e, Message)],
+                             [(i + 1, f"m{i}") for i in range(6)])
+        self.assertEqual(self.run_(a.who("lobby")), self.run_(b.who("lobby")))
+        self.assertEqual([(r.name, r.members) for r in self.run_(b.rooms())], [("lobby", 2)])
+        self.assertEqual([m.id for m in self.run_(b.history("lobby"))], [1, 2, 3, 4, 5, 6])
+        self.run_(b.part(bob, "lobby"))
+        self.assertEqual(alice_sees.events[-1].kind, "part")
+        self.assertEqual(self.run_(a.who("lobby")), ["alice"])
+
+    def test_nicks_are_unique_across_hubs_and_freed_by_either(self) -> None:
+        a, b = self.hubs()
+        alice, _ = self.session(a, "alice")
+        other, _ = self.session(b)
+        self.assertNotEqual(alice.nick, other.nick)
+        self.assertRequestError(NICK_TAKEN, b.set_nick, other, "ALICE")
+        guests = {self.session(h)[0].nick for h in (a, b, a, b)}
+        self.assertEqual(len(guests), 4)  # guest nicks are unique across hubs too
+        self.run_(a.close_session(alice))
+        self.run_(b.set_nick(other, "alice"))
+
+    def test_a_nick_change_reaches_members_on_the_other_hub_once(self) -> None:
+        a, b = self.hubs()
+        alice, alice_sees = self.session(a, "alice")
+        bob, bob_sees = self.session(b, "bob")
+        for room in ("one", "two"):
+            self.run_(a.join(alice, room))
+            self.run_(b.join(bob, room))
+        bob_sees.events.clear()
+        alice_sees.events.clear()
+        self.run_(a.set_nick(alice, "alicia"))
+        self.assertEqual([(e.old, e.new) for e in bob_sees.events], [("alice", "alicia")])
+        self.assertEqual([(e.old, e.new) for e in alice_sees.events], [("alice", "alicia")])
+        self.assertEqual(self.run_(b.who("two")), ["alicia", "bob"])
+
+    def test_a_closed_session_leaves_its_rooms_for_the_other_hub(self) -> None:
+        a, b = self.hubs()
+        alice, _ = self.session(a, "alice")
+        bob, bob_sees = self.session(b, "bob")
+        self.run_(a.subscribe(alice, "news"))
+        self.run_(a.join(alice, "lobby"))
+        self.run_(b.join(bob, "lobby"))
+        self.run_(a.close_session(alice))
+        self.assertEqual((bob_sees.events[-1].kind, bob_sees.events[-1].nick), ("part", "alice"))
+        self.assertEqual([(r.name, r.members, r.subscribers) for r in self.run_(b.rooms())], [("lobby", 1, 0)])
+
+
+class JoinWhileLoadingTests(HubTestsMixin, TestCase):
+    """A room's history load and live deliveries never interleave wrongly: no duplicate, no gap."""
+
+    async def test_messages_published_while_a_room_loads_reach_the_joiner_once(self) -> None:
+        db = await HistoryTests.database(self)  # type: ignore[arg-type]
+        cfg = HubConfig(publish_burst=100)
+        engine = MemoryEngine(cfg, reactor, history=HistoryTests.store(self, db))  # type: ignore[arg-type]
+        a, b = Hub(cfg, reactor, engine, node_id="a"), Hub(cfg, reactor, engine, node_id="b")
+        writer, _ = self.session(a, "writer")
+        for i in range(3):
+            await a.publish(writer, "lobby", f"old{i}", as_member=False)
+        engine.rooms_by_name.clear()  # as after a restart: the next use loads the room again
+        bob, bob_sees = self.session(b, "bob")
+        joining = Deferred.fromCoroutine(b.join(bob, "lobby"))
+        publishing = [Deferred.fromCoroutine(a.publish(writer, "lobby", f"new{i}", as_member=False)) for i in range(3)]
+        self.assertNoResult(joining)  # the room is still loading
+        joined = await joining
+        for d in publishing:
+            await d
+        live = [e.text for e in bob_sees.events if isinstance(e, Message)]
+        self.assertEqual([m.text for m in joined.history] + live, ["old0", "old1", "old2", "new0", "new1", "new2"])

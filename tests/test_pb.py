@@ -231,7 +231,7 @@ class SQLitePBTests(PBTestsMixin, TestCase):
         client.broker.transport.loseConnection()
         await client.closed
         self.assertEqual(await line.read_until("PART lobby dora"), ["PART lobby dora"])
-        self.assertEqual(tree.hub.who("lobby"), ["liner"])
+        self.assertEqual(await tree.hub.who("lobby"), ["liner"])
 
     async def test_wrong_arguments_get_pb_errors_never_tracebacks(self) -> None:
         await self.start()
@@ -310,7 +310,7 @@ class SQLitePBTests(PBTestsMixin, TestCase):
         self.assertIn("remote_message failed: this client has a bug", failure.getErrorMessage())
         await good_room.callRemote("publish", "two")
         self.assertEqual((await listener.next("message"))["text"], "two")
-        self.assertEqual(tree.hub.who("lobby"), ["good"])
+        self.assertEqual(await tree.hub.who("lobby"), ["good"])
         # the dropped client's connection and login still work: it may join again
         self.assertEqual((await bad.callRemote("whoami"))["username"], "bad")
         self.flushLoggedErrors()
@@ -335,7 +335,7 @@ class SQLitePBTests(PBTestsMixin, TestCase):
         # the fast member got every message in order
         for i in range(1, 11):
             self.assertEqual((await listener.next("message"))["id"], i)
-        self.assertEqual(tree.hub.who("lobby"), ["fast"])
+        self.assertEqual(await tree.hub.who("lobby"), ["fast"])
         failure = await failure_of(slow_room.callRemote("who"))
         self.assertEqual(code_of(failure), "NOT_IN_ROOM")
         self.assertIn("5 events unanswered", failure.getErrorMessage())
@@ -382,7 +382,7 @@ class SQLitePBTests(PBTestsMixin, TestCase):
         await avatar.callRemote("join", "lobby", Listener())
         await tree.stopService()
         await client.closed
-        self.assertEqual(tree.hub.who("lobby"), [])
+        self.assertEqual(await tree.hub.who("lobby"), [])
 
     async def test_the_documented_example_client(self) -> None:
         tree = await self.start()

@@ -140,4 +140,4 @@ class WebChatBrowserTests(TestCase):
         self.assertIn("reconnecting", states)
         lines = await line.read_until("JOIN lobby webby")
         self.assertIn("PART lobby webby", lines)
-        self.assertEqual(tree.hub.who("lobby"), ["liner", "webby"])
+        self.assertEqual(await tree.hub.who("lobby"), ["liner", "webby"])

@@ -289,7 +289,7 @@ class SqliteWebSocketTests(WebSocketTestsMixin, TestCase):
         self.assertEqual(ids, list(range(1, sent + 1)))
         self.assertEqual(tree.metrics.registry.get_sample_value(
             "myservices_slow_consumers_total", {"service": "websocket"}), 1)
-        self.assertEqual(tree.hub.who("flood"), ["guest1"])
+        self.assertEqual(await tree.hub.who("flood"), ["guest1"])
 
 
 def server_side(factory, client_port: int):

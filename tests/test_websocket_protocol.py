@@ -16,13 +16,14 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import TestCase
 
 from myservices.errors import RATE_LIMITED
-from myservices.hub import Hub, HubConfig
+from myservices.hub import HubConfig, Subscriber
 from myservices.handlers.commands import SharedServices, router
 from myservices.metrics import Metrics
 from myservices.websocket.origin import origin_allowed
 from myservices.websocket.protocol import WebSocketConnection, WebSocketFactory
 from myservices.websocket.routes import ChatRoute, ChatSettings, EchoRoute
 
+from tests.support import memory_hub, run_now
 from tests.test_websocket import masked_frame
 
 PEER = IPv4Address("TCP", "127.0.0.1", 50000)
@@ -46,7 +47,7 @@ def parse_frames(data: bytes) -> list[tuple[int, bytes]]:
 class Harness:
     def __init__(self, path: str = "/echo", **options: Any) -> None:
         self.clock = Clock()
-        hub = Hub(HubConfig(publish_rate=1e6, publish_burst=10**6), self.clock)
+        hub = memory_hub(HubConfig(publish_rate=1e6, publish_burst=10**6), self.clock)
         self.hub = hub
         services = SharedServices(hub=hub, accounts=None, kv=None, counter=None, clock=self.clock)  # type: ignore[arg-type]
         chat = ChatSettings(services=services, router=router, request_rate=options.pop("request_rate", 1000.0),
@@ -152,7 +153,7 @@ class BackpressureTests(TestCase):
         h.send(json.dumps({"type": "join", "room": "r"}).encode())
         h.frames()
         h.proto.outbound.pauseProducing()  # the client stopped reading
-        session = h.hub.open_session(_Sink())
+        session = run_now(h.hub.open_session(Subscriber(_Sink().deliver, _Sink().close)))
         sent = 0
         while not h.proto.outbound.overflowed:
             self.successResultOf(_publish(h.hub, session, "r", "x" * 1000))
@@ -163,7 +164,7 @@ class BackpressureTests(TestCase):
         self.assertEqual(opcode, 8)
         self.assertEqual(struct.unpack("!H", payload[:2])[0], 4008)
         self.assertTrue(payload[2:].startswith(b"SLOW_CONSUMER"))
-        self.assertEqual(h.hub.who("r"), [])  # left the room at once
+        self.assertEqual(run_now(h.hub.who("r")), [])  # left the room at once
         h.clock.advance(1.0)  # the close handshake is not answered either
         self.assertTrue(h.closed)
 
@@ -201,7 +202,7 @@ class _Sink:
         pass
 
 
-def _publish(hub: Hub, session: Any, room: str, text: str) -> Any:
+def _publish(hub: Any, session: Any, room: str, text: str) -> Any:
     return Deferred.fromCoroutine(hub.publish(session, room, text, as_member=False))
 
 

@@ -40,7 +40,7 @@ from myservices.halfclose import HalfCloseableProtocol
 from myservices.handlers import values
 from myservices.handlers.commands import CommandState, SharedServices, message_json, router
 from myservices.handlers.router import Command, Router
-from myservices.hub import Event, Message, NickChange, Presence
+from myservices.hub import Event, Message, NickChange, Presence, Subscriber
 from myservices.listeners import ConnectionTrackingFactory, StreamListenerService
 from myservices.metrics import Metrics, RequestCounts
 from myservices.outbound import Outbound
@@ -113,7 +113,7 @@ class FramedProtocol(HalfCloseableProtocol):
         self._clock = f.clock
         self.decoder = FrameDecoder(f.max_body_size)
         self.outbound = Outbound(self.transport, f.max_pending, self._slow_consumer, self._go_on)
-        self.state = CommandState(f.services, self)
+        self.state = CommandState(f.services, Subscriber(self.deliver, self.close))
         self.bucket = TokenBucket(f.request_rate, f.request_burst, f.clock)
         self.in_flight: set[int] = set()
         self.barrier = False

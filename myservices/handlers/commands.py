@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 
 from myservices.errors import RequestError
@@ -37,16 +38,43 @@ class CommandState:
         self._subscriber = subscriber
         self.account: Account | None = None
         self._session: Session | None = None
+        self._opening: list[Deferred[Session]] | None = None
+        self._closed = False
+
+    async def session(self) -> Session:
+        """The connection's hub session, opened by the first caller (later ones wait for it)."""
+        if self._session is not None:
+            return self._session
+        if self._opening is not None:
+            d: Deferred[Session] = Deferred()
+            self._opening.append(d)
+            return await d
+        self._opening = []
+        try:
+            session = await self.services.hub.open_session(self._subscriber)
+        except BaseException as e:
+            waiters, self._opening = self._opening, None
+            for w in waiters:
+                w.errback(e)
+            raise
+        self._session = session
+        waiters, self._opening = self._opening, None
+        if self._closed:  # the connection went away while the session opened
+            self.services.hub.close_session_later(session)
+        for w in waiters:
+            w.callback(session)
+        return session
 
     @property
-    def session(self) -> Session:
-        if self._session is None:
-            self._session = self.services.hub.open_session(self._subscriber)
-        return self._session
+    def nick(self) -> str | None:
+        """The session's nick, if it is open."""
+        return self._session.nick if self._session is not None else None
 
     def close(self) -> None:
+        """The connection is gone: leave every room and free the nick (in the background)."""
+        self._closed = True
         if self._session is not None:
-            self.services.hub.close_session(self._session)
+            self.services.hub.close_session_later(self._session)
 
     @property
     def account_id(self) -> int:
@@ -92,12 +120,13 @@ async def register(s: CommandState, username: str, password: str) -> dict[str, A
 @router.command("login", *_credentials, barrier=True)
 async def login(s: CommandState, username: str, password: str) -> dict[str, Any]:
     s.account = await s.services.accounts.authenticate(username, password)
+    session = await s.session()
     try:
         # the username is a valid nick; keep the current one if someone else holds it
-        s.services.hub.set_nick(s.session, s.account.username)
+        await s.services.hub.set_nick(session, s.account.username)
     except RequestError:
         pass
-    return {"username": s.account.username, "nick": s.session.nick}
+    return {"username": s.account.username, "nick": session.nick}
 
 
 @router.command("logout", barrier=True)
@@ -107,8 +136,8 @@ def logout(s: CommandState) -> dict[str, Any]:
 
 
 @router.command("whoami")
-def whoami(s: CommandState) -> dict[str, Any]:
-    return {"username": s.account.username if s.account else None, "nick": s.session.nick}
+async def whoami(s: CommandState) -> dict[str, Any]:
+    return {"username": s.account.username if s.account else None, "nick": (await s.session()).nick}
 
 
 # --- key-value (per account) -------------------------------------------------------
@@ -151,61 +180,59 @@ async def counter_get(s: CommandState) -> dict[str, Any]:
 
 
 @router.command("hub.nick", Arg("nick", str, max_length=256), barrier=True)
-def hub_nick(s: CommandState, nick: str) -> dict[str, Any]:
-    old = s.services.hub.set_nick(s.session, nick)
+async def hub_nick(s: CommandState, nick: str) -> dict[str, Any]:
+    old = await s.services.hub.set_nick(await s.session(), nick)
     return {"nick": nick, "old": old}
 
 
 @router.command("hub.join", _room(), barrier=True)
 async def hub_join(s: CommandState, room: str) -> dict[str, Any]:
-    hub = s.services.hub
-    name = hub.check_room(room)
-    history = await hub.join(s.session, name)
-    return {"room": name, "history": [message_json(m) for m in history], "members": hub.who(name)}
+    joined = await s.services.hub.join(await s.session(), room)
+    return {"room": joined.room, "history": [message_json(m) for m in joined.history], "members": joined.members}
 
 
 @router.command("hub.part", _room())
-def hub_part(s: CommandState, room: str) -> dict[str, Any]:
+async def hub_part(s: CommandState, room: str) -> dict[str, Any]:
     name = s.services.hub.check_room(room)
-    s.services.hub.part(s.session, name)
+    await s.services.hub.part(await s.session(), name)
     return {"room": name}
 
 
 @router.command("hub.publish", _room(), Arg("text", str))
 async def hub_publish(s: CommandState, room: str, text: str) -> dict[str, Any]:
     # topic-style: publishing does not require joining (members and subscribers receive it)
-    message = await s.services.hub.publish(s.session, room, text, as_member=False)
+    message = await s.services.hub.publish(await s.session(), room, text, as_member=False)
     return {"room": message.room, "id": message.id}
 
 
 @router.command("hub.history", _room(), Arg("limit", int, required=False, min=0))
 async def hub_history(s: CommandState, room: str, limit: int | None = None) -> dict[str, Any]:
     name = s.services.hub.check_room(room)
-    messages = await s.services.hub.recent(name, limit)
+    messages = await s.services.hub.history(name, limit)
     return {"room": name, "messages": [message_json(m) for m in messages]}
 
 
 @router.command("hub.who", _room())
-def hub_who(s: CommandState, room: str) -> dict[str, Any]:
+async def hub_who(s: CommandState, room: str) -> dict[str, Any]:
     name = s.services.hub.check_room(room)
-    return {"room": name, "members": s.services.hub.who(name)}
+    return {"room": name, "members": await s.services.hub.who(name)}
 
 
 @router.command("hub.rooms")
-def hub_rooms(s: CommandState) -> dict[str, Any]:
-    rooms = s.services.hub.room_list()
-    return {"rooms": [{"name": n, "members": m, "subscribers": sub} for n, m, sub in rooms]}
+async def hub_rooms(s: CommandState) -> dict[str, Any]:
+    rooms = await s.services.hub.rooms()
+    return {"rooms": [{"name": r.name, "members": r.members, "subscribers": r.subscribers} for r in rooms]}
 
 
 @router.command("hub.subscribe", _room(), barrier=True)
 async def hub_subscribe(s: CommandState, room: str) -> dict[str, Any]:
     name = s.services.hub.check_room(room)
-    await s.services.hub.subscribe(s.session, name)
+    await s.services.hub.subscribe(await s.session(), name)
     return {"room": name}
 
 
 @router.command("hub.unsubscribe", _room())
-def hub_unsubscribe(s: CommandState, room: str) -> dict[str, Any]:
+async def hub_unsubscribe(s: CommandState, room: str) -> dict[str, Any]:
     name = s.services.hub.check_room(room)
-    s.services.hub.unsubscribe(s.session, name)
+    await s.services.hub.unsubscribe(await s.session(), name)
     return {"room": name}

@@ -1,13 +1,15 @@
-"""The chat/pub-sub hub shared by every front end."""
+"""The chat/pub-sub hub shared by every front end: the hub, its contracts and the memory engine."""
 
-from myservices.hub.backplane import Backplane, InProcessBackplane
 from myservices.hub.config import HubConfig
 from myservices.hub.core import Hub, HubService
-from myservices.hub.rooms import Room, Session, Subscriber
+from myservices.hub.engine import MemoryEngine
 from myservices.hub.events import Event, Message, NickChange, Presence, UnencodableEvent
 from myservices.hub.history import HistoryRejected, HistoryStore
+from myservices.hub.interfaces import EngineNode, HubEngine, Joined, RoomInfo, Subscriber
+from myservices.hub.rooms import Session
 
 __all__ = [
-    "Backplane", "Event", "HistoryRejected", "HistoryStore", "Hub", "HubConfig", "HubService", "InProcessBackplane",
-    "Message", "NickChange", "Presence", "Room", "Session", "Subscriber", "UnencodableEvent",
+    "EngineNode", "Event", "HistoryRejected", "HistoryStore", "Hub", "HubConfig", "HubEngine", "HubService",
+    "Joined", "MemoryEngine", "Message", "NickChange", "Presence", "RoomInfo", "Session", "Subscriber",
+    "UnencodableEvent",
 ]

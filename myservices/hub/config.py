@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from myservices.config import DURATION, SIZE, MiB, setting
 
@@ -10,6 +11,10 @@ from myservices.config import DURATION, SIZE, MiB, setting
 @dataclass(frozen=True, kw_only=True)
 class HubConfig:
     """[hub]: rules and limits shared by every front end."""
+
+    engine: Literal["memory"] = setting(
+        "memory", doc="where the hub's shared state lives: memory (this process; ids and history in the database)"
+    )
 
     history_size: int = setting(50, min=0, max=10_000, doc="messages kept per room and sent on join (0: no history)")
     max_pending: int = setting(

@@ -65,3 +65,4 @@ class NickChange(Event):
 
     old: str = ""
     new: str = ""
+    rooms: tuple[str, ...] = ()  # the renamed user's rooms: their members are told

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.spread import pb
@@ -20,7 +21,7 @@ from myservices.errors import NOT_IN_ROOM, SLOW_CONSUMER, UNAUTHENTICATED, Error
 from myservices.handlers import commands as shared
 from myservices.handlers.commands import CommandState, message_json
 from myservices.handlers.router import Arg, Command, Router
-from myservices.hub import Event, Message, NickChange, Presence
+from myservices.hub import Event, Message, NickChange, Presence, Subscriber
 
 if TYPE_CHECKING:
     from myservices.accounts import Account
@@ -67,9 +68,9 @@ async def room_publish(handle: RoomHandle, text: str) -> dict[str, Any]:
 
 
 @pb_commands.command("room.who")
-def room_who(handle: RoomHandle) -> dict[str, Any]:
+async def room_who(handle: RoomHandle) -> dict[str, Any]:
     handle.check_active()
-    return shared.hub_who(handle.avatar.state, handle.room)
+    return await shared.hub_who(handle.avatar.state, handle.room)
 
 
 @pb_commands.command("room.history", Arg("limit", int, required=False, min=0))
@@ -79,9 +80,9 @@ async def room_history(handle: RoomHandle, limit: int | None = None) -> dict[str
 
 
 @pb_commands.command("room.part", barrier=True)
-def room_part(handle: RoomHandle) -> dict[str, Any]:
+async def room_part(handle: RoomHandle) -> dict[str, Any]:
     handle.check_active()
-    result = shared.hub_part(handle.avatar.state, handle.room)  # the listener gets its own part, as a last event
+    result = await shared.hub_part(handle.avatar.state, handle.room)  # the listener gets its own part, as a last event
     handle.deactivate("parted")
     return result
 
@@ -141,14 +142,15 @@ class Avatar(pb.Avatar):
         assert self._state is not None, "attach() first"
         return self._state
 
-    def attach(self, connection: PBConnection) -> None:
+    async def attach(self, connection: PBConnection) -> None:
         """Bind to the connection that logged in; logged-in users take their username as nick."""
         self.connection = connection
-        self._state = CommandState(connection.factory.services, self)
+        self._state = CommandState(connection.factory.services, Subscriber(self.deliver, self.close))
         self._state.account = self.account
+        session = await self._state.session()
         if self.account is not None:
             try:
-                self._state.services.hub.set_nick(self._state.session, self.account.username)
+                await self._state.services.hub.set_nick(session, self.account.username)
             except RequestError:
                 pass  # someone else holds it: keep the guest nick
 
@@ -184,9 +186,8 @@ class Avatar(pb.Avatar):
             if handle is not None and handle.presence:
                 handle.send("presence", {"kind": event.kind, "room": event.room, "nick": event.nick})
         elif isinstance(event, NickChange):
-            hub = self.state.services.hub
             for handle in list(self.rooms.values()):
-                if handle.presence and event.new in hub.who(handle.room):
+                if handle.presence and handle.room in event.rooms:
                     handle.send("nick", {"old": event.old, "new": event.new})
 
     def close(self, error: ErrorCode) -> None:
@@ -281,7 +282,13 @@ class RoomHandle(pb.Referenceable):
             "pb: dropped the listener of {peer} in {room}: {detail}", peer=conn.peer, room=self.room, detail=detail
         )
         conn.factory.count("listener", (error.code if error else "FAILED"))
+        Deferred.fromCoroutine(self._part()).addErrback(
+            lambda f: _log.failure("pb: leaving {room} after dropping its listener failed", f, room=self.room)
+        )
+
+    async def _part(self) -> None:
+        state = self.avatar.state
         try:
-            self.avatar.state.services.hub.part(self.avatar.state.session, self.room)
+            await state.services.hub.part(await state.session(), self.room)
         except RequestError:
             pass  # already out (the join was replaced, or the session closed)

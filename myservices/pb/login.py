@@ -147,7 +147,7 @@ class Gateway(pb.Referenceable):
         if conn.closing:
             logout()
             raise RequestError(LOGIN_FAILED, "the connection closed during login")
-        avatar.attach(conn)
+        await avatar.attach(conn)
         conn.login_done()
         conn.notifyOnDisconnect(logout)
         return pb.AsReferenceable(avatar, "perspective")

@@ -27,7 +27,7 @@ from myservices.errors import (
 from myservices.handlers import values
 from myservices.handlers.commands import CommandState, SharedServices, message_json
 from myservices.handlers.router import Router
-from myservices.hub import Event, Message, NickChange, Presence
+from myservices.hub import Event, Message, NickChange, Presence, Subscriber
 from myservices.ratelimit import TokenBucket
 from myservices.websocket.protocol import CLOSE_UNSUPPORTED_DATA
 
@@ -121,14 +121,25 @@ class ChatRoute:
         self.settings = settings
         self.factory: WebSocketFactory = conn.factory
         self.max_pending = self.factory.max_pending
-        self.state = CommandState(settings.services, self)
+        self.state = CommandState(settings.services, Subscriber(self.deliver, self.close))
         self.bucket = TokenBucket(settings.request_rate, settings.request_burst, settings.services.clock)
         self.queue: deque[tuple[str, Any, dict[str, Any]]] = deque()
         self.waiting = False
         self.open = True
 
     def opened(self) -> None:
-        self._send({"type": "welcome", "nick": self.state.session.nick, "limits": self.settings.limits})
+        # requests wait until the welcome (with the session's nick) is sent
+        self.waiting = True
+        Deferred.fromCoroutine(self._welcome()).addErrback(self._not_opened)
+
+    async def _welcome(self) -> None:
+        session = await self.state.session()
+        self._send({"type": "welcome", "nick": session.nick, "limits": self.settings.limits})
+        self._go_on(None)
+
+    def _not_opened(self, failure: Failure) -> None:
+        self.log.failure("websocket chat: opening a hub session failed", failure, code=INTERNAL.code)
+        self.conn.close_with(INTERNAL)
 
     def closed(self) -> None:
         self.open = False

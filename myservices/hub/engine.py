@@ -1,0 +1,250 @@
+"""The memory engine: the state every hub of one process shares, with history and ids in the database.
+
+It is the L{HubEngine} for ``[hub] engine = "memory"``: one process, any
+number of L{Hub} objects attached (the daemon has one; the tests attach two
+to check that hubs only ever share state through the engine).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from myservices.db import DatabaseUnavailable
+from myservices.errors import DATABASE_UNAVAILABLE, INTERNAL, RequestError
+from myservices.hub.config import HubConfig
+from myservices.hub.events import Event, Message, NickChange, Presence
+from myservices.hub.history import HistoryRejected, HistoryStore
+from myservices.hub.interfaces import EngineNode, Joined, RoomInfo
+from myservices.metrics import Metrics
+
+
+class EngineRoom:
+    """A room or topic: who is in it (by node), its last id and its recent messages."""
+
+    def __init__(self, name: str, history_size: int) -> None:
+        self.name = name
+        self.members: dict[str, tuple[str, str]] = {}  # member id -> (node id, nick), in joining order
+        self.subscribers: dict[str, str] = {}  # member id -> node id
+        self.recent: deque[Message] = deque(maxlen=history_size)
+        self.last_id = 0
+        self.pending = 0  # messages being committed: the room's ids live here until they are stored
+        self.loaded = False
+        self.failed: RequestError | None = None  # why loading failed (the room is then forgotten)
+        self.waiters: list[Deferred[None]] = []
+
+    def nodes(self) -> set[str]:
+        return {node for node, _ in self.members.values()} | set(self.subscribers.values())
+
+    @property
+    def empty(self) -> bool:
+        return not self.members and not self.subscribers and not self.pending
+
+
+class MemoryEngine(Service):
+    """Rooms, ids, nicks and delivery for the hubs of one process; the database keeps history and ids.
+
+    A published message is committed (see L{HistoryStore}) before it is
+    delivered, in id order, to every hub serving the room; a room loads its
+    last id and recent history the first time it is used. On stop, messages
+    still being committed are written first.
+    """
+
+    log = Logger()
+    name = "hub-engine"
+
+    def __init__(
+        self, config: HubConfig, clock: IReactorTime, history: HistoryStore | None = None, metrics: Metrics | None = None
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.store = history
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.nodes: dict[str, EngineNode] = {}
+        self.rooms_by_name: dict[str, EngineRoom] = {}
+        self._nicks: dict[str, str] = {}  # lower-case nick -> member id
+        self._guests = itertools.count(1)
+        # counted when scraped, so joins and parts cost nothing extra
+        self.metrics.hub_members.set_function(
+            lambda: sum(len(r.members) + len(r.subscribers) for r in self.rooms_by_name.values())
+        )
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        return Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        if self.store is not None:
+            await self.store.flush()  # every publish still waiting is committed (or answered) first
+
+    # --- nodes and nicks ---------------------------------------------------------
+
+    def attach(self, node: EngineNode) -> None:
+        self.nodes[node.node_id] = node
+
+    def detach(self, node: EngineNode) -> None:
+        self.nodes.pop(node.node_id, None)
+
+    async def claim_nick(self, nick: str, member_id: str) -> bool:
+        return self._nicks.setdefault(nick.lower(), member_id) == member_id
+
+    async def release_nick(self, nick: str, member_id: str) -> None:
+        if self._nicks.get(nick.lower()) == member_id:
+            del self._nicks[nick.lower()]
+
+    async def guest_number(self) -> int:
+        return next(self._guests)
+
+    # --- rooms ---------------------------------------------------------------------
+
+    async def join(
+        self, node_id: str, member_id: str, room: str, nick: str, attach: Callable[[], None]
+    ) -> Joined:
+        r = await self._room(room)
+        if member_id not in r.members:
+            attach()
+            r.members[member_id] = (node_id, nick)
+            self._send(r.nodes(), room, Presence(kind="join", room=room, nick=nick))
+        return Joined(room, list(r.recent), [n for _, n in r.members.values()])
+
+    async def part(self, member_id: str, room: str) -> None:
+        r = self.rooms_by_name.get(room)
+        if r is None or member_id not in r.members:
+            return
+        nodes = r.nodes()
+        _, nick = r.members.pop(member_id)
+        self._send(nodes, room, Presence(kind="part", room=room, nick=nick))  # the leaver's hub tells the leaver
+        self._forget_if_empty(r)
+
+    async def subscribe(self, node_id: str, member_id: str, room: str, attach: Callable[[], None]) -> None:
+        r = await self._room(room)
+        if member_id not in r.subscribers:
+            attach()
+            r.subscribers[member_id] = node_id
+
+    async def unsubscribe(self, member_id: str, room: str) -> None:
+        r = self.rooms_by_name.get(room)
+        if r is not None and r.subscribers.pop(member_id, None) is not None:
+            self._forget_if_empty(r)
+
+    async def rename(self, node_id: str, member_id: str, old: str, new: str, rooms: Sequence[str]) -> None:
+        nodes = {node_id}
+        for name in rooms:
+            r = self.rooms_by_name.get(name)
+            if r is not None and member_id in r.members:
+                r.members[member_id] = (r.members[member_id][0], new)
+                nodes |= r.nodes()
+        event = NickChange(old=old, new=new, rooms=tuple(rooms))
+        for node in sorted(nodes):
+            target = self.nodes.get(node)
+            if target is not None:
+                target.receive_nick(member_id, event)
+
+    async def members(self, room: str) -> list[str]:
+        r = self.rooms_by_name.get(room)
+        return [nick for _, nick in r.members.values()] if r is not None else []
+
+    async def rooms(self) -> list[RoomInfo]:
+        return sorted(
+            (RoomInfo(r.name, len(r.members), len(r.subscribers)) for r in self.rooms_by_name.values() if not r.empty),
+            key=lambda info: info.name,
+        )
+
+    async def history(self, room: str, limit: int) -> list[Message]:
+        r = self.rooms_by_name.get(room)
+        if r is not None and r.loaded:
+            messages = list(r.recent)
+        elif self.store is None:
+            messages = []
+        else:
+            try:
+                _, messages = await self.store.load(room, self.config.history_size)
+            except DatabaseUnavailable as e:
+                raise RequestError(DATABASE_UNAVAILABLE, f'history of "{room}" is not available now') from e
+        return messages[-limit:] if limit else []
+
+    # --- publishing ------------------------------------------------------------------
+
+    async def publish(self, room: str, nick: str, text: str) -> Message:
+        r = await self._room(room)
+        r.last_id += 1
+        message = Message(room=room, id=r.last_id, ts=self.clock.seconds(), nick=nick, text=text)
+        if self.store is not None:
+            r.pending += 1
+            try:
+                await self.store.commit(message)
+            except DatabaseUnavailable as e:
+                raise RequestError(DATABASE_UNAVAILABLE, "the message was not saved nor delivered; send it again") from e
+            except HistoryRejected as e:
+                raise RequestError(INTERNAL, "the message could not be saved; it was not delivered") from e
+            finally:
+                r.pending -= 1
+        self.metrics.hub_publishes.inc()
+        if self.rooms_by_name.get(room) is r:
+            r.recent.append(message)
+            self._send(r.nodes(), room, message)
+        self._forget_if_empty(r)
+        return message
+
+    def _send(self, nodes: Iterable[str], room: str, event: Event) -> None:
+        for node in sorted(nodes):
+            target = self.nodes.get(node)
+            if target is not None:
+                target.receive(room, event)
+
+    # --- loading and forgetting rooms -----------------------------------------------------
+
+    async def _room(self, name: str) -> EngineRoom:
+        """The loaded room C{name}, created and loaded from history if needed."""
+        while True:
+            room = self.rooms_by_name.get(name)
+            if room is None:
+                room = self.rooms_by_name[name] = EngineRoom(name, self.config.history_size)
+                self.metrics.hub_rooms.set(len(self.rooms_by_name))
+                Deferred.fromCoroutine(self._load(room))
+            if room.loaded:
+                return room
+            if room.failed is not None:
+                raise room.failed  # at once, when the database failed without waiting
+            d: Deferred[None] = Deferred()
+            room.waiters.append(d)
+            await d  # fails when the load failed
+            # look again: while we waited, everyone else may have left and the room been forgotten
+
+    async def _load(self, room: EngineRoom) -> None:
+        """Load the room's last id and history, then wake its waiters; never fails (the waiters do)."""
+        failure: RequestError | None = None
+        try:
+            if self.store is not None:
+                room.last_id, messages = await self.store.load(room.name, self.config.history_size)
+                room.recent.extend(messages)
+        except DatabaseUnavailable as e:
+            # without its last id the room could repeat ids: it stays unusable until the database answers
+            self.log.warn("room {room}: cannot load its history: {error}", room=room.name, error=e)
+            failure = RequestError(DATABASE_UNAVAILABLE, f'room "{room.name}" cannot be loaded now; try again')
+        except Exception:
+            self.log.failure("room {room}: loading failed", room=room.name)
+            failure = RequestError(INTERNAL)
+        waiters, room.waiters = room.waiters, []
+        if failure is not None:
+            room.failed = failure
+            if self.rooms_by_name.get(room.name) is room:
+                del self.rooms_by_name[room.name]  # the next use loads it again
+                self.metrics.hub_rooms.set(len(self.rooms_by_name))
+            for d in waiters:
+                d.errback(failure)
+            return
+        room.loaded = True
+        for d in waiters:
+            d.callback(None)
+
+    def _forget_if_empty(self, room: EngineRoom) -> None:
+        if room.empty and room.loaded and self.rooms_by_name.get(room.name) is room:
+            del self.rooms_by_name[room.name]
+            self.metrics.hub_rooms.set(len(self.rooms_by_name))

@@ -1,0 +1,119 @@
+"""The hub's contracts: what a front end hands the hub, and the engine seam under it.
+
+A front end talks to a L{myservices.hub.Hub}; every hub operation is a
+coroutine, even in memory, so an engine that spans processes can replace the
+memory one without any front end noticing (as C{twisted.words.iwords} does for
+its realm). The hub keeps what is local to this process (its connections, their
+rate limits and room budgets, delivery to its own connections); everything a
+second process would need to share lives behind L{HubEngine}: message ids,
+delivery to every hub that serves a room, presence, nicks, membership and
+recent history.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from myservices.errors import ErrorCode
+from myservices.hub.events import Event, Message, NickChange
+
+
+@dataclass(frozen=True, eq=False)
+class Subscriber:
+    """What a front end registers for one connection: two callables, never the protocol object.
+
+    C{deliver(event)} sends one event (encode it with C{event.encoded(fmt,
+    encoder)}, which caches the bytes per wire format); C{close(error)} tells
+    the client why and disconnects it.
+    """
+
+    deliver: Callable[[Event], None]
+    close: Callable[[ErrorCode], None]
+
+
+@dataclass(frozen=True)
+class Joined:
+    """What joining a room returns: its recent history (oldest first) and its members, taken together."""
+
+    room: str
+    history: list[Message] = field(default_factory=list)
+    members: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class RoomInfo:
+    """A room or topic in use: how many members (with presence) and subscribers (without) it has."""
+
+    name: str
+    members: int
+    subscribers: int
+
+
+class EngineNode(Protocol):
+    """A hub as the engine sees it: where the events of the rooms it serves go."""
+
+    node_id: str
+
+    def receive(self, room: str, event: Event) -> None:
+        """An event of C{room} (a message to members and subscribers, presence to members)."""
+
+    def receive_nick(self, member_id: str, event: NickChange) -> None:
+        """Member C{member_id} took a new nick: tell it, and the members of C{event.rooms}, once each."""
+
+
+class HubEngine(Protocol):
+    """Everything the hubs of one daemon (or of many processes) share.
+
+    A member is one connection in one room, named by the id its hub gives
+    it (unique across hubs: the hub's node id is part of it). Operations that
+    add a connection to a room take an C{attach} callable that the engine
+    calls at the one moment the connection starts receiving the room's live
+    events: the history returned is exactly what was delivered before it, so
+    a joiner sees no message twice and misses none.
+    """
+
+    def attach(self, node: EngineNode) -> None:
+        """Deliver the events of the rooms C{node} serves to it."""
+
+    def detach(self, node: EngineNode) -> None:
+        """Stop delivering to C{node}."""
+
+    async def claim_nick(self, nick: str, member_id: str) -> bool:
+        """Reserve C{nick} (case-insensitive) for C{member_id}; False if another holds it."""
+
+    async def release_nick(self, nick: str, member_id: str) -> None:
+        """Free C{nick} if C{member_id} holds it."""
+
+    async def guest_number(self) -> int:
+        """A number for a guest nick, not handed out before by this engine."""
+
+    async def join(
+        self, node_id: str, member_id: str, room: str, nick: str, attach: Callable[[], None]
+    ) -> Joined:
+        """Add a member with presence (everyone in the room, the joiner included, gets a JOIN)."""
+
+    async def part(self, member_id: str, room: str) -> None:
+        """Remove a member (the others and the leaver get a PART)."""
+
+    async def subscribe(self, node_id: str, member_id: str, room: str, attach: Callable[[], None]) -> None:
+        """Receive C{room}'s messages without presence."""
+
+    async def unsubscribe(self, member_id: str, room: str) -> None:
+        """Stop receiving C{room}'s messages."""
+
+    async def rename(self, node_id: str, member_id: str, old: str, new: str, rooms: Sequence[str]) -> None:
+        """Record the new nick of C{member_id} in C{rooms} and tell everyone concerned."""
+
+    async def publish(self, room: str, nick: str, text: str) -> Message:
+        """Assign the message its id, store it, deliver it to the room in id order; the stored message."""
+
+    async def members(self, room: str) -> list[str]:
+        """Nicks of the members (not subscribers) of C{room}, in joining order."""
+
+    async def rooms(self) -> list[RoomInfo]:
+        """Every room or topic in use, by name."""
+
+    async def history(self, room: str, limit: int) -> list[Message]:
+        """The last C{limit} messages of C{room} (oldest first)."""
