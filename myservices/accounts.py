@@ -31,7 +31,7 @@ class AccountsConfig:
         doc="scrypt N = 2**scrypt_cost; each check takes 128 * 8 * N bytes (16 MiB at 14) and tens of ms;"
         " raising it later re-hashes each password at its next login",
     )
-    hash_concurrency: int = setting(2, min=1, max=64, doc="password checks run at once (in threads)")
+    hash_concurrency: int = setting(2, min=1, max=64, doc="password checks run at once (threads of their own pool)")
     max_hash_queue: int = setting(
         256, min=1, max=100_000, doc="password checks queued before new logins fail with BUSY"
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from twisted.application.service import Service
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
 
 from myservices.metrics import Metrics
 
@@ -16,6 +17,7 @@ class ReactorLagMonitor(Service):
     """
 
     name = "reactor-lag"
+    log = Logger()
 
     def __init__(self, clock: IReactorTime, interval: float, metrics: Metrics) -> None:
         self.clock = clock
@@ -40,6 +42,9 @@ class ReactorLagMonitor(Service):
 
     def _fired(self) -> None:
         lag = max(0.0, self.clock.seconds() - self._due)
-        self.metrics.reactor_lag.observe(lag)
-        self.metrics.reactor_lag_last.set(lag)
-        self._schedule()
+        self._schedule()  # first: an error below must not end the probe
+        try:
+            self.metrics.reactor_lag.observe(lag)
+            self.metrics.reactor_lag_last.set(lag)
+        except Exception:
+            self.log.failure("reactor lag: recording a sample failed")

@@ -1,4 +1,4 @@
-"""Password hashing with scrypt, run in the reactor's thread pool, never on the reactor thread.
+"""Password hashing with scrypt, on a thread pool of its own, never on the reactor thread.
 
 A stored hash names its own parameters (``scrypt$N$r$p$salt$key``, base64
 without padding), so the cost can be raised in the config later: old hashes
@@ -13,8 +13,10 @@ import hmac
 import os
 from typing import Any
 
-from twisted.internet.defer import Deferred, DeferredSemaphore, fail
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredSemaphore, fail, succeed
 from twisted.internet.threads import deferToThreadPool
+from twisted.python.threadpool import ThreadPool
 
 from myservices.errors import BUSY, RequestError
 
@@ -55,19 +57,40 @@ def verify_password_blocking(password: str, stored: str) -> bool:
     return hmac.compare_digest(actual, expected)
 
 
-class PasswordHasher:
+class PasswordHasher(Service):
     """Hashes and verifies passwords off the reactor thread, at most C{concurrency} at a time.
 
     Each hash takes tens of milliseconds and 128 * r * N bytes of memory by
     design, so a flood of logins queues here instead of exhausting memory;
-    past C{max_waiting} queued requests, new ones fail at once with BUSY.
+    past C{max_waiting} queued requests, new ones fail at once with BUSY. The
+    hashes run on a thread pool of their own: a login flood never delays the
+    reactor's shared pool (which also resolves host names).
     """
+
+    name = "password-hasher"
 
     def __init__(self, reactor: Any, n: int, *, r: int = 8, p: int = 1, concurrency: int = 2, max_waiting: int = 256):
         self._reactor = reactor
         self.n, self.r, self.p = n, r, p
         self.max_waiting = max_waiting
+        self.concurrency = concurrency
         self._slots = DeferredSemaphore(concurrency)
+        self._threads: ThreadPool | None = None
+
+    def _pool(self) -> ThreadPool:
+        # started on first use, so a daemon nobody logs in to runs no extra threads
+        if self._threads is None:
+            self._threads = ThreadPool(minthreads=0, maxthreads=self.concurrency, name="myservices-passwords")
+            self._threads.start()
+        return self._threads
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        threads, self._threads = self._threads, None
+        if threads is None:
+            return succeed(None)
+        # stop() joins the threads: a hash in progress may take a moment, so never on the reactor thread
+        return deferToThreadPool(self._reactor, self._reactor.getThreadPool(), threads.stop)
 
     def hash(self, password: str) -> Deferred[str]:
         return self._run(hash_password_blocking, password, self.n, self.r, self.p)
@@ -86,5 +109,4 @@ class PasswordHasher:
     def _run(self, fn: Any, *args: Any) -> Deferred[Any]:
         if len(self._slots.waiting) >= self.max_waiting:
             return fail(RequestError(BUSY, "too many password checks in progress; try again shortly"))
-        pool = self._reactor.getThreadPool()
-        return self._slots.run(deferToThreadPool, self._reactor, pool, fn, *args)
+        return self._slots.run(lambda: deferToThreadPool(self._reactor, self._pool(), fn, *args))

@@ -72,8 +72,15 @@ class Watchdog:
         self.notifier = notifier
         self._loop: LoopingCall | None = None
         if notifier.watchdog_interval:
-            self._loop = LoopingCall(notifier.notify, WATCHDOG="1")
+            self._loop = LoopingCall(self._ping)
             self._loop.clock = clock
+
+    def _ping(self) -> None:
+        # a LoopingCall whose function raises stops for good, and systemd would kill a healthy daemon
+        try:
+            self.notifier.notify(WATCHDOG="1")
+        except Exception:
+            Notifier.log.failure("watchdog: sending WATCHDOG=1 failed; trying again at the next interval")
 
     def start(self) -> None:
         if self._loop is not None and not self._loop.running:

@@ -182,6 +182,7 @@ def build_service_tree(
     hasher = PasswordHasher(
         reactor, 2**a.scrypt_cost, concurrency=a.hash_concurrency, max_waiting=a.max_hash_queue
     )
+    hasher.setServiceParent(tree)  # its threads stop after the front ends
     ctx = BuildContext(
         reactor=reactor, config=config, database=database, metrics=metrics, hub=hub,
         counter=DurableCounter(database, "http_requests", reactor),

@@ -90,3 +90,16 @@ class ReactorLagTests(TestCase):
         self.assertEqual(metrics.registry.get_sample_value("myservices_reactor_lag_seconds_count"), 2)
         monitor.stopService()
         self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_an_error_in_one_tick_does_not_stop_the_probe(self) -> None:
+        clock, metrics = Clock(), Metrics()
+        monitor = ReactorLagMonitor(clock, 1.0, metrics)
+        monitor.startService()
+        observe = metrics.reactor_lag.observe
+        metrics.reactor_lag.observe = lambda lag: 1 / 0  # type: ignore[method-assign]
+        clock.advance(1.0)
+        metrics.reactor_lag.observe = observe  # type: ignore[method-assign]
+        clock.advance(1.5)
+        self.assertEqual(metrics.reactor_lag_last._value.get(), 0.5)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        monitor.stopService()

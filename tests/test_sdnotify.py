@@ -88,6 +88,27 @@ class WatchdogTests(NotifySocketTestCase):
         self.assertEqual(self.messages(sock), [])
         self.assertEqual(clock.getDelayedCalls(), [])
 
+    def test_an_error_in_one_ping_does_not_stop_the_pings(self) -> None:
+        sock, path = self.listen()
+        clock = Clock()
+        notifier = Notifier({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "10000000"})
+        real_notify, failures = notifier.notify, []
+
+        def notify(**fields: str) -> bool:
+            if not failures:
+                failures.append(fields)
+                raise RuntimeError("one bad tick")
+            return real_notify(**fields)
+
+        notifier.notify = notify  # type: ignore[method-assign]
+        watchdog = Watchdog(notifier, clock)
+        watchdog.start()  # the first ping fails
+        clock.advance(5)
+        clock.advance(5)
+        self.assertEqual(self.messages(sock), ["WATCHDOG=1", "WATCHDOG=1"])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        watchdog.stop()
+
     def test_without_watchdog_usec_there_is_no_timer(self) -> None:
         sock, path = self.listen()
         clock = Clock()
