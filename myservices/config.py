@@ -130,9 +130,17 @@ class DatabaseConfig:
     )
     pool_min: int = setting(1, min=1, max=100, doc="connections kept open (MySQL)")
     pool_max: int = setting(5, min=1, max=100, doc="most connections open at once (MySQL; SQLite uses one)")
-    connect_timeout: float = setting(5.0, kind=DURATION, min=0.1, max=300, doc="seconds to connect (MySQL)")
+    connect_timeout: float = setting(
+        5.0, kind=DURATION, min=0.1, max=300,
+        doc="seconds to connect and log in, and for the ping before each transaction (MySQL)",
+    )
     query_timeout: float = setting(
-        30.0, kind=DURATION, min=0.1, max=3600, doc="seconds a MySQL read or write may take"
+        30.0, kind=DURATION, min=0.1, max=3600, doc="seconds a MySQL read or write may take (per statement)"
+    )
+    request_timeout: float = setting(
+        10.0, kind=DURATION, min=0.1, max=3600,
+        doc="seconds a request waits for the database in all (a pool thread, reconnecting, retries);"
+        " then it fails with DATABASE_UNAVAILABLE",
     )
 
 

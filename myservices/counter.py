@@ -11,6 +11,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from myservices.db.database import DatabaseTimeout
 from myservices.db.pool import Txn
 
 if TYPE_CHECKING:
@@ -60,7 +61,9 @@ class DurableCounter:
     lock (or the single SQLite connection), so it always gets the later block
     and the database does not sit idle between batches. A number whose
     requester went away is not used, so the sequence can have gaps but never
-    repeats.
+    repeats. A batch that times out (its outcome unknown: it may still
+    commit) hands out none of its numbers, and fails the requests queued
+    behind it too.
     """
 
     log = Logger()
@@ -119,8 +122,12 @@ class DurableCounter:
             except Exception:
                 DurableCounter.log.failure("counter: a taker failed with its number")
 
-    @staticmethod
-    def _failed(failure: Failure, batch: list[Taker]) -> None:
+    def _failed(self, failure: Failure, batch: list[Taker]) -> None:
+        if failure.check(DatabaseTimeout):
+            # the requests queued behind it would only start a batch with a fresh deadline against the same
+            # unanswering database: they fail now, within their own timeout
+            batch = batch + list(self._waiting)
+            self._waiting.clear()
         for _, on_error in batch:
             try:
                 on_error(failure)

@@ -116,7 +116,7 @@ class Metrics:
             ["operation"], buckets=_LATENCY_BUCKETS, registry=r,
         )
         self.db_errors = Counter(
-            "myservices_db_errors", "Database transactions that failed, by kind (unavailable, error)",
+            "myservices_db_errors", "Database transactions that failed, by kind (unavailable, timeout, error)",
             ["operation", "kind"], registry=r,
         )
         self.db_in_flight = Gauge(

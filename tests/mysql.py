@@ -4,7 +4,8 @@ Uses MYSERVICES_TEST_MYSQL_URL, else the server at 127.0.0.1:3306 (root, no
 password). When none is reachable, starts a private ``mariadbd`` on a free
 port from a temporary datadir, once per test process. When that is not
 possible either, tests skip with the reason, except under CI=true, where
-they fail instead.
+they fail instead. A test that freezes or breaks the server starts one of
+its own with L{start_private_server}.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
@@ -84,14 +86,70 @@ def _find_or_start() -> Server:
 
 
 def _start_private() -> Server:
+    private = _launch()
+    atexit.register(private.stop)
+    return private.server
+
+
+@dataclass
+class PrivateServer:
+    """A C{mariadbd} process of our own: C{freeze} stops it (SIGSTOP) as a hung server, C{thaw} resumes it."""
+
+    server: Server
+    process: subprocess.Popen[str]
+    base: str
+    frozen: bool = False
+
+    def freeze(self) -> None:
+        os.kill(self.process.pid, signal.SIGSTOP)
+        # a stop takes effect asynchronously: wait for the kernel's word that every thread has stopped
+        os.waitpid(self.process.pid, os.WUNTRACED)
+        self.frozen = True
+
+    def thaw(self) -> None:
+        """Resume it; does nothing unless it is frozen."""
+        if self.frozen:
+            self.frozen = False
+            os.kill(self.process.pid, signal.SIGCONT)
+            os.waitpid(self.process.pid, os.WCONTINUED)
+
+    def stop(self) -> None:
+        """Kill it (even frozen) and remove its files: nothing in it is kept."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+def start_private_server(testcase: object) -> PrivateServer:
+    """A fresh C{mariadbd} on a free port for one test alone, stopped and removed when the test ends.
+
+    For tests that stop or break the server: never the shared one. Skips when
+    MariaDB is not installed, except under CI=true, where it fails instead.
+    """
+    try:
+        private = _launch()
+    except Exception as e:
+        reason = f"cannot start a private mariadbd: {e}"
+        if ci():
+            raise RuntimeError(reason + " (CI=true: MySQL tests must run)") from e
+        from twisted.trial.unittest import SkipTest
+
+        raise SkipTest(reason) from e
+    testcase.addCleanup(private.stop)  # type: ignore[attr-defined]
+    return private
+
+
+def _launch() -> PrivateServer:
     for tool in ("mariadb-install-db", "mariadbd"):
         if shutil.which(tool) is None and not os.path.exists(f"/usr/sbin/{tool}"):
             raise RuntimeError(f"{tool} is not installed")
     base = tempfile.mkdtemp(prefix="myservices-mariadb-")
     datadir = os.path.join(base, "data")
     user = ["--user=root"] if os.geteuid() == 0 else []
+    install_db = shutil.which("mariadb-install-db") or "/usr/sbin/mariadb-install-db"
     subprocess.run(
-        ["mariadb-install-db", "--no-defaults", f"--datadir={datadir}", "--auth-root-authentication-method=normal",
+        [install_db, "--no-defaults", f"--datadir={datadir}", "--auth-root-authentication-method=normal",
          "--skip-test-db", *user],
         check=True, capture_output=True, timeout=120,
     )
@@ -102,27 +160,21 @@ def _start_private() -> Server:
          f"--socket={base}/mysqld.sock", f"--pid-file={base}/mysqld.pid", "--skip-log-bin", *user],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
-
-    def stop() -> None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        shutil.rmtree(base, ignore_errors=True)
-
-    atexit.register(stop)
-    # wait for the server's own word that it accepts connections
-    assert proc.stderr is not None
-    for line in proc.stderr:
-        if "ready for connections" in line:
-            break
-    else:
-        raise RuntimeError(f"mariadbd exited with {proc.wait()}")
-    threading.Thread(target=proc.stderr.read, daemon=True).start()  # keep draining its log
-    server = Server("127.0.0.1", port, "root", "")
-    server.connect().close()
-    return server
+    private = PrivateServer(Server("127.0.0.1", port, "root", ""), proc, base)
+    try:
+        # wait for the server's own word that it accepts connections
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if "ready for connections" in line:
+                break
+        else:
+            raise RuntimeError(f"mariadbd exited with {proc.wait()}")
+        threading.Thread(target=proc.stderr.read, daemon=True).start()  # keep draining its log
+        private.server.connect().close()
+    except BaseException:
+        private.stop()
+        raise
+    return private
 
 
 def create_database(testcase: object) -> str:

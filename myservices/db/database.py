@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import os
+from functools import partial
 from pathlib import Path
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from myservices.config import DatabaseConfig, DatabaseUrl, parse_database_url
 from myservices.db.migrations import MIGRATIONS, Migration, SchemaTooNew, migrate_txn
-from myservices.db.pool import Dialect, Txn, is_connection_error, is_transient_conflict, make_pool
+from myservices.db.pool import Dialect, Pool, Ticket, Txn, is_connection_error, is_transient_conflict, make_pool
 from myservices.metrics import Metrics
 
 T = TypeVar("T")
@@ -24,8 +26,15 @@ class DatabaseUnavailable(Exception):
     """The database cannot be reached now; retrying later can help."""
 
 
-def _in_txn(cursor: Any, dialect: Dialect, fn: Callable[..., T], args: tuple, kwargs: dict) -> T:
-    return fn(Txn(cursor, dialect), *args, **kwargs)
+class DatabaseTimeout(DatabaseUnavailable):
+    """The database did not answer within C{request_timeout}; a write's outcome is unknown (it may commit)."""
+
+
+def _in_txn(cursor: Any, dialect: Dialect, ticket: Ticket, fn: Callable[..., T], args: tuple, kwargs: dict) -> T:
+    ticket.check()  # the caller gave up while this thread connected: do not start
+    result = fn(Txn(cursor, dialect), *args, **kwargs)
+    ticket.check()  # ... or while it ran: roll back instead of committing what nobody receives
+    return result
 
 
 class Database(Service):
@@ -36,7 +45,9 @@ class Database(Service):
     the schema migrated; C{run} waits for that, so the database is usable
     from the first request. If the database cannot be reached at start,
     migration is retried with backoff and C{run} fails fast with
-    L{DatabaseUnavailable} meanwhile.
+    L{DatabaseUnavailable} meanwhile. Whatever holds a call up, it ends
+    within C{request_timeout} (L{DatabaseTimeout}). C{clock} (default: the
+    reactor) schedules the deadlines and retries.
     """
 
     log = Logger()
@@ -52,13 +63,15 @@ class Database(Service):
         reactor: Any,
         migrations: Sequence[Migration] = MIGRATIONS,
         metrics: Metrics | None = None,
+        clock: IReactorTime | None = None,
     ) -> None:
         self.cfg = cfg
         self.metrics = metrics if metrics is not None else Metrics()
         self.url = url
         self._reactor = reactor
+        self._clock: IReactorTime = clock if clock is not None else reactor
         self._migrations = migrations
-        self.pool: Any = None
+        self.pool: Pool | None = None
         self.dialect: Dialect = "sqlite" if url.scheme == "sqlite" else "mysql"
         self.ready = False
         self.last_error: str | None = None
@@ -67,6 +80,7 @@ class Database(Service):
         self._attempt_in_flight = False
         self._retry: IDelayedCall | None = None
         self._delay = self.retry_initial
+        self._answering = True  # False from a timeout until the next answer (logged once each way)
 
     @classmethod
     def from_config(cls, cfg: DatabaseConfig, data_dir: os.PathLike[str] | str, reactor: Any, **kw: Any) -> Database:
@@ -109,7 +123,10 @@ class Database(Service):
     def _attempt_migration(self) -> None:
         self._retry = None
         self._attempt_in_flight = True
-        d = self.pool.runInteraction(_in_txn, self.dialect, migrate_txn, (self._migrations,), {})
+        assert self.pool is not None
+        # no deadline: DDL on a big table may take long; requests waiting for it have theirs
+        ticket = Ticket()  # never abandoned
+        d = self.pool.run_transaction(ticket, _in_txn, self.dialect, ticket, migrate_txn, (self._migrations,), {})
         d.addCallbacks(self._migrated, self._migration_failed)
 
     def _migrated(self, applied: list[int]) -> None:
@@ -141,7 +158,7 @@ class Database(Service):
                 "database {url}: schema migration failed, retrying in {delay}s: {error}",
                 url=self.url.safe, delay=self._delay, error=self.last_error,
             )
-            self._retry = self._reactor.callLater(self._delay, self._attempt_migration)
+            self._retry = self._clock.callLater(self._delay, self._attempt_migration)
             self._delay = min(self._delay * 2, self.retry_max)
         self._fire_waiters()
 
@@ -155,45 +172,84 @@ class Database(Service):
     def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> Deferred[T]:
         """Run C{fn(txn, *args, **kwargs)} in a pool thread, in one transaction.
 
-        Fails with L{DatabaseUnavailable} when the database cannot be reached;
-        other errors (a bad query) pass through unchanged. A transaction the
+        Fails with L{DatabaseUnavailable} when the database cannot be reached,
+        and with L{DatabaseTimeout} (a L{DatabaseUnavailable}) when there is
+        no result within C{request_timeout}, whatever held it up: the
+        start-up migration, a free pool thread, a reconnect, the statements,
+        conflict retries. A transaction that timed out is rolled back or never
+        started, unless it was already committing: its outcome is unknown.
+        Other errors (a bad query) pass through unchanged. A transaction the
         server rolls back as a deadlock is run again (up to
         C{conflict_retries} times), so C{fn} must have no effects outside the
         database.
         """
-        return Deferred.fromCoroutine(self._run(fn, args, kwargs))
-
-    async def _run(self, fn: Callable[..., T], args: tuple, kwargs: dict) -> T:
-        if not self.ready and self._attempt_in_flight:
-            # the first requests wait for the start-up migration instead of failing
-            d: Deferred[None] = Deferred()
-            self._waiters.append(d)
-            await d
         operation = fn.__name__.removesuffix("_txn")
+        ticket = Ticket()
+        d = Deferred.fromCoroutine(self._run(ticket, operation, fn, args, kwargs))
+        # on timeout the coroutine is cancelled: the Deferred it awaits (a waiter or the pool's)
+        # eats the late result, and the ticket tells the worker thread to drop the work
+        return d.addTimeout(self.cfg.request_timeout, self._clock, onTimeoutCancel=partial(self._timed_out, operation))
+
+    def _timed_out(self, operation: str, result: Any, timeout: float) -> Any:
+        if not (isinstance(result, Failure) and result.check(CancelledError)):
+            return result
+        self.metrics.db_errors.labels(operation, "timeout").inc()
+        if self._answering:
+            self._answering = False
+            self.log.warn(
+                "database {url}: no answer within {timeout}s ({operation}); requests time out until it answers",
+                url=self.url.safe, timeout=timeout, operation=operation,
+            )
+        raise DatabaseTimeout(f"the database did not answer within {timeout:g}s")
+
+    def _answered(self) -> None:
+        if not self._answering:
+            self._answering = True
+            self.log.info("database {url}: answering again", url=self.url.safe)
+
+    async def _run(self, ticket: Ticket, operation: str, fn: Callable[..., T], args: tuple, kwargs: dict) -> T:
+        try:
+            if not self.ready and self._attempt_in_flight:
+                # the first requests wait for the start-up migration instead of failing
+                d: Deferred[None] = Deferred()
+                self._waiters.append(d)
+                await d
+            if not self.ready or self.pool is None:
+                self.metrics.db_errors.labels(operation, "unavailable").inc()
+                detail = f": {self.last_error}" if self.last_error else ""
+                raise DatabaseUnavailable(f"database is not ready{detail}")
+            return await self._measured(ticket, operation, fn, args, kwargs)
+        except CancelledError:
+            ticket.abandon()  # timed out or cancelled by the caller
+            raise
+
+    async def _measured(self, ticket: Ticket, operation: str, fn: Callable[..., T], args: tuple, kwargs: dict) -> T:
         metrics = self.metrics
-        if not self.ready or self.pool is None:
-            metrics.db_errors.labels(operation, "unavailable").inc()
-            detail = f": {self.last_error}" if self.last_error else ""
-            raise DatabaseUnavailable(f"database is not ready{detail}")
-        started = self._reactor.seconds()
+        started = self._clock.seconds()
         metrics.db_in_flight.inc()
         try:
-            return await self._interact(operation, fn, args, kwargs)
+            result = await self._interact(ticket, operation, fn, args, kwargs)
+        except CancelledError:
+            raise
         except Exception as e:
             if is_connection_error(e):
                 metrics.db_errors.labels(operation, "unavailable").inc()
                 raise DatabaseUnavailable(f"database unavailable: {e}") from e
             metrics.db_errors.labels(operation, "error").inc()
+            self._answered()
             raise
         finally:
             metrics.db_in_flight.dec()
-            metrics.db_query_seconds.labels(operation).observe(self._reactor.seconds() - started)
+            metrics.db_query_seconds.labels(operation).observe(self._clock.seconds() - started)
+        self._answered()
+        return result
 
-    async def _interact(self, operation: str, fn: Callable[..., T], args: tuple, kwargs: dict) -> T:
+    async def _interact(self, ticket: Ticket, operation: str, fn: Callable[..., T], args: tuple, kwargs: dict) -> T:
+        assert self.pool is not None
         retries = 0
         while True:
             try:
-                return await self.pool.runInteraction(_in_txn, self.dialect, fn, args, kwargs)
+                return await self.pool.run_transaction(ticket, _in_txn, self.dialect, ticket, fn, args, kwargs)
             except Exception as e:
                 # the server rolled the transaction back and asks for it to be run again
                 if retries >= self.conflict_retries or not is_transient_conflict(e):

@@ -10,11 +10,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Literal
 
 import pymysql
 from twisted.enterprise import adbapi
+from twisted.internet import threads
+from twisted.internet.defer import Deferred
 
 from myservices.config import DatabaseConfig, DatabaseUrl
 
@@ -72,32 +74,136 @@ def _sqlite_setup(conn: sqlite3.Connection) -> None:
     cur.close()
 
 
-class MySQLPool(adbapi.ConnectionPool):
+class Abandoned(Exception):
+    """The caller stopped waiting before the transaction committed: it was rolled back or never started."""
+
+
+class Ticket:
+    """What the caller and the worker thread of one transaction share: whether the caller still waits.
+
+    Set on the reactor thread (a deadline passed, or the caller cancelled)
+    and read in the worker thread, which then skips the work or rolls it
+    back instead of committing. Only a transaction already committing when
+    the caller gave up can still commit.
+    """
+
+    __slots__ = ("abandoned",)
+
+    def __init__(self) -> None:
+        self.abandoned = False
+
+    def abandon(self) -> None:
+        self.abandoned = True
+
+    def check(self) -> None:
+        """Raise L{Abandoned} if the caller has stopped waiting."""
+        if self.abandoned:
+            raise Abandoned()
+
+
+class Pool(adbapi.ConnectionPool):
+    """adbapi's pool, with transactions that their caller can abandon."""
+
+    def run_transaction(self, ticket: Ticket, interaction: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        """Like C{runInteraction}, but skipped if C{ticket} is abandoned before a thread takes it up.
+
+        A caller that gave up while every thread was busy (a hung server)
+        leaves no work behind to run when the server answers again.
+        """
+        return threads.deferToThreadPool(
+            self._reactor, self.threadpool, self._run_transaction, ticket, interaction, args
+        )
+
+    def _run_transaction(self, ticket: Ticket, interaction: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+        ticket.check()
+        return self._runInteraction(interaction, *args)
+
+
+@contextlib.contextmanager
+def _io_timeout(conn: pymysql.connections.Connection, seconds: float) -> Iterator[None]:
+    # pymysql applies _read_timeout / _write_timeout to the socket before each read and write
+    read, write = conn._read_timeout, conn._write_timeout
+    conn._read_timeout = conn._write_timeout = seconds
+    try:
+        yield
+    finally:
+        conn._read_timeout, conn._write_timeout = read, write
+
+
+class _MySQLConnection(pymysql.connections.Connection):
+    """pymysql's connection, with the whole connect (not only TCP) bounded by C{connect_timeout}.
+
+    pymysql reads the server's greeting with C{read_timeout} (our
+    C{query_timeout}): the kernel completes the TCP handshake for a server
+    that is stopped or hung, and the greeting would then hold the thread
+    for the whole query timeout.
+    """
+
+    def connect(self, sock: Any = None) -> None:
+        with _io_timeout(self, self.connect_timeout):
+            super().connect(sock)
+
+    def ping_within(self, seconds: float) -> None:
+        """C{ping()}, failing if the server does not answer within C{seconds}."""
+        with _io_timeout(self, seconds):
+            self.ping(reconnect=False)
+
+
+class _PooledMySQLConnection(adbapi.Connection):
+    """adbapi's connection wrapper, quiet when rolling back on a connection that has died.
+
+    adbapi logs "Rollback failed" tracebacks and raises C{ConnectionLost}
+    when the connection died in the transaction (a statement timed out, the
+    server went away), although the transaction's own error says so already.
+    """
+
+    def rollback(self) -> None:
+        try:
+            self._connection.rollback()
+        except pymysql.err.Error:
+            self._pool.forget(self._connection)  # this thread opens a new one for its next transaction
+
+
+class MySQLPool(Pool):
     """A pymysql pool that pings (and reconnects) each connection when a transaction checks it out.
 
     With only C{cp_reconnect}, every connection made stale by a server restart
     fails one query before it is replaced; the ping costs one round trip and
-    means only transactions started while the server is down fail.
+    means only transactions started while the server is down fail. The ping
+    and a reconnect each take at most C{ping_timeout} (C{connect_timeout}),
+    so a thread comes back soon from a server that stopped answering.
     """
 
+    connectionFactory = _PooledMySQLConnection
+    ping_timeout = 5.0
+
     def connect(self) -> Any:
-        conn = super().connect()
-        try:
-            conn.ping(reconnect=False)
-        except pymysql.err.Error:
-            # stale: forget it and open a new one (which fails clearly if the server is down)
-            self.connections.pop(self.threadID(), None)
-            with contextlib.suppress(Exception):
-                conn.close()
-            conn = super().connect()
+        conn = self.connections.get(self.threadID())
+        if conn is not None:
+            try:
+                conn.ping_within(self.ping_timeout)
+                return conn
+            except pymysql.err.Error:
+                # stale (restart, wait_timeout, KILL) or not answering: open a new one, which fails
+                # clearly if the server is down
+                self.forget(conn)
+        conn = _MySQLConnection(*self.connargs, **self.connkw)
+        self.connections[self.threadID()] = conn
         return conn
 
+    def forget(self, conn: Any) -> None:
+        """Drop this thread's connection C{conn} without a word (it is dead or about to be)."""
+        if self.connections.get(self.threadID()) is conn:
+            del self.connections[self.threadID()]
+        with contextlib.suppress(Exception):
+            conn.close()
 
-def make_pool(url: DatabaseUrl, cfg: DatabaseConfig, reactor: Any) -> tuple[adbapi.ConnectionPool, Dialect]:
+
+def make_pool(url: DatabaseUrl, cfg: DatabaseConfig, reactor: Any) -> tuple[Pool, Dialect]:
     """Create (but do not start) the pool for C{url}."""
     if url.scheme == "sqlite":
         # exactly one connection: with several, a file database lost updates silently
-        pool = adbapi.ConnectionPool(
+        pool = Pool(
             "sqlite3",
             url.path,
             check_same_thread=False,  # the pool closes it from the reactor thread
@@ -126,6 +232,7 @@ def make_pool(url: DatabaseUrl, cfg: DatabaseConfig, reactor: Any) -> tuple[adba
         cp_reactor=reactor,
         cp_noisy=False,
     )
+    pool.ping_timeout = cfg.connect_timeout
     return pool, "mysql"
 
 
