@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pymysql
 from twisted.internet import reactor
-from twisted.internet.defer import gatherResults
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from myservices.config import DatabaseConfig
@@ -219,3 +220,31 @@ class MySQLDatabaseTests(DatabaseTestsMixin, TestCase):
             cur.execute("SELECT VERSION()")
             self.assertIsInstance(cur.fetchone()[0], str)
         self.assertTrue(issubclass(pymysql.err.OperationalError, Exception))
+
+
+class PoolStopTests(TestCase):
+    """Stopping the pool never joins its threads on the reactor thread."""
+
+    async def test_stop_does_not_block_the_reactor_while_a_statement_runs(self) -> None:
+        db = Database.from_config(
+            DatabaseConfig(url=f"sqlite:///{Path(self.mktemp()).resolve()}/stop.sqlite3"), Path(self.mktemp()), reactor
+        )
+        db.startService()
+        await db.when_ready()
+        release = threading.Event()
+        entered: Deferred[None] = Deferred()
+
+        def stuck_txn(txn: object) -> None:
+            reactor.callFromThread(entered.callback, None)
+            release.wait(30)  # a statement on a hung server
+
+        running = db.run(stuck_txn)
+        await entered
+        stopping = db.stopService()
+        self.assertFalse(stopping.called)  # returned at once: the join waits in another thread
+        turned = await deferLater(reactor, 0, lambda: True)  # and the reactor still turns
+        self.assertTrue(turned)
+        self.assertFalse(stopping.called)
+        release.set()
+        await stopping
+        await running

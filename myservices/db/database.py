@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -97,18 +98,26 @@ class Database(Service):
         self.log.info("database {url}: pool opened", url=self.url.safe)
         self._attempt_migration()
 
-    def stopService(self) -> None:
+    def stopService(self) -> Deferred[None]:
         super().stopService()
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
         self._retry = None
-        if self.pool is not None:
-            self.pool.close()
-            self.pool = None
-            self.log.info("database {url}: pool closed", url=self.url.safe)
+        pool, self.pool = self.pool, None
         self.ready = False
         self.metrics.db_ready.set(0)
         self._fire_waiters()
+        if pool is None:
+            return succeed(None)
+        for trigger in ("shutdownID", "startID"):  # the pool's own reactor triggers, removed on the reactor thread
+            if getattr(pool, trigger, None):
+                self._reactor.removeSystemEventTrigger(getattr(pool, trigger))
+                setattr(pool, trigger, None)
+        # finalClose joins the pool's threads, which may be inside a statement on a hung server
+        # (up to query_timeout): never on the reactor thread
+        d = deferToThreadPool(self._reactor, self._reactor.getThreadPool(), pool.finalClose)
+        d.addCallback(lambda _: self.log.info("database {url}: pool closed", url=self.url.safe))
+        return d
 
     # --- readiness --------------------------------------------------------
 
