@@ -160,7 +160,7 @@ class ChatProtocol(HalfCloseableProtocol, LineReceiver, TimeoutMixin):
     def timeoutConnection(self) -> None:
         self.metrics.closed("idle_timeout")
         self.send_line("BYE idle timeout")
-        self.transport.loseConnection()
+        self.close_gracefully()
 
     def shutting_down(self) -> None:
         self.send_line("BYE server shutting down")
@@ -360,7 +360,7 @@ class ChatProtocol(HalfCloseableProtocol, LineReceiver, TimeoutMixin):
 
     async def do_quit(self, args: str) -> None:
         self.send_line("BYE goodbye")
-        self.transport.loseConnection()
+        self.close_gracefully()
 
     def _send_history(self, room: str, messages: list[Message]) -> None:
         for m in messages:

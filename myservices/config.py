@@ -104,6 +104,11 @@ class DaemonConfig:
         5.0, kind=DURATION, min=0, max=3600,
         doc="seconds open connections get to close on stop before they are aborted",
     )
+    close_timeout: float = setting(
+        30.0, kind=DURATION, min=0.1, max=3600,
+        doc="seconds a connection the server closes gets to read what is left (after a quit, an idle timeout, "
+        "a client's half-close, ...) before it is aborted",
+    )
     reactor_lag_interval: float = setting(
         1.0, kind=DURATION, min=0, max=60,
         doc="seconds between reactor lag probes (myservices_reactor_lag_seconds); 0 turns them off",

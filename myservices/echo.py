@@ -14,6 +14,7 @@ from myservices.config import StreamServiceConfig
 from myservices.halfclose import HalfCloseableProtocol
 from myservices.listeners import ConnectionTrackingFactory, StreamListenerService
 from myservices.metrics import ServiceMetrics
+from myservices.outbound import release_if_closing
 from myservices.registry import BuildContext
 
 
@@ -39,7 +40,8 @@ class _ReadThrottle:
 
     def resumeProducing(self) -> None:
         self.paused = False
-        self._transport.resumeProducing()
+        if not release_if_closing(self._transport):
+            self._transport.resumeProducing()
 
     def stopProducing(self) -> None:
         self._transport.loseConnection()

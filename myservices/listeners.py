@@ -7,13 +7,16 @@ from typing import Any
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IAddress, IListeningPort, IReactorTime
+from twisted.internet.interfaces import IAddress, IDelayedCall, IListeningPort, IReactorTime
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from myservices.errors import BUSY
 from myservices.metrics import ServiceMetrics
+
+
+_log = Logger()
 
 
 class ListenError(Exception):
@@ -36,18 +39,53 @@ class TrackedProtocol(Protocol):
     """Registers itself with its L{ConnectionTrackingFactory} for limits, metrics and shutdown.
 
     A mixin: put it first in the bases; it passes C{connectionMade} and
-    C{connectionLost} on to the next class.
+    C{connectionLost} on to the next class. Protocols close gracefully only
+    through L{close_gracefully}, which bounds the close.
     """
 
     factory: ConnectionTrackingFactory
+    closing_gracefully = False  # close_gracefully was called: the output is flushing, then the close
+    _close_timer: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
         self.factory.connection_opened(self)
         super().connectionMade()
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        if self._close_timer is not None and self._close_timer.active():
+            self._close_timer.cancel()
+        self._close_timer = None
         self.factory.connection_closed(self)
         super().connectionLost(reason)
+
+    def stop_timers(self) -> None:
+        """Stop the protocol's idle (and similar) timers: once closing, the close is timed here."""
+
+    def close_gracefully(self) -> None:
+        """Close once the output written so far is sent; abort if the peer has not read it within close_timeout.
+
+        A peer that never reads keeps the kernel's send buffer full, so
+        C{loseConnection} alone would never complete and the connection would
+        hold its C{max_connections} slot until the daemon stops.
+        """
+        if self.closing_gracefully or not self.transport.connected:
+            return
+        self.closing_gracefully = True
+        self.stop_timers()
+        # armed first: loseConnection may end the connection (and cancel it) at once
+        self._close_timer = self.factory.clock.callLater(self.factory.close_timeout, self._close_timed_out)
+        # a paused Outbound does not hold this up: it unregisters itself after the last drain
+        self.transport.loseConnection()
+
+    def _close_timed_out(self) -> None:
+        self._close_timer = None
+        factory = self.factory
+        factory.metrics.closed("close_timeout")
+        _log.info(
+            "{service}: aborting {peer}: its output was not read within close_timeout={timeout}s",
+            service=factory.service_name, peer=str(self.transport.getPeer()), timeout=factory.close_timeout,
+        )
+        self.transport.abortConnection()
 
     def shutting_down(self) -> None:
         """The server is stopping: say goodbye if the protocol can, then close.
@@ -55,7 +93,7 @@ class TrackedProtocol(Protocol):
         Overrides may finish work in flight first; connections still open
         after the shutdown timeout are aborted.
         """
-        self.transport.loseConnection()
+        self.close_gracefully()
 
 
 class _Refusal(Protocol):
@@ -67,9 +105,6 @@ class _Refusal(Protocol):
     def connectionMade(self) -> None:
         self.transport.write(self.message)
         self.transport.loseConnection()
-
-
-_log = Logger()
 
 
 class ConnectionTrackingFactory(Factory):
@@ -84,6 +119,8 @@ class ConnectionTrackingFactory(Factory):
     # config keys a reload (SIGHUP) may change while running: attributes of the same name, read at
     # use or when a connection opens; any other change needs a restart
     live_settings: tuple[str, ...] = ("max_connections",)
+    # seconds a graceful close may take ([daemon] close_timeout, set by the service tree)
+    close_timeout = 30.0
 
     def __init__(self, service_name: str, max_connections: int, metrics: ServiceMetrics, clock: IReactorTime):
         self.service_name = service_name

@@ -5,8 +5,22 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 
-from twisted.internet.interfaces import IPushProducer, ITransport
+from twisted.internet.interfaces import IConsumer, IPushProducer, ITransport
 from zope.interface import implementer
+
+
+def release_if_closing(transport: IConsumer) -> bool:
+    """Called by a streaming producer that Twisted resumed after a drain: unregister it if the transport is closing.
+
+    C{loseConnection} waits for a streaming producer it paused: once the
+    buffer drains, Twisted resumes it and, if nothing is written then, the
+    connection never closes. Checking here, in the producer, makes every
+    C{loseConnection} complete, whoever called it.
+    """
+    if not getattr(transport, "disconnecting", False):
+        return False
+    transport.unregisterProducer()
+    return True
 
 
 @implementer(IPushProducer)
@@ -20,6 +34,9 @@ class Outbound:
     Memory per connection stays at about the transport's buffer plus
     C{max_pending}. Writes are not flushed one by one: Twisted batches them.
     C{on_drained} is called when the peer has caught up (the queue is empty).
+    After C{loseConnection}, writes stay bounded until the last queued byte
+    reaches the transport; then it unregisters itself (see
+    L{release_if_closing}) and drops later writes.
     """
 
     def __init__(
@@ -37,7 +54,6 @@ class Outbound:
         self.pending = 0
         self.paused = False
         self.overflowed = False
-        self.closing = False
         self._released = False
         transport.registerProducer(self, True)
 
@@ -65,27 +81,13 @@ class Outbound:
             data = self._queue.popleft()
             self.pending -= len(data)
             self._transport.write(data)
-        if not self.paused and self.closing:
-            self._release()
-        elif not self.paused and self._on_drained is not None:
+        if self.paused:
+            return
+        if release_if_closing(self._transport):
+            self._released = True  # the queue is handed over; later writes would go unbounded
+        elif self._on_drained is not None:
             # the peer reads again: a caller that stopped taking requests may go on
             self._on_drained()
-
-    def lose_connection(self) -> None:
-        """Close the connection once everything written so far, and until then, has been sent.
-
-        Writes stay bounded until the last queued byte reaches the transport;
-        after that they are dropped.
-        """
-        self.closing = True
-        self._transport.loseConnection()
-
-    def _release(self) -> None:
-        # loseConnection waits for a streaming producer it paused: after the last drain Twisted
-        # resumes it, and if nothing is written then, the connection never closes
-        if not self._released:
-            self._released = True
-            self._transport.unregisterProducer()
 
     def stopProducing(self) -> None:
         self._queue.clear()

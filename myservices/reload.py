@@ -2,9 +2,9 @@
 
 Live: limits of each service (the keys a factory lists in C{live_settings}),
 the WebSocket service's allowed_origins, the hub's publish rate and size
-limits, and ``[daemon]`` shutdown_timeout and log_level. Anything else
-(endpoints, the database, accounts, enabling a service, the log format)
-is logged as needing a restart. An invalid file changes nothing.
+limits, and ``[daemon]`` shutdown_timeout, close_timeout and log_level.
+Anything else (endpoints, the database, accounts, enabling a service, the
+log format) is logged as needing a restart. An invalid file changes nothing.
 Connections stay open either way.
 """
 
@@ -78,6 +78,11 @@ def _reload_daemon(tree: ServiceTree, new: Config, applied: list[str], restart: 
             for service in tree.listeners.values():
                 if hasattr(service, "shutdown_timeout"):
                     service.shutdown_timeout = value
+        elif key == "close_timeout":
+            # closes that start from now on
+            for service in tree.listeners.values():
+                if hasattr(service, "factory"):
+                    service.factory.close_timeout = value
         elif key == "log_level" and tree.log_output is not None:
             tree.log_output.set_level(value)
         else:

@@ -22,7 +22,7 @@ from myservices.health import Readiness
 from myservices.hub import HistoryStore, Hub, HubService, MemoryEngine
 from myservices.kv import KeyValueStore
 from myservices.lag import ReactorLagMonitor
-from myservices.listeners import format_address
+from myservices.listeners import StreamListenerService, format_address
 from myservices.logs import LogOutput
 from myservices.metrics import Metrics
 from myservices.passwords import PasswordHasher
@@ -195,6 +195,8 @@ def build_service_tree(
     kinds = service_kinds()
     for name, cfg in config.enabled_services():
         service = kinds[name].build(name, cfg, ctx)
+        if isinstance(service, StreamListenerService):
+            service.factory.close_timeout = config.daemon.close_timeout
         service.setServiceParent(tree)
         tree.listeners[name] = service
     return tree

@@ -100,6 +100,7 @@ class EchoHalfCloseUnitTests(TestCase):
         cfg = EchoConfig(endpoint="tcp:0", idle_timeout=10)
         self.metrics = Metrics()
         self.factory = EchoFactory("echo", cfg, self.metrics.for_service("echo"), self.clock)
+        self.factory.close_timeout = 7
         self.proto = self.factory.buildProtocol(None)
         self.transport = StringTransport()
         self.proto.makeConnection(self.transport)
@@ -110,22 +111,22 @@ class EchoHalfCloseUnitTests(TestCase):
         self.assertEqual(self.transport.value(), b"hi")
         self.assertTrue(self.transport.disconnecting)
 
-    def test_a_client_that_does_not_read_its_replies_is_aborted_after_idle_timeout(self) -> None:
+    def test_a_client_that_does_not_read_its_replies_is_aborted_after_close_timeout(self) -> None:
         self.proto.dataReceived(b"hi")
         self.clock.advance(5)
         self.proto.readConnectionLost()
         self.proto.readConnectionLost()  # reported again when reading resumes: no second timer
-        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)  # the idle timer is replaced
         aborted = []
         self.transport.abortConnection = lambda: (aborted.append(True), self.proto.connectionLost(None))
-        self.clock.advance(9.9)
+        self.clock.advance(6.9)
         self.assertEqual(aborted, [])
         self.clock.advance(0.2)
         self.assertEqual(aborted, [True])
         self.assertEqual(self.clock.getDelayedCalls(), [])
         self.assertEqual(self.factory.connections, set())
         closed = self.metrics.registry.get_sample_value(
-            "myservices_connections_closed_by_server_total", {"service": "echo", "reason": "idle_timeout"}
+            "myservices_connections_closed_by_server_total", {"service": "echo", "reason": "close_timeout"}
         )
         self.assertEqual(closed, 1)
 
@@ -324,7 +325,7 @@ class PBHalfCloseTests(HalfCloseTestsMixin, TestCase):
 
 
 class OutboundLoseConnectionTests(TestCase):
-    """Outbound.lose_connection: loseConnection that a paused streaming producer cannot hold up."""
+    """Outbound after loseConnection: a paused streaming producer cannot hold the close up."""
 
     def setUp(self) -> None:
         self.transport = StringTransport()
@@ -333,7 +334,7 @@ class OutboundLoseConnectionTests(TestCase):
 
     def test_paused_with_nothing_queued_releases_the_transport_when_it_drains(self) -> None:
         self.out.pauseProducing()  # the last write filled the transport's buffer
-        self.out.lose_connection()
+        self.transport.loseConnection()
         self.assertTrue(self.transport.disconnecting)
         self.out.write(b"late answer")  # still taken, and bounded, until the queue is handed over
         self.assertIs(self.transport.producer, self.out)
@@ -344,14 +345,14 @@ class OutboundLoseConnectionTests(TestCase):
         self.assertEqual(self.transport.value(), b"late answer")
 
     def test_writes_right_after_lose_connection_still_go_out(self) -> None:
-        self.out.lose_connection()
+        self.transport.loseConnection()
         self.out.write(b"answer")
         self.assertEqual(self.transport.value(), b"answer")
         self.assertIs(self.transport.producer, self.out)
 
     def test_the_bound_holds_while_closing(self) -> None:
         self.out.pauseProducing()
-        self.out.lose_connection()
+        self.transport.loseConnection()
         self.out.write(b"x" * 101)
         self.assertEqual(self.overflows, [True])
 
@@ -363,11 +364,12 @@ class ChatHalfCloseUnitTests(TestCase):
         hub = memory_hub(HubConfig(), self.clock, metrics=self.metrics)
         cfg = ChatConfig(endpoint="tcp:0", idle_timeout=30)
         self.factory = ChatFactory("chat", cfg, hub, self.metrics.for_service("chat"), self.clock)
+        self.factory.close_timeout = 20
         self.proto = self.factory.buildProtocol(None)
         self.transport = StringTransport()
         self.proto.makeConnection(self.transport)
 
-    def test_the_idle_timeout_ends_a_half_closed_connection_once(self) -> None:
+    def test_the_close_timeout_ends_a_half_closed_connection_once(self) -> None:
         self.proto.dataReceived(b"/nick ann\n/who")
         self.clock.advance(10)
         self.proto.readConnectionLost()
@@ -379,10 +381,12 @@ class ChatHalfCloseUnitTests(TestCase):
         self.assertEqual(len(self.clock.getDelayedCalls()), 1)  # the line idle timer is replaced
         aborted = []
         self.transport.abortConnection = lambda: (aborted.append(True), self.proto.connectionLost(None))
-        self.clock.advance(30)
+        self.clock.advance(19.9)
+        self.assertEqual(aborted, [])
+        self.clock.advance(0.2)
         self.assertEqual(aborted, [True])
         closed = self.metrics.registry.get_sample_value(
-            "myservices_connections_closed_by_server_total", {"service": "chat", "reason": "idle_timeout"}
+            "myservices_connections_closed_by_server_total", {"service": "chat", "reason": "close_timeout"}
         )
         self.assertEqual(closed, 1)
         self.assertEqual(self.clock.getDelayedCalls(), [])

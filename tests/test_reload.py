@@ -22,6 +22,7 @@ from tests.wsclient import raw_handshake
 CONFIG = """
 [daemon]
 shutdown_timeout = 2
+close_timeout = {close}
 [database]
 url = "sqlite:///:memory:"
 [hub]
@@ -40,8 +41,9 @@ class ReloadTests(TestCase):
     timeout = 30
 
     def write(self, path: Path, rate: float = 1000.0, endpoint: str = "tcp:0:interface=127.0.0.1", line: int = 200,
-              origins: str = "") -> None:
-        path.write_text(textwrap.dedent(CONFIG.format(rate=rate, endpoint=endpoint, line=line, origins=origins)))
+              origins: str = "", close: float = 7.0) -> None:
+        text = CONFIG.format(rate=rate, endpoint=endpoint, line=line, origins=origins, close=close)
+        path.write_text(textwrap.dedent(text))
 
     async def start(self) -> tuple[ServiceTree, Path]:
         path = write_config(self, "")
@@ -70,6 +72,18 @@ class ReloadTests(TestCase):
         self.assertEqual((await client.command("/nick bea"))[-1], "OK nick bea")
         texts = [e.get("log_format", "").format(**e) for e in events]
         self.assertIn("reload: services.chat.max_line_length = 64", texts)
+
+    async def test_close_timeout_reaches_every_listener_and_changes_live(self) -> None:
+        tree, path = await self.start()
+        timeouts = {name: s.factory.close_timeout for name, s in tree.listeners.items()}
+        self.assertEqual(timeouts, {"chat": 7.0, "websocket": 7.0})
+        self.write(path, close=3.0)
+        events = self.capture_log()
+        self.assertTrue(tree.reload(environ={}))
+        timeouts = {name: s.factory.close_timeout for name, s in tree.listeners.items()}
+        self.assertEqual(timeouts, {"chat": 3.0, "websocket": 3.0})
+        texts = [e.get("log_format", "").format(**e) for e in events]
+        self.assertIn("reload: daemon.close_timeout = 3.0", texts)
 
     async def test_what_needs_a_restart_is_logged_and_not_applied(self) -> None:
         tree, path = await self.start()

@@ -137,6 +137,39 @@ class IdleTests(TestCase):
         self.assertTrue(payload[2:].startswith(b"TIMEOUT: no message for 60 seconds"))
 
 
+class CloseTimeoutTests(TestCase):
+    """autobahn's own graceful drops are bounded by close_timeout like ours."""
+
+    def closed_count(self, h: Harness) -> float:
+        return h.factory.metrics._metrics.closed.labels("websocket", "close_timeout")._value.get()
+
+    def test_the_drop_after_the_closing_handshake_is_aborted_if_the_client_does_not_read(self) -> None:
+        h = Harness(ping_interval=0)
+        h.factory.close_timeout = 2
+        h.send(struct.pack("!H", 1000), opcode=8)  # the client closes: the server answers and drops TCP
+        self.assertEqual([op for op, _ in h.frames()], [8])
+        self.assertTrue(h.transport.disconnecting)
+        h.clock.advance(1.9)
+        self.assertFalse(h.transport.disconnected)
+        h.clock.advance(0.2)
+        self.assertTrue(h.transport.disconnected)  # aborted
+        self.assertEqual(self.closed_count(h), 1)
+
+    def test_a_refused_handshake_is_bounded_too(self) -> None:
+        h = Harness()
+        h.factory.close_timeout = 2
+        proto = h.factory.buildProtocol(PEER)
+        transport = StringTransport(peerAddress=PEER)
+        proto.makeConnection(transport)
+        proto.dataReceived(b"GET /nope HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                           b"Sec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 404"))
+        self.assertTrue(transport.disconnecting)
+        h.clock.advance(2)
+        self.assertTrue(transport.disconnected)
+        self.assertEqual(self.closed_count(h), 1)
+
+
 class BackpressureTests(TestCase):
     def test_echo_stops_reading_while_the_client_does_not_read(self) -> None:
         h = Harness()

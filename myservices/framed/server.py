@@ -188,7 +188,7 @@ class FramedProtocol(HalfCloseableProtocol):
         self.closing = True
         self._reply_error(e.command, 0, e.error, e.detail)
         self.factory.metrics.closed(e.error.code.lower())
-        self.transport.loseConnection()
+        self.close_gracefully()
 
     def _request(self, frame: Frame) -> None:
         # the idle timer looks at this when it fires: cheaper than moving a timer on every request
@@ -277,7 +277,7 @@ class FramedProtocol(HalfCloseableProtocol):
         if command.barrier:
             self.barrier = False
         if self.stopping and not self.in_flight:
-            self.transport.loseConnection()
+            self.close_gracefully()
         elif self.transport.connected and not self.closing:
             self._process()
         self.close_if_answered()
@@ -350,7 +350,7 @@ class FramedProtocol(HalfCloseableProtocol):
         self.factory.metrics.closed("idle_timeout")
         idle = self.factory.idle_timeout
         self.outbound.write(closing_push(TIMEOUT, f"no request for {idle:g} seconds; send ping to stay connected"))
-        self.transport.loseConnection()
+        self.close_gracefully()
 
     def answered(self) -> bool:
         return not self.in_flight  # the client closed its side: close once this is true
@@ -369,7 +369,7 @@ class FramedProtocol(HalfCloseableProtocol):
         self._process()
         self._pause_reading()
         if not self.in_flight:
-            self.transport.loseConnection()
+            self.close_gracefully()
 
 
 class FramedFactory(RequestCounts, ConnectionTrackingFactory):

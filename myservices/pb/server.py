@@ -200,7 +200,7 @@ class PBConnection(HalfCloseableProtocol, pb.Broker):
         self.closing = True
         _log.info("pb: closing {peer}: {detail}", peer=self.peer, detail=detail)
         self.factory.metrics.closed(reason)
-        self.transport.loseConnection()
+        self.close_gracefully()
 
     # --- output ------------------------------------------------------------------
 
@@ -318,7 +318,7 @@ class PBConnection(HalfCloseableProtocol, pb.Broker):
         self.in_flight -= 1
         if self.stopping:
             if not self.in_flight:
-                self.transport.loseConnection()
+                self.close_gracefully()
         elif self.in_flight < self.factory.max_in_flight and not self.outbound.paused:
             self._resume_reading()
         self.close_if_answered()  # the answer is written after this, before the connection closes
@@ -366,7 +366,7 @@ class PBConnection(HalfCloseableProtocol, pb.Broker):
         self.stopping = True
         self._pause_reading()
         if not self.in_flight:
-            self.transport.loseConnection()
+            self.close_gracefully()
 
 
 class PBFactory(RequestCounts, ConnectionTrackingFactory, pb.PBServerFactory):

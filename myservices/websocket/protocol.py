@@ -201,7 +201,7 @@ class WebSocketConnection(HalfCloseableProtocol, WebSocketServerProtocol):
         if self.state in (WebSocketProtocol.STATE_CLOSING, WebSocketProtocol.STATE_CLOSED):
             return
         if self.state != WebSocketProtocol.STATE_OPEN:
-            self.transport.loseConnection()
+            self.close_gracefully()
             return
         # sendCloseFrame, not sendClose: that one only lets applications send 1000 and 3000-4999
         reason = close_reason(error, detail).encode()
@@ -237,7 +237,15 @@ class WebSocketConnection(HalfCloseableProtocol, WebSocketServerProtocol):
         if self.state == WebSocketProtocol.STATE_OPEN:
             self.close_with(SHUTTING_DOWN)
         elif self.state == WebSocketProtocol.STATE_CONNECTING:
-            self.transport.loseConnection()
+            self.close_gracefully()
+
+    def _closeConnection(self, abort: bool = False) -> None:
+        # autobahn's own drops (after the closing handshake, a failed opening handshake) end here:
+        # bounded like every other graceful close
+        if abort:
+            self.transport.abortConnection()
+        else:
+            self.close_gracefully()
 
     # --- idle timeout ----------------------------------------------------------
 
