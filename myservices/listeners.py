@@ -74,6 +74,10 @@ class TrackedProtocol(Protocol):
         self.stop_timers()
         # armed first: loseConnection may end the connection (and cancel it) at once
         self._close_timer = self.factory.clock.callLater(self.factory.close_timeout, self._close_timed_out)
+        self.lose_connection()
+
+    def lose_connection(self) -> None:
+        """The close itself, once bounded by L{close_gracefully}; a protocol with a close of its own overrides it."""
         # a paused Outbound does not hold this up: it unregisters itself after the last drain
         self.transport.loseConnection()
 

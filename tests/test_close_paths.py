@@ -345,11 +345,15 @@ class CloseGracefullyUnitTests(TestCase):
 
 # where a graceful close may call loseConnection itself, and why
 ALLOWED_LOSE_CONNECTION = {
-    ("listeners.py", "TrackedProtocol.close_gracefully"): "the one bounded close",
+    ("listeners.py", "TrackedProtocol.lose_connection"): "the one bounded close (close_gracefully arms the timer)",
+    ("web/channel.py", "LimitedHTTPChannel.lose_connection"): "HTTPChannel's own close, inside close_gracefully",
+    ("web/channel.py", "LimitedHTTPChannel._close_if_done"): "LimitedHTTPChannel.loseConnection is close_gracefully",
+    ("web/channel.py", "LimitedHTTPChannel.shutting_down"): "LimitedHTTPChannel.loseConnection is close_gracefully",
+    ("web/request.py", "LimitedRequest.processingFailed"): "LimitedHTTPChannel.loseConnection is close_gracefully",
     ("listeners.py", "_Refusal.connectionMade"): "a refused connection: one short line, never tracked",
     ("echo.py", "_ReadThrottle.stopProducing"): "Twisted calls it once the connection is gone",
     ("framed/client.py", "FramedClient.close"): "the client side",
-    ("web/channel.py", "LimitedHTTPChannel.reject"): "HTTP: see the note in docs/reliability.md",
+    ("web/channel.py", "LimitedHTTPChannel.reject"): "LimitedHTTPChannel.loseConnection is close_gracefully",
 }
 
 

@@ -11,11 +11,13 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionAborted
 from twisted.internet.defer import Deferred, race
 from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import globalLogPublisher
+from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
@@ -462,5 +464,7 @@ class FlowTests(TestCase):
         clock.advance(1)
         self.assertTrue(transport.disconnecting)
         self.assertNotIn(b"408", transport.value())
-        clock.advance(15)  # its unread answers would hold the close up: twisted.web aborts it
+        clock.advance(15)  # its unread answers would hold the close up: the close is aborted
+        self.assertTrue(transport.disconnected)  # aborted
+        channel.connectionLost(Failure(ConnectionAborted()))  # what the aborted transport reports
         self.assertEqual(clock.getDelayedCalls(), [])

@@ -341,6 +341,18 @@ class LimitedHTTPChannel(TrackedProtocol, HTTPChannel):
         transport.resumeProducing()  # HTTPChannel pauses reading while it answers a request
         protocol.dataReceived(handshake)
 
+    # --- closing ------------------------------------------------------------------
+
+    def loseConnection(self) -> None:
+        """Every close of this channel (ours, and twisted.web's after a Connection: close response or a
+        bad request) is bounded by close_timeout, like every other service's."""
+        self.close_gracefully()
+
+    def lose_connection(self) -> None:
+        # HTTPChannel's close leaves the transport's producer first: with a full buffer the transport
+        # would otherwise resume this channel when it drains, instead of closing
+        HTTPChannel.loseConnection(self)
+
     # --- shutdown ---------------------------------------------------------------
 
     def shutting_down(self) -> None:
