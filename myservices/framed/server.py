@@ -33,14 +33,16 @@ from myservices.errors import (
     UNAUTHENTICATED,
     UNKNOWN_COMMAND,
     ErrorCode,
+    RequestError,
 )
 from myservices.framed.catalog import COMMAND_NAMES, COMMANDS, PUSHES
 from myservices.framed.wire import MAX_ID, Frame, FrameDecoder, FrameError, encode_json, error_object
 from myservices.halfclose import HalfCloseableProtocol
 from myservices.handlers import values
-from myservices.handlers.commands import CommandState, SharedServices, message_json, router
+from myservices.handlers.commands import CommandState, SharedServices, router
+from myservices.handlers.pipeline import classify, event_body, invoke
 from myservices.handlers.router import Command, Router
-from myservices.hub import Event, Message, NickChange, Presence, Subscriber
+from myservices.hub import Event, Subscriber
 from myservices.listeners import ConnectionTrackingFactory, StreamListenerService
 from myservices.metrics import Metrics, RequestCounts
 from myservices.outbound import Outbound
@@ -79,13 +81,7 @@ def _push(name: str, data: dict[str, Any]) -> bytes:
 
 def encode_event(event: Event) -> bytes:
     """The push frame for a hub event; cached per event, so a room costs one encoding."""
-    if isinstance(event, Message):
-        return _push("message", message_json(event))
-    if isinstance(event, Presence):
-        return _push("presence", {"kind": event.kind, "room": event.room, "nick": event.nick})
-    if isinstance(event, NickChange):
-        return _push("nick", {"old": event.old, "new": event.new})
-    raise TypeError(f"no framed push for {event!r}")
+    return _push(*event_body(event))
 
 
 def closing_push(error: ErrorCode, detail: str | None = None) -> bytes:
@@ -250,16 +246,10 @@ class FramedProtocol(HalfCloseableProtocol):
             return
         try:
             kwargs = command.bind(args)
-            result = command.handler(self.state, **kwargs)
-        except Exception as e:
-            self._failed(e, command, request_id)
+        except RequestError as e:
+            self._reply_error(command_id, request_id, e.error, e.detail)
             return
-        if command.is_async:
-            self._await(Deferred.fromCoroutine(result), command, request_id)
-        elif isinstance(result, Deferred):
-            self._await(result, command, request_id)
-        else:
-            self._reply(result, command, request_id)
+        self._await(invoke(command, self.state, kwargs), command, request_id)
 
     def _await(self, d: Deferred[Any], command: Command, request_id: int) -> None:
         if d.called:
@@ -296,17 +286,8 @@ class FramedProtocol(HalfCloseableProtocol):
         self.outbound.write(frame)
 
     def _failed_f(self, failure: Failure, command: Command, request_id: int) -> None:
-        self._failed(failure.value, command, request_id, failure)
-
-    def _failed(self, e: BaseException, command: Command, request_id: int, failure: Failure | None = None) -> None:
-        error = values.client_error(e)
-        if error is not None:
-            self._reply_error(self.factory.command_ids[command.name], request_id, error.error, error.detail)
-        else:
-            self.log.failure(
-                "framed: {command} failed", failure or Failure(e), command=command.name, code=INTERNAL.code
-            )
-            self._reply_error(self.factory.command_ids[command.name], request_id, INTERNAL)
+        error = classify(failure, self.factory.service_name, command.name)
+        self._reply_error(self.factory.command_ids[command.name], request_id, error.error, error.detail)
 
     def _reply_error(self, command_id: int, request_id: int, error: ErrorCode, detail: str | None = None) -> None:
         self.factory.count(COMMAND_NAMES.get(command_id, "unknown"), error.code)

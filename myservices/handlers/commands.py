@@ -10,8 +10,9 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 
 from myservices.errors import RequestError
+from myservices.handlers.pipeline import message_json
 from myservices.handlers.router import ANY, Arg, Router
-from myservices.hub import Hub, Message, Session, Subscriber
+from myservices.hub import Hub, Session, Subscriber
 
 if TYPE_CHECKING:
     from myservices.accounts import Account, AccountStore
@@ -81,9 +82,6 @@ class CommandState:
         assert self.account is not None  # the router checks login first
         return self.account.id
 
-
-def message_json(m: Message) -> dict[str, Any]:
-    return {"room": m.room, "id": m.id, "ts": m.ts, "nick": m.nick, "text": m.text}
 
 
 router = Router()

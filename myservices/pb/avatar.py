@@ -19,9 +19,10 @@ from twisted.spread import pb
 
 from myservices.errors import NOT_IN_ROOM, SLOW_CONSUMER, UNAUTHENTICATED, ErrorCode, RequestError
 from myservices.handlers import commands as shared
-from myservices.handlers.commands import CommandState, message_json
+from myservices.handlers.commands import CommandState
+from myservices.handlers.pipeline import event_body
 from myservices.handlers.router import Arg, Command, Router
-from myservices.hub import Event, Message, NickChange, Presence, Subscriber
+from myservices.hub import Event, NickChange, Subscriber
 
 if TYPE_CHECKING:
     from myservices.accounts import Account
@@ -177,18 +178,14 @@ class Avatar(pb.Avatar):
     # --- the hub's Subscriber interface ---------------------------------------------------
 
     def deliver(self, event: Event) -> None:
-        if isinstance(event, Message):
-            handle = self.rooms.get(event.room)
-            if handle is not None:
-                handle.send("message", message_json(event))
-        elif isinstance(event, Presence):
-            handle = self.rooms.get(event.room)
-            if handle is not None and handle.presence:
-                handle.send("presence", {"kind": event.kind, "room": event.room, "nick": event.nick})
-        elif isinstance(event, NickChange):
-            for handle in list(self.rooms.values()):
-                if handle.presence and handle.room in event.rooms:
-                    handle.send("nick", {"old": event.old, "new": event.new})
+        kind, body = event_body(event)
+        if isinstance(event, NickChange):
+            handles = [h for h in self.rooms.values() if h.presence and h.room in event.rooms]
+        else:
+            handle = self.rooms.get(body["room"])
+            handles = [handle] if handle is not None and (kind == "message" or handle.presence) else []
+        for handle in handles:
+            handle.send(kind, body)
 
     def close(self, error: ErrorCode) -> None:
         if self.connection is not None:

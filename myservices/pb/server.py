@@ -18,7 +18,7 @@ from typing import Any
 
 from twisted.application.service import IService
 from twisted.cred.portal import Portal
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -28,7 +28,6 @@ from twisted.spread.jelly import InsecureJelly, SecurityOptions
 from myservices.config import DURATION, SIZE, KiB, MiB, StreamServiceConfig, setting
 from myservices.errors import (
     BAD_ARGUMENTS,
-    INTERNAL,
     RATE_LIMITED,
     SHUTTING_DOWN,
     SLOW_CONSUMER,
@@ -39,6 +38,7 @@ from myservices.errors import (
 from myservices.halfclose import HalfCloseableProtocol
 from myservices.handlers import values
 from myservices.handlers.commands import SharedServices
+from myservices.handlers.pipeline import classify, invoke
 from myservices.handlers.router import ANY, Command
 from myservices.listeners import ConnectionTrackingFactory, StreamListenerService
 from myservices.metrics import Metrics, RequestCounts
@@ -259,16 +259,9 @@ class PBConnection(HalfCloseableProtocol, pb.Broker):
             return self._error(command, RequestError(BAD_ARGUMENTS, f"{label}: malformed arguments"))
         try:
             kwargs = bind_call(command, label, args, kw)
-            result = command.handler(target, **kwargs)
-        except Exception as e:
-            return self._failed(e, command)
-        if command.is_async:
-            d = Deferred.fromCoroutine(result)
-        elif isinstance(result, Deferred):
-            d = result
-        else:
-            self.factory.count(command.name, "ok")
-            return succeed(result)
+        except RequestError as e:
+            return self._error(command, e)
+        d = invoke(command, target, kwargs)
         if not d.called:
             self._started()
             # runs before the broker writes the answer; when stopping, that write still goes out,
@@ -295,14 +288,7 @@ class PBConnection(HalfCloseableProtocol, pb.Broker):
         return result
 
     def _failed_f(self, failure: Failure, command: Command) -> Deferred[Any]:
-        return self._failed(failure.value, command, failure)
-
-    def _failed(self, e: BaseException, command: Command, failure: Failure | None = None) -> Deferred[Any]:
-        error = values.client_error(e)
-        if error is not None:
-            return self._error(command, error)
-        _log.failure("pb: {command} failed", failure or Failure(e), command=command.name, code="INTERNAL")
-        return self._error(command, RequestError(INTERNAL))
+        return self._error(command, classify(failure, self.factory.service_name, command.name))
 
     def _error(self, command: Command, e: RequestError) -> Deferred[Any]:
         self.factory.count(command.name, e.error.code)

@@ -23,11 +23,13 @@ from myservices.errors import (
     RATE_LIMITED,
     UNKNOWN_COMMAND,
     ErrorCode,
+    RequestError,
 )
 from myservices.handlers import values
-from myservices.handlers.commands import CommandState, SharedServices, message_json
+from myservices.handlers.commands import CommandState, SharedServices
+from myservices.handlers.pipeline import classify, event_body, invoke
 from myservices.handlers.router import Router
-from myservices.hub import Event, Message, NickChange, Presence, Subscriber
+from myservices.hub import Event, Subscriber
 from myservices.ratelimit import TokenBucket
 from myservices.websocket.protocol import CLOSE_UNSUPPORTED_DATA
 
@@ -92,13 +94,8 @@ class ChatSettings:
 
 
 def event_json(event: Event) -> dict[str, Any]:
-    if isinstance(event, Message):
-        return {"type": "message", **message_json(event)}
-    if isinstance(event, Presence):
-        return {"type": "presence", "kind": event.kind, "room": event.room, "nick": event.nick}
-    if isinstance(event, NickChange):
-        return {"type": "nick", "old": event.old, "new": event.new}
-    raise TypeError(f"unknown hub event {event!r}")
+    kind, body = event_body(event)
+    return {"type": kind, **body}
 
 
 def _dumps(obj: Any) -> bytes:
@@ -213,15 +210,11 @@ class ChatRoute:
             return
         command = self.settings.router.commands[CHAT_OPS[op]]
         try:
-            result = command.handler(self.state, **command.bind(args, label=op))
-        except Exception as e:
-            self._failed(e, op, request_id)
+            kwargs = command.bind(args, label=op)
+        except RequestError as e:
+            self._error(op, request_id, e.error, e.detail)
             return
-        if command.is_async:
-            result = Deferred.fromCoroutine(result)
-        if not isinstance(result, Deferred):
-            self._reply(result, op, request_id)
-            return
+        result = invoke(command, self.state, kwargs)
         result.addCallbacks(self._reply, self._failed_f, (op, request_id), errbackArgs=(op, request_id))
         if not result.called:
             self.waiting = True
@@ -254,15 +247,8 @@ class ChatRoute:
         self._send(reply)
 
     def _failed_f(self, failure: Failure, op: str, request_id: Any) -> None:
-        self._failed(failure.value, op, request_id, failure)
-
-    def _failed(self, e: BaseException, op: str, request_id: Any, failure: Failure | None = None) -> None:
-        error = values.client_error(e)
-        if error is not None:
-            self._error(op, request_id, error.error, error.detail)
-        else:
-            self.log.failure("websocket chat: {op} failed", failure or Failure(e), op=op, code=INTERNAL.code)
-            self._error(op, request_id, INTERNAL)
+        error = classify(failure, self.factory.service_name, op)
+        self._error(op, request_id, error.error, error.detail)
 
     def _error(self, op: str | None, request_id: Any, error: ErrorCode, detail: str | None = None) -> None:
         self.factory.count(op or "invalid", error.code)
