@@ -119,7 +119,7 @@ class ChatProtocol(HalfCloseableProtocol, LineReceiver, TimeoutMixin):
         self.current: str | None = None
         self._discarding = False
         self._rest = b""
-        self.outbound = Outbound(self.transport, self.hub.config.max_pending, self._slow_consumer)
+        self.outbound = Outbound(self.transport, self.hub.config.max_pending, self._slow_consumer, metrics=self.metrics)
         self.session: Session | None = None
         self.setTimeout(factory.idle_timeout or None)
         self.pauseProducing()  # no command before the session exists
@@ -153,7 +153,6 @@ class ChatProtocol(HalfCloseableProtocol, LineReceiver, TimeoutMixin):
         self.transport.abortConnection()
 
     def _slow_consumer(self) -> None:
-        self.factory.slow_consumers.inc()
         self.log.info("chat: dropping slow consumer {peer}", peer=self.transport.getPeer(), code="SLOW_CONSUMER")
         self.close(SLOW_CONSUMER)
 
@@ -377,7 +376,6 @@ class ChatFactory(ConnectionTrackingFactory):
         super().__init__(name, cfg.max_connections, metrics, clock)
         self.hub = hub
         self.configure(cfg)
-        self.slow_consumers = hub.metrics.slow_consumers.labels(name)
 
 
 def build(name: str, cfg: ChatConfig, ctx: BuildContext) -> IService:

@@ -168,6 +168,12 @@ class ServiceMetrics:
         self.messages_in = metrics.messages_in.labels(service)
         self.messages_out = metrics.messages_out.labels(service)
         self.backpressure_pauses = metrics.backpressure_pauses.labels(service)
+        self.slow_consumers = metrics.slow_consumers.labels(service)
+
+    def slow_consumer(self) -> None:
+        """A connection is dropped because it did not read its output."""
+        self.slow_consumers.inc()
+        self.closed("slow_consumer")
 
     def refused(self, reason: str) -> None:
         self._metrics.refused.labels(self.service, reason).inc()

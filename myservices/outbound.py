@@ -8,6 +8,8 @@ from collections.abc import Callable
 from twisted.internet.interfaces import IConsumer, IPushProducer, ITransport
 from zope.interface import implementer
 
+from myservices.metrics import ServiceMetrics
+
 
 def release_if_closing(transport: IConsumer) -> bool:
     """Called by a streaming producer that Twisted resumed after a drain: unregister it if the transport is closing.
@@ -34,6 +36,9 @@ class Outbound:
     Memory per connection stays at about the transport's buffer plus
     C{max_pending}. Writes are not flushed one by one: Twisted batches them.
     C{on_drained} is called when the peer has caught up (the queue is empty).
+    With C{metrics}, every front end counts the same events the same way: each
+    pause (the peer stopped reading) in C{backpressure_pauses}, an overflow as a
+    slow consumer.
     After C{loseConnection}, writes stay bounded until the last queued byte
     reaches the transport; then it unregisters itself (see
     L{release_if_closing}) and drops later writes.
@@ -45,8 +50,10 @@ class Outbound:
         max_pending: int,
         on_overflow: Callable[[], None],
         on_drained: Callable[[], None] | None = None,
+        metrics: ServiceMetrics | None = None,
     ) -> None:
         self._transport = transport
+        self._metrics = metrics
         self.max_pending = max_pending
         self._on_overflow = on_overflow
         self._on_drained = on_drained
@@ -69,9 +76,13 @@ class Outbound:
             self.overflowed = True
             self._queue.clear()
             self.pending = 0
+            if self._metrics is not None:
+                self._metrics.slow_consumer()
             self._on_overflow()
 
     def pauseProducing(self) -> None:
+        if not self.paused and self._metrics is not None:
+            self._metrics.backpressure_pauses.inc()
         self.paused = True
 
     def resumeProducing(self) -> None:

@@ -108,7 +108,7 @@ class FramedProtocol(HalfCloseableProtocol):
         f = self.factory
         self._clock = f.clock
         self.decoder = FrameDecoder(f.max_body_size)
-        self.outbound = Outbound(self.transport, f.max_pending, self._slow_consumer, self._go_on)
+        self.outbound = Outbound(self.transport, f.max_pending, self._slow_consumer, self._go_on, f.metrics)
         self.state = CommandState(f.services, Subscriber(self.deliver, self.close))
         self.bucket = TokenBucket(f.request_rate, f.request_burst, f.clock)
         self.in_flight: set[int] = set()
@@ -307,7 +307,6 @@ class FramedProtocol(HalfCloseableProtocol):
         self.transport.abortConnection()
 
     def _slow_consumer(self) -> None:
-        self.factory.slow_consumers.inc()
         self.log.info("framed: dropping slow consumer {peer}", peer=str(self.transport.getPeer()), code="SLOW_CONSUMER")
         self.close(SLOW_CONSUMER)
 
@@ -379,7 +378,6 @@ class FramedFactory(RequestCounts, ConnectionTrackingFactory):
         self.commands = {command_ids[c.name]: c for c in router.commands.values()}
         self.configure(cfg)
         self.max_pending = max_pending
-        self.slow_consumers = metrics.slow_consumers.labels(name)
         self.start_counting(metrics, self.metrics)
 
 

@@ -130,7 +130,7 @@ class PBConnection(HalfCloseableProtocol, pb.Broker):
         f = self.factory
         self._clock = f.clock
         # before the broker's first write (the dialect offer)
-        self.outbound = Outbound(self.transport, f.max_pending, self._slow_consumer, self._drained)
+        self.outbound = Outbound(self.transport, f.max_pending, self._slow_consumer, self._drained, f.metrics)
         self.bucket = TokenBucket(f.request_rate, f.request_burst, f.clock)
         self.in_flight = 0
         self.logged_in = False
@@ -212,8 +212,6 @@ class PBConnection(HalfCloseableProtocol, pb.Broker):
         self.outbound.write(buffer.getvalue())
 
     def _slow_consumer(self) -> None:
-        self.factory.slow_consumers.inc()
-        self.factory.metrics.closed("slow_consumer")
         _log.info("pb: dropping slow consumer {peer}", peer=self.peer, code="SLOW_CONSUMER")
         self.close(SLOW_CONSUMER)
 
@@ -385,7 +383,6 @@ class PBFactory(RequestCounts, ConnectionTrackingFactory, pb.PBServerFactory):
         self.security = _security()
         self.configure(cfg)
         self.max_pending = max_pending
-        self.slow_consumers = metrics.slow_consumers.labels(name)
         self.start_counting(metrics, self.metrics)
 
 

@@ -134,7 +134,9 @@ class WebSocketConnection(HalfCloseableProtocol, WebSocketServerProtocol):
     def onOpen(self) -> None:
         f = self.factory
         assert self.route is not None
-        self.outbound = Outbound(self.transport, self.route.max_pending, self._slow_consumer, self._drained)
+        self.outbound = Outbound(
+            self.transport, self.route.max_pending, self._slow_consumer, self._drained, self.factory.metrics
+        )
         if f.idle_timeout:
             self._idle_timer = f.clock.callLater(f.idle_timeout, self._check_idle)
         self.route.opened()
@@ -181,7 +183,6 @@ class WebSocketConnection(HalfCloseableProtocol, WebSocketServerProtocol):
     def pause_reading(self, why: str) -> None:
         """Stop reading from the client until every reason given here is withdrawn by L{resume_reading}."""
         if not self._pausing:
-            self.factory.metrics.backpressure_pauses.inc()
             self.transport.pauseProducing()
         self._pausing.add(why)
 
@@ -208,8 +209,6 @@ class WebSocketConnection(HalfCloseableProtocol, WebSocketServerProtocol):
         self.sendCloseFrame(code=code or close_code(error), reasonUtf8=reason, isReply=False)
 
     def _slow_consumer(self) -> None:
-        self.factory.slow_consumers.inc()
-        self.factory.metrics.closed("slow_consumer")
         _log.info("{service}: closing slow consumer {peer}", service=self.factory.service_name, peer=self.peer, code="SLOW_CONSUMER")
         if self.route is not None:
             route, self.route = self.route, None
@@ -312,7 +311,6 @@ class WebSocketFactory(RequestCounts, ConnectionTrackingFactory, WebSocketServer
         self.idle_timeout = idle_timeout
         self.allowed_origins = allowed_origins
         self.max_pending = max_pending
-        self.slow_consumers = metrics.slow_consumers.labels(service_name)
         self.setProtocolOptions(
             webStatus=False,  # no HTML status page for plain GETs
             maxFramePayloadSize=max_frame_size,
