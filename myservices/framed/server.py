@@ -15,7 +15,7 @@ from typing import Any
 
 from twisted.application.service import IService
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -37,6 +37,7 @@ from myservices.errors import (
 )
 from myservices.framed.catalog import COMMAND_NAMES, COMMANDS, PUSHES
 from myservices.framed.wire import MAX_ID, Frame, FrameDecoder, FrameError, encode_json, error_object
+from myservices.flow import IdleTimer, ReadGate
 from myservices.halfclose import HalfCloseableProtocol
 from myservices.handlers import values
 from myservices.handlers.commands import CommandState, SharedServices, router
@@ -106,7 +107,6 @@ class FramedProtocol(HalfCloseableProtocol):
     def connectionMade(self) -> None:
         super().connectionMade()
         f = self.factory
-        self._clock = f.clock
         self.decoder = FrameDecoder(f.max_body_size)
         self.outbound = Outbound(self.transport, f.max_pending, self._slow_consumer, self._go_on, f.metrics)
         self.state = CommandState(f.services, Subscriber(self.deliver, self.close))
@@ -115,15 +115,13 @@ class FramedProtocol(HalfCloseableProtocol):
         self.barrier = False
         self.closing = False  # no more requests are read: a broken stream, or closed by the server
         self.stopping = False  # the server is shutting down: answer what is in flight, then close
-        self._reading = True
+        self._gate = ReadGate(self.transport)
         self._processing = False
-        self._last_request = f.clock.seconds()
-        self._idle_timer: IDelayedCall | None = None
-        if f.idle_timeout:
-            self._idle_timer = f.clock.callLater(f.idle_timeout, self._check_idle)
+        self._idle = IdleTimer(f.clock, lambda: self.factory.idle_timeout, self.timeoutConnection)
+        self._idle.start()
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        self._stop_idle_timer()
+        self._idle.stop()
         self.closing = True
         self.state.close()
         super().connectionLost(reason)
@@ -170,14 +168,10 @@ class FramedProtocol(HalfCloseableProtocol):
             self._processing = False
 
     def _pause_reading(self) -> None:
-        if self._reading:
-            self._reading = False
-            self.transport.pauseProducing()
+        self._gate.hold("busy")
 
     def _resume_reading(self) -> None:
-        if not self._reading:
-            self._reading = True
-            self.transport.resumeProducing()
+        self._gate.release("busy")
 
     def _broken_stream(self, e: FrameError) -> None:
         # the next header cannot be found reliably: answer once, then close
@@ -187,8 +181,7 @@ class FramedProtocol(HalfCloseableProtocol):
         self.close_gracefully()
 
     def _request(self, frame: Frame) -> None:
-        # the idle timer looks at this when it fires: cheaper than moving a timer on every request
-        self._last_request = self._clock.seconds()
+        self._idle.touch()
         self.factory.messages_in += 1
         command_id = frame.command
         try:
@@ -310,20 +303,8 @@ class FramedProtocol(HalfCloseableProtocol):
         self.log.info("framed: dropping slow consumer {peer}", peer=str(self.transport.getPeer()), code="SLOW_CONSUMER")
         self.close(SLOW_CONSUMER)
 
-    def _stop_idle_timer(self) -> None:
-        if self._idle_timer is not None and self._idle_timer.active():
-            self._idle_timer.cancel()
-        self._idle_timer = None
-
-    stop_timers = _stop_idle_timer
-
-    def _check_idle(self) -> None:
-        left = self._last_request + self.factory.idle_timeout - self._clock.seconds()
-        if left > 0:
-            self._idle_timer = self._clock.callLater(left, self._check_idle)
-        else:
-            self._idle_timer = None
-            self.timeoutConnection()
+    def stop_timers(self) -> None:
+        self._idle.stop()
 
     def timeoutConnection(self) -> None:
         self.closing = True
@@ -344,7 +325,7 @@ class FramedProtocol(HalfCloseableProtocol):
     def shutting_down(self) -> None:
         """Tell the client, answer buffered requests with SHUTTING_DOWN, finish those in flight, close."""
         self.stopping = True
-        self._stop_idle_timer()
+        self._idle.stop()
         self.outbound.write(_push("shutdown", {"message": "the server is shutting down", "retry": True}))
         self._process()
         self._pause_reading()

@@ -35,6 +35,7 @@ from myservices.errors import (
     ErrorCode,
     RequestError,
 )
+from myservices.flow import IdleTimer, ReadGate
 from myservices.halfclose import HalfCloseableProtocol
 from myservices.handlers import values
 from myservices.handlers.commands import SharedServices
@@ -128,7 +129,6 @@ class PBConnection(HalfCloseableProtocol, pb.Broker):
 
     def connectionMade(self) -> None:
         f = self.factory
-        self._clock = f.clock
         # before the broker's first write (the dialect offer)
         self.outbound = Outbound(self.transport, f.max_pending, self._slow_consumer, self._drained, f.metrics)
         self.bucket = TokenBucket(f.request_rate, f.request_burst, f.clock)
@@ -136,15 +136,17 @@ class PBConnection(HalfCloseableProtocol, pb.Broker):
         self.logged_in = False
         self.stopping = False
         self.closing = False
-        self._reading = True
+        self._gate = ReadGate(self.transport)
         self._message_bytes = 0  # received since the last complete message
         self._answer_required = True
-        self._last_input = f.clock.seconds()
         self._timers: dict[str, IDelayedCall] = {}
         if f.login_timeout:
             self._timers["login"] = f.clock.callLater(f.login_timeout, self._login_timeout)
-        if f.idle_timeout:
-            self._timers["idle"] = f.clock.callLater(f.idle_timeout, self._check_idle)
+        self._idle = IdleTimer(
+            f.clock, lambda: self.factory.idle_timeout,
+            lambda: self._drop("idle_timeout", f"no input for {self.factory.idle_timeout:g} seconds"),
+        )
+        self._idle.start()
         super().connectionMade()
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
@@ -157,6 +159,7 @@ class PBConnection(HalfCloseableProtocol, pb.Broker):
             if timer.active():
                 timer.cancel()
         self._timers.clear()
+        self._idle.stop()
 
     @property
     def peer(self) -> str:
@@ -167,7 +170,7 @@ class PBConnection(HalfCloseableProtocol, pb.Broker):
     def dataReceived(self, data: bytes) -> None:
         if self.closing:
             return
-        self._last_input = self._clock.seconds()
+        self._idle.touch()
         self.factory.bytes_in += len(data)
         # banana only limits single strings and lists (640 KiB each); this bounds a whole message
         self._message_bytes += len(data)
@@ -316,14 +319,11 @@ class PBConnection(HalfCloseableProtocol, pb.Broker):
             self._resume_reading()
 
     def _pause_reading(self) -> None:
-        if self._reading:
-            self._reading = False
-            self.transport.pauseProducing()
+        self._gate.hold("busy")
 
     def _resume_reading(self) -> None:
-        if not self._reading and not self.closing:
-            self._reading = True
-            self.transport.resumeProducing()
+        if not self.closing:
+            self._gate.release("busy")
 
     # --- login and timers ----------------------------------------------------------------
 
@@ -337,13 +337,6 @@ class PBConnection(HalfCloseableProtocol, pb.Broker):
         self._timers.pop("login", None)
         self._drop("login_timeout", f"not logged in after {self.factory.login_timeout:g} seconds")
 
-    def _check_idle(self) -> None:
-        left = self._last_input + self.factory.idle_timeout - self._clock.seconds()
-        if left > 0:
-            self._timers["idle"] = self._clock.callLater(left, self._check_idle)
-        else:
-            self._timers.pop("idle", None)
-            self._drop("idle_timeout", f"no input for {self.factory.idle_timeout:g} seconds")
 
     def shutting_down(self) -> None:
         """Finish the calls in flight (new ones get SHUTTING_DOWN), then disconnect."""

@@ -23,7 +23,7 @@ from zope.interface import implementer
 
 from myservices.errors import BAD_REQUEST, TIMEOUT, TOO_LARGE, ErrorCode
 from myservices.listeners import TrackedProtocol
-from myservices.web.flow import ReadGate
+from myservices.flow import ReadGate
 from myservices.web.request import LimitedRequest, error_body
 
 if TYPE_CHECKING:

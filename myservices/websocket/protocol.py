@@ -22,6 +22,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from myservices.errors import INTERNAL, NOT_FOUND, SHUTTING_DOWN, SLOW_CONSUMER, TIMEOUT, ErrorCode
+from myservices.flow import IdleTimer, ReadGate
 from myservices.halfclose import HalfCloseableProtocol
 from myservices.listeners import ConnectionTrackingFactory
 from myservices.metrics import Metrics, RequestCounts
@@ -94,15 +95,14 @@ class WebSocketConnection(HalfCloseableProtocol, WebSocketServerProtocol):
     # not named "log": autobahn's own (txaio) logger is self.log, which drops debug events cheaply
     route: Route | None = None
     outbound: Outbound | None = None
-    _idle_timer: IDelayedCall | None = None
+    _idle: IdleTimer | None = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
-        self._pausing: set[str] = set()
-        self._last_message = self.factory.clock.seconds()
+        self._gate = ReadGate(self.transport)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        self._stop_idle_timer()
+        self.stop_timers()
         super().connectionLost(reason)
 
     # --- the opening handshake ------------------------------------------------
@@ -137,14 +137,15 @@ class WebSocketConnection(HalfCloseableProtocol, WebSocketServerProtocol):
         self.outbound = Outbound(
             self.transport, self.route.max_pending, self._slow_consumer, self._drained, self.factory.metrics
         )
-        if f.idle_timeout:
-            self._idle_timer = f.clock.callLater(f.idle_timeout, self._check_idle)
+        self._idle = IdleTimer(f.clock, lambda: self.factory.idle_timeout, self._idle_timeout)
+        self._idle.start()
         self.route.opened()
 
     # --- messages -------------------------------------------------------------
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        self._last_message = self.factory.clock.seconds()
+        if self._idle is not None:
+            self._idle.touch()
         self.factory.messages_in += 1
         self.factory.bytes_in += len(payload)
         if self.route is not None and self.state == WebSocketProtocol.STATE_OPEN:
@@ -182,15 +183,11 @@ class WebSocketConnection(HalfCloseableProtocol, WebSocketServerProtocol):
 
     def pause_reading(self, why: str) -> None:
         """Stop reading from the client until every reason given here is withdrawn by L{resume_reading}."""
-        if not self._pausing:
-            self.transport.pauseProducing()
-        self._pausing.add(why)
+        self._gate.hold(why)
 
     def resume_reading(self, why: str) -> None:
-        if why in self._pausing:
-            self._pausing.discard(why)
-            if not self._pausing and self.transport.connected:
-                self.transport.resumeProducing()
+        if self.transport.connected:
+            self._gate.release(why)
 
     def _drained(self) -> None:
         self.resume_reading("output")
@@ -217,7 +214,7 @@ class WebSocketConnection(HalfCloseableProtocol, WebSocketServerProtocol):
         self.close_with(SLOW_CONSUMER, f"more than {limit} bytes of unread output")
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
-        self._stop_idle_timer()
+        self.stop_timers()
         if self.route is not None:
             route, self.route = self.route, None
             route.closed()
@@ -248,26 +245,16 @@ class WebSocketConnection(HalfCloseableProtocol, WebSocketServerProtocol):
 
     # --- idle timeout ----------------------------------------------------------
 
-    def _stop_idle_timer(self) -> None:
-        if self._idle_timer is not None and self._idle_timer.active():
-            self._idle_timer.cancel()
-        self._idle_timer = None
-
-    stop_timers = _stop_idle_timer
+    def stop_timers(self) -> None:
+        if self._idle is not None:
+            self._idle.stop()
 
     def answered(self) -> bool:
         return self.route is None or not self.route.busy
 
-    def _check_idle(self) -> None:
-        clock, idle = self.factory.clock, self.factory.idle_timeout
-        # the timer looks at the last message when it fires: cheaper than moving it on every message
-        left = self._last_message + idle - clock.seconds()
-        if left > 0:
-            self._idle_timer = clock.callLater(left, self._check_idle)
-            return
-        self._idle_timer = None
+    def _idle_timeout(self) -> None:
         self.factory.metrics.closed("idle_timeout")
-        self.close_with(TIMEOUT, f"no message for {idle:g} seconds")
+        self.close_with(TIMEOUT, f"no message for {self.factory.idle_timeout:g} seconds")
 
 
 class WebSocketFactory(RequestCounts, ConnectionTrackingFactory, WebSocketServerFactory):
