@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING
 
 from twisted.logger import Logger
 
-from myservices.config import setting
 from myservices.db.pool import Txn, is_duplicate_key
 from myservices.errors import BAD_ARGUMENTS, LOGIN_FAILED, USERNAME_TAKEN, RequestError
 from myservices.passwords import PasswordHasher
+from myservices.settings import setting
 
 if TYPE_CHECKING:
     from myservices.db import Database

@@ -19,7 +19,7 @@ from twisted.protocols.basic import LineReceiver
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
-from myservices.config import SIZE, MiB, StreamServiceConfig, setting
+from myservices.settings import SIZE, MiB, StreamServiceConfig, setting
 from myservices.errors import (
     BAD_ARGUMENTS,
     BAD_ENCODING,
@@ -37,7 +37,7 @@ from myservices.hub import Event, Hub, Message, NickChange, Presence, Session, S
 from myservices.listeners import ConnectionTrackingFactory, StreamListenerService
 from myservices.metrics import ServiceMetrics
 from myservices.outbound import Outbound
-from myservices.registry import BuildContext
+from myservices.context import BuildContext
 
 
 @dataclass(frozen=True, kw_only=True)

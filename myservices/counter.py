@@ -11,8 +11,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from myservices.db.database import DatabaseTimeout
 from myservices.db.pool import Txn
+from myservices.errors import DatabaseTimeout
 
 if TYPE_CHECKING:
     from myservices.db import Database

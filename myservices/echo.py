@@ -10,12 +10,12 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from myservices.config import StreamServiceConfig
+from myservices.context import BuildContext
 from myservices.halfclose import HalfCloseableProtocol
 from myservices.listeners import ConnectionTrackingFactory, StreamListenerService
 from myservices.metrics import ServiceMetrics
 from myservices.outbound import release_if_closing
-from myservices.registry import BuildContext
+from myservices.settings import StreamServiceConfig
 
 
 @dataclass(frozen=True, kw_only=True)

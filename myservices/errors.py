@@ -19,6 +19,14 @@ class ErrorCode:
     retry: bool
 
 
+class DatabaseUnavailable(Exception):
+    """The database cannot be reached now; retrying later can help (raised by L{myservices.db})."""
+
+
+class DatabaseTimeout(DatabaseUnavailable):
+    """The database did not answer within C{request_timeout}; a write's outcome is unknown (it may commit)."""
+
+
 class RequestError(Exception):
     """A request that cannot be served, raised by the shared handlers (hub, accounts, key-value)
     and rendered by each front end; C{detail} says why in this case."""

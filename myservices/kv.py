@@ -11,9 +11,9 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from myservices.config import SIZE, KiB, MiB, setting
 from myservices.db.pool import Txn
 from myservices.errors import BAD_ARGUMENTS, NOT_FOUND, QUOTA_EXCEEDED, TOO_LARGE, RequestError
+from myservices.settings import SIZE, KiB, MiB, setting
 
 if TYPE_CHECKING:
     from myservices.db import Database

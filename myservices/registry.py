@@ -1,38 +1,31 @@
-"""Service kinds: each ``[services.NAME]`` section names a kind, which has a config class and a builder."""
+"""What the daemon is made of: every service kind (its config class and builder) and every config section.
+
+This is the wiring: it imports every front end, and hands the kinds and
+sections to the loader (L{load_config}) and to the tree
+(L{myservices.tree.build_service_tree}). Nothing else imports the front
+ends, so no module they use can reach back to them.
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from twisted.application.service import IService
 
-if TYPE_CHECKING:
-    from myservices.accounts import AccountStore
-    from myservices.config import Config, ServiceConfig
-    from myservices.counter import DurableCounter
-    from myservices.db import Database
-    from myservices.health import Readiness
-    from myservices.hub import Hub
-    from myservices.kv import KeyValueStore
-    from myservices.metrics import Metrics
-
-
-@dataclass(frozen=True)
-class BuildContext:
-    """What a builder may use: shared objects are passed in, never imported as globals."""
-
-    reactor: Any
-    config: Config
-    database: Database
-    metrics: Metrics
-    hub: Hub
-    counter: DurableCounter
-    accounts: AccountStore
-    kv: KeyValueStore
-    readiness: Readiness
-    services: Mapping[str, IService]  # those built so far, by name (built in the order of service_kinds)
+from myservices import chat, echo, udp
+from myservices.accounts import AccountsConfig
+from myservices.config import Config, Schema, read_config
+from myservices.context import BuildContext
+from myservices.framed import server as framed
+from myservices.hub.config import HubConfig
+from myservices.kv import KeyValueConfig
+from myservices.pb import server as pb
+from myservices.settings import ServiceConfig
+from myservices.web import service as http
+from myservices.websocket import service as websocket
 
 
 @dataclass(frozen=True)
@@ -44,26 +37,35 @@ class ServiceKind:
     build: Callable[[str, Any, BuildContext], IService]
 
 
+KINDS = (
+    ServiceKind("echo", echo.EchoConfig, echo.build),
+    ServiceKind("chat", chat.ChatConfig, chat.build),
+    ServiceKind("udp", udp.UdpConfig, udp.build),
+    # before http, which may mount its routes under /ws
+    ServiceKind("websocket", websocket.WebSocketConfig, websocket.build),
+    ServiceKind("http", http.HttpConfig, http.build),
+    ServiceKind("framed", framed.FramedConfig, framed.build),
+    ServiceKind("pb", pb.PBConfig, pb.build),
+)
+
+# the top-level sections besides [daemon], [database] and [services.NAME]: fields of Config
+SECTIONS: Mapping[str, type] = {"hub": HubConfig, "accounts": AccountsConfig, "kv": KeyValueConfig}
+
+
 def service_kinds() -> dict[str, ServiceKind]:
     """Every kind, in the order services are started."""
-    from myservices import chat, echo, udp
-    from myservices.framed import server as framed
-    from myservices.pb import server as pb
-    from myservices.web import service as http
-    from myservices.websocket import service as websocket
-
-    kinds = [
-        ServiceKind("echo", echo.EchoConfig, echo.build),
-        ServiceKind("chat", chat.ChatConfig, chat.build),
-        ServiceKind("udp", udp.UdpConfig, udp.build),
-        # before http, which may mount its routes under /ws
-        ServiceKind("websocket", websocket.WebSocketConfig, websocket.build),
-        ServiceKind("http", http.HttpConfig, http.build),
-        ServiceKind("framed", framed.FramedConfig, framed.build),
-        ServiceKind("pb", pb.PBConfig, pb.build),
-    ]
-    return {k.name: k for k in kinds}
+    return {kind.name: kind for kind in KINDS}
 
 
 def config_classes() -> dict[str, type[ServiceConfig]]:
-    return {name: kind.config for name, kind in service_kinds().items()}
+    return {kind.name: kind.config for kind in KINDS}
+
+
+def schema() -> Schema:
+    """What a config file of this daemon may hold."""
+    return Schema(sections=SECTIONS, kinds=config_classes())
+
+
+def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
+    """Read and validate the config file at C{path} (see L{myservices.config.read_config})."""
+    return read_config(path, schema(), environ)

@@ -5,6 +5,11 @@ A unit with ``Type=notify`` waits for READY=1; STATUS= lines show in
 that often and restarts a daemon that falls silent. Outside systemd (no
 NOTIFY_SOCKET) every call is a no-op, so the daemon and tests can use the same
 code path.
+
+In the service tree, L{NotifyService} sends READY, STATUS and STOPPING, and
+L{Watchdog} the WATCHDOG=1 pings: two children, because the tree stops its
+children last added first, and STOPPING=1 belongs before the drain while the
+pings go on until the very end.
 """
 
 from __future__ import annotations
@@ -12,10 +17,15 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Mapping
+from typing import Any
 
+from twisted.application.service import Service
+from twisted.internet.defer import gatherResults
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+
+from myservices.listeners import format_address
 
 
 class Notifier:
@@ -60,13 +70,17 @@ def _watchdog_interval(environ: Mapping[str, str]) -> float | None:
     return usec / 2_000_000 if usec > 0 else None
 
 
-class Watchdog:
+class Watchdog(Service):
     """Sends WATCHDOG=1 every C{notifier.watchdog_interval} seconds from a reactor timer.
 
     The timer runs on the reactor thread, so a reactor that is stuck (a
     blocking call, a busy loop) stops the pings and systemd restarts the
-    daemon.
+    daemon. L{NotifyService} starts it once the daemon is ready; as a child
+    of the tree added first, it stops last: pings go on while the daemon
+    drains (a slow drain is not a hung daemon; TimeoutStopSec bounds it).
     """
+
+    name = "watchdog"
 
     def __init__(self, notifier: Notifier, clock: IReactorTime) -> None:
         self.notifier = notifier
@@ -89,3 +103,56 @@ class Watchdog:
     def stop(self) -> None:
         if self._loop is not None and self._loop.running:
             self._loop.stop()
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.stop()
+
+
+class NotifyService(Service):
+    """Tells the service manager READY=1 once every listener is bound (then starts the watchdog),
+    with a STATUS line of the bound addresses, and STOPPING=1 when the daemon stops.
+
+    Added to the tree after the listeners, it stops before them: STOPPING=1
+    goes out before the drain begins.
+    """
+
+    log = Logger()
+    name = "notify"
+
+    def __init__(
+        self, notifier: Notifier, reactor: Any, listeners: Mapping[str, Any], watchdog: Watchdog | None = None
+    ) -> None:
+        self.notifier = notifier
+        self._reactor = reactor
+        self.listeners = listeners  # name -> listener service (address, when_listening())
+        self.watchdog = watchdog
+
+    def startService(self) -> None:
+        super().startService()
+        # after the reactor runs, so twistd's signal handlers are in place when systemd hears READY
+        self._reactor.callWhenRunning(self._announce_ready)
+
+    def _announce_ready(self) -> None:
+        d = gatherResults([s.when_listening() for s in self.listeners.values()], consumeErrors=True)
+        d.addCallback(lambda _: self.notifier.notify(READY="1", STATUS=self.status()))
+        d.addCallback(lambda _: self._start_watchdog())
+        d.addErrback(lambda f: self.log.failure("not announcing readiness: a listener failed", f))
+
+    def _start_watchdog(self) -> None:
+        if self.watchdog is not None and self.running:
+            self.watchdog.start()
+
+    def status(self) -> str:
+        """One line naming each service and its bound address."""
+        return "serving " + ", ".join(
+            f"{name}={format_address(service.address)}" for name, service in self.listeners.items() if service.address
+        )
+
+    def reloaded(self, ok: bool) -> None:
+        """Say in the STATUS line how the last reload (SIGHUP) went."""
+        self.notifier.notify(STATUS=("reloaded; " if ok else "reload failed (invalid file); ") + self.status())
+
+    def stopService(self) -> None:
+        self.notifier.notify(STOPPING="1", STATUS="stopping")
+        super().stopService()

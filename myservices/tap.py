@@ -7,16 +7,10 @@ import sys
 from twisted.application.service import IService
 from twisted.python import usage
 
-from myservices.config import (
-    ENV_ALIASES,
-    ENV_PASSWORD,
-    ENV_PASSWORD_FILE,
-    ENV_PREFIX,
-    Config,
-    ConfigError,
-    load_config,
-    parse_database_url,
-)
+from myservices.config import ENV_ALIASES, ENV_PASSWORD, ENV_PASSWORD_FILE, ENV_PREFIX, Config, ConfigError
+from myservices.db.config import parse_database_url
+from myservices.registry import load_config
+from myservices.tree import build_service_tree
 
 
 class Options(usage.Options):
@@ -54,18 +48,16 @@ def describe(config: Config) -> str:
     lines = [f"{config.source}: configuration is valid", f"  data_dir  {config.daemon.data_dir}", f"  database  {url.safe}"]
     for name, cfg in config.services.items():
         endpoint = getattr(cfg, "endpoint", "")
+        kind = f"  ({cfg.kind})" if cfg.kind != name else ""
         state = "" if cfg.enabled else "  (disabled)"
-        lines.append(f"  {name:<9} {endpoint}{state}")
+        lines.append(f"  {name:<9} {endpoint}{kind}{state}")
     return "\n".join(lines) + "\n"
 
 
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor  # the plugin wiring is the one place that picks the reactor
 
-    from myservices.tree import build_service_tree
-
-    tree = build_service_tree(options.loaded, reactor)
-    tree.handle_sighup = True  # a real process: SIGHUP reloads the configuration
-    return tree
+    # a real process: SIGHUP reloads the configuration
+    return build_service_tree(options.loaded, reactor, handle_sighup=True)
 
 

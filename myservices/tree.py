@@ -1,11 +1,16 @@
-"""The service tree: one root MultiService with the database first and one child per configured service."""
+"""The service tree: one root MultiService holding the daemon's services, which it starts and stops in order.
+
+L{build_service_tree} is the wiring: it builds the shared objects, one
+listener per enabled ``[services.NAME]`` section (by the builder of its
+kind, from L{myservices.registry}), and the services that talk to the
+outside about the daemon itself: L{NotifyService} and L{Watchdog} (systemd)
+and L{ReloadService} (SIGHUP).
+"""
 
 from __future__ import annotations
 
 import os
-import signal
 from collections.abc import Collection, Mapping, Sequence
-from types import FrameType
 from typing import Any
 
 from twisted.application.service import IService, MultiService, Service
@@ -16,29 +21,31 @@ from twisted.python.components import Componentized
 
 from myservices.accounts import AccountStore
 from myservices.config import Config
+from myservices.context import BuildContext
 from myservices.counter import DurableCounter
 from myservices.db import MIGRATIONS, Database, Migration
 from myservices.health import Readiness
 from myservices.hub import HistoryStore, Hub, HubService, MemoryEngine
 from myservices.kv import KeyValueStore
 from myservices.lag import ReactorLagMonitor
-from myservices.listeners import StreamListenerService, format_address
+from myservices.listeners import StreamListenerService
 from myservices.logs import LogOutput
 from myservices.metrics import Metrics
 from myservices.passwords import PasswordHasher
-from myservices.registry import BuildContext, service_kinds
-from myservices.reload import reload_config
-from myservices.sdnotify import Notifier, Watchdog
+from myservices.registry import ServiceKind, load_config, service_kinds
+from myservices.reload import Load, ReloadService, daemon_settings, hub_settings
+from myservices.sdnotify import Notifier, NotifyService, Watchdog
 
 
 class OrderedMultiService(MultiService):
-    """A MultiService that stops its children in stages, last added first.
+    """A MultiService that stops its children one at a time, last added first.
 
-    Twisted's MultiService stops all children at once; here the children
-    named in C{parallel_stop} (the listeners) stop together first, so their
-    clients drain at the same time, within one shutdown timeout; then the
-    others one at a time, so the database, added first, closes only after
-    every service using it has stopped.
+    Twisted's MultiService stops all children at once. Here each child waits
+    for the one added after it, so the database, added early, closes only
+    after every service using it has stopped; the children named in
+    C{parallel_stop} (the listeners) stop together, when the last added of
+    them comes up, so their clients drain at the same time, within one
+    shutdown timeout.
     """
 
     log = Logger()
@@ -50,11 +57,12 @@ class OrderedMultiService(MultiService):
 
     async def _stop_children(self) -> None:
         children = list(reversed(list(self)))
-        first = [c for c in children if c.name in self.parallel_stop]
-        await gatherResults([self._stop(c) for c in first])
+        together = [c for c in children if c.name in self.parallel_stop]
         for child in children:
-            if child not in first:
+            if child not in together:
                 await self._stop(child)
+            elif child is together[0]:
+                await gatherResults([self._stop(c) for c in together])
 
     def _stop(self, child: IService) -> Deferred[None]:
         d = maybeDeferred(child.stopService)
@@ -63,34 +71,26 @@ class OrderedMultiService(MultiService):
 
 
 class ServiceTree(OrderedMultiService):
-    """The daemon: the database service and the configured listeners, sharing one reactor.
+    """The daemon: the database, the shared services and the configured listeners, sharing one reactor.
 
-    Once the reactor runs and every listener is bound, it tells the service
-    manager READY=1 with a STATUS line of the bound addresses (see L{Notifier}).
-    Run by twistd (L{handle_sighup} set), SIGHUP reloads the configuration
-    file (see L{myservices.reload}).
+    Children, in the order they start (and the reverse of the order they
+    stop): the watchdog, the database, the reactor lag probe, the hub, the
+    password hasher, the listeners (stopped together), then notify and
+    reload. C{log_output}, when the configuration asks for one, is handed to
+    twistd as the log observer (L{setServiceParent}).
     """
 
     def __init__(
-        self, config: Config, database: Database, metrics: Metrics, reactor: Any, notifier: Notifier | None = None
+        self, config: Config, database: Database, metrics: Metrics, log_output: LogOutput | None = None
     ) -> None:
         super().__init__()
         self.config = config
         self.database = database
         self.metrics = metrics
         self.listeners: dict[str, IService] = {}
-        self.parallel_stop = self.listeners  # the front ends drain together, then hub, lag probe, database
+        self.parallel_stop = self.listeners  # the front ends drain together
         self.hub: Hub | None = None
-        self._reactor = reactor
-        self.notifier = notifier or Notifier()
-        self.watchdog = Watchdog(self.notifier, reactor)
-        # what reloads compare with: the configuration as last applied
-        self.applied_config = config
-        self._config_path = os.path.abspath(config.source)
-        d = config.daemon
-        self.log_output = LogOutput(d.log_format, d.log_level) if LogOutput.wanted(d.log_format, d.log_level) else None
-        self.handle_sighup = False
-        self._previous_sighup: Any = None
+        self.log_output = log_output
 
     def setServiceParent(self, parent: Any) -> None:
         # twistd hands us its Application before it starts logging: an ILogObserver component
@@ -98,49 +98,6 @@ class ServiceTree(OrderedMultiService):
         if self.log_output is not None and isinstance(parent, Componentized):
             parent.setComponent(ILogObserver, self.log_output.observer)
         super().setServiceParent(parent)
-
-    def reload(self, environ: Mapping[str, str] | None = None) -> bool:
-        """Read the configuration file again and apply what can change while running."""
-        ok = reload_config(self, self._config_path, environ)
-        self.notifier.notify(STATUS=("reloaded; " if ok else "reload failed (invalid file); ") + self.status())
-        return ok
-
-    def _on_sighup(self, signum: int, frame: FrameType | None) -> None:
-        # a signal handler may run in the middle of reactor code: hand the work to the reactor
-        self._reactor.callFromThread(self.reload)
-
-    def startService(self) -> None:
-        if self.handle_sighup:
-            self._previous_sighup = signal.signal(signal.SIGHUP, self._on_sighup)
-        super().startService()
-        # after the reactor runs, so twistd's signal handlers are in place when systemd hears READY
-        self._reactor.callWhenRunning(self._announce_ready)
-
-    def _announce_ready(self) -> None:
-        d = self.when_listening()
-        d.addCallback(lambda _: self.notifier.notify(READY="1", STATUS=self.status()))
-        d.addCallback(lambda _: self.watchdog.start())
-        d.addErrback(lambda f: self.log.failure("not announcing readiness: a listener failed", f))
-
-    def status(self) -> str:
-        """One line naming each service and its bound address."""
-        return "serving " + ", ".join(
-            f"{name}={format_address(service.address)}" for name, service in self.listeners.items() if service.address
-        )
-
-    def stopService(self) -> Deferred[None]:
-        self.notifier.notify(STOPPING="1", STATUS="stopping")
-        if self.handle_sighup and self._previous_sighup is not None:
-            signal.signal(signal.SIGHUP, self._previous_sighup)
-            self._previous_sighup = None
-        # pings go on while draining: a slow drain is not a hung daemon (TimeoutStopSec bounds it)
-        d = super().stopService()
-        d.addBoth(self._stop_watchdog)
-        return d
-
-    def _stop_watchdog(self, result: Any) -> Any:
-        self.watchdog.stop()
-        return result
 
     def when_listening(self) -> Deferred[list[Any]]:
         """Fires once every listener is bound."""
@@ -159,14 +116,28 @@ def build_service_tree(
     reactor: Any,
     migrations: Sequence[Migration] = MIGRATIONS,
     notifier: Notifier | None = None,
+    *,
+    kinds: Mapping[str, ServiceKind] | None = None,
+    load: Load = load_config,
+    handle_sighup: bool = False,
 ) -> ServiceTree:
-    """Build (without starting) the whole daemon from a validated config."""
+    """Build (without starting) the whole daemon from a validated config.
+
+    C{kinds} builds each service (default: every kind of L{myservices.registry});
+    C{load} rereads the config file on reload; with C{handle_sighup}, SIGHUP reloads.
+    """
+    kinds = service_kinds() if kinds is None else kinds
+    notifier = Notifier() if notifier is None else notifier
     metrics = Metrics()
+    d = config.daemon
+    log_output = LogOutput(d.log_format, d.log_level) if LogOutput.wanted(d.log_format, d.log_level) else None
     database = Database.from_config(
         config.database, config.daemon.data_dir, reactor, migrations=migrations, metrics=metrics
     )
-    tree = ServiceTree(config, database, metrics, reactor, notifier)
-    database.setServiceParent(tree)  # first in, last out
+    tree = ServiceTree(config, database, metrics, log_output)
+    watchdog = Watchdog(notifier, reactor)
+    watchdog.setServiceParent(tree)  # first in, last out: pings until everything else has stopped
+    database.setServiceParent(tree)  # then the database: it closes after every service that uses it
     if config.daemon.reactor_lag_interval:
         ReactorLagMonitor(reactor, config.daemon.reactor_lag_interval, metrics).setServiceParent(tree)
     h = config.hub
@@ -192,11 +163,19 @@ def build_service_tree(
         readiness=Readiness(tree.listeners, database, reactor, lambda: tree.running),
         services=tree.listeners,
     )
-    kinds = service_kinds()
     for name, cfg in config.enabled_services():
-        service = kinds[name].build(name, cfg, ctx)
+        service = kinds[cfg.kind or name].build(name, cfg, ctx)
         if isinstance(service, StreamListenerService):
             service.factory.close_timeout = config.daemon.close_timeout
         service.setServiceParent(tree)
         tree.listeners[name] = service
+    # added after the listeners, these two stop before them: STOPPING=1 and the old SIGHUP handler
+    # come before the drain
+    notify = NotifyService(notifier, reactor, tree.listeners, watchdog)
+    notify.setServiceParent(tree)
+    ReloadService(
+        os.path.abspath(config.source), load, config, tree.listeners,
+        {"daemon": daemon_settings(tree.listeners, log_output), "hub": hub_settings(hub)},
+        reactor, handle_sighup=handle_sighup, reloaded=notify.reloaded,
+    ).setServiceParent(tree)
     return tree

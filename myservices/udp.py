@@ -8,11 +8,11 @@ from twisted.application.service import IService
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
-from myservices.config import KiB, SIZE, UDP_ENDPOINT, ServiceConfig, setting
+from myservices.context import BuildContext
 from myservices.endpoints import parse_udp_endpoint
 from myservices.listeners import UdpListenerService
 from myservices.metrics import ServiceMetrics
-from myservices.registry import BuildContext
+from myservices.settings import KiB, SIZE, UDP_ENDPOINT, ServiceConfig, setting
 
 
 @dataclass(frozen=True, kw_only=True)

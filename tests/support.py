@@ -14,7 +14,8 @@ from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
-from myservices.config import Config, load_config
+from myservices.config import Config
+from myservices.registry import load_config
 from myservices.tree import ServiceTree, build_service_tree
 
 REPO = Path(__file__).resolve().parent.parent

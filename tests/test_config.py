@@ -6,7 +6,10 @@ from pathlib import Path
 
 from twisted.trial.unittest import TestCase
 
-from myservices.config import ConfigError, load_config, parse_database_url, parse_size
+from myservices.config import ConfigError
+from myservices.db.config import parse_database_url
+from myservices.registry import load_config
+from myservices.settings import parse_size
 from tests.support import REPO, load, write_config
 
 

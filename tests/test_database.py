@@ -11,7 +11,7 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
-from myservices.config import DatabaseConfig
+from myservices.db.config import DatabaseConfig
 from myservices.db import Database, DatabaseUnavailable, Migration, Txn
 from tests import mysql
 from tests.support import free_port

@@ -19,7 +19,7 @@ from twisted.internet.defer import CancelledError, Deferred, gatherResults
 from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import TestCase
 
-from myservices.config import DatabaseConfig
+from myservices.db.config import DatabaseConfig
 from myservices.counter import DurableCounter
 from myservices.db import Database, DatabaseTimeout, DatabaseUnavailable, Migration, Txn
 from myservices.framed.client import FramedError

@@ -6,8 +6,10 @@ import re
 
 from twisted.trial.unittest import TestCase
 
-from myservices.config import DaemonConfig, DatabaseConfig, describe_settings
+from myservices.config import DaemonConfig
+from myservices.db.config import DatabaseConfig
 from myservices.registry import service_kinds
+from myservices.validate import describe_settings
 from tests.support import REPO
 
 

@@ -364,7 +364,7 @@ class DurableCounterTests(TestCase):
 
         from twisted.internet import reactor
 
-        from myservices.config import DatabaseConfig
+        from myservices.db.config import DatabaseConfig
         from myservices.counter import DurableCounter
         from myservices.db import Database
 

@@ -10,7 +10,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
-from myservices.config import DatabaseConfig
+from myservices.db.config import DatabaseConfig
 from myservices.db import Database, DatabaseUnavailable
 from myservices.errors import (
     NICK_INVALID,

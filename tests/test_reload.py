@@ -13,7 +13,7 @@ from twisted.logger import Logger, LogLevel, globalLogPublisher
 from twisted.application.service import Application
 from twisted.trial.unittest import TestCase
 
-from myservices.config import load_config
+from myservices.registry import load_config
 from myservices.logs import LogOutput
 from myservices.tree import ServiceTree
 from tests.support import chat_client, port_of, start_tree, write_config
@@ -65,7 +65,7 @@ class ReloadTests(TestCase):
         self.assertTrue(lines[-1].startswith("ERR NICK_INVALID"), lines)
         self.write(path, line=64)
         events = self.capture_log()
-        self.assertTrue(tree.reload(environ={}))
+        self.assertTrue(tree.getServiceNamed("reload").reload(environ={}))
         lines = await client.command(f"/nick {line}")
         self.assertTrue(lines[-1].startswith("ERR LINE_TOO_LONG"), lines)
         # the same connection goes on
@@ -79,7 +79,7 @@ class ReloadTests(TestCase):
         self.assertEqual(timeouts, {"chat": 7.0, "websocket": 7.0})
         self.write(path, close=3.0)
         events = self.capture_log()
-        self.assertTrue(tree.reload(environ={}))
+        self.assertTrue(tree.getServiceNamed("reload").reload(environ={}))
         timeouts = {name: s.factory.close_timeout for name, s in tree.listeners.items()}
         self.assertEqual(timeouts, {"chat": 3.0, "websocket": 3.0})
         texts = [e.get("log_format", "").format(**e) for e in events]
@@ -90,7 +90,7 @@ class ReloadTests(TestCase):
         port = port_of(tree, "chat")
         self.write(path, endpoint="tcp:0:interface=127.0.0.2", rate=5.0)
         events = self.capture_log()
-        self.assertTrue(tree.reload(environ={}))
+        self.assertTrue(tree.getServiceNamed("reload").reload(environ={}))
         self.assertEqual(port_of(tree, "chat"), port)
         warnings = [e["key"] for e in events if e.get("log_level") == LogLevel.warn]
         self.assertEqual(warnings, ["services.chat.endpoint"])
@@ -100,7 +100,7 @@ class ReloadTests(TestCase):
         tree, path = await self.start()
         path.write_text(path.read_text().replace("max_line_length = 200", "max_line_length = -1"))
         events = self.capture_log()
-        self.assertFalse(tree.reload(environ={}))
+        self.assertFalse(tree.getServiceNamed("reload").reload(environ={}))
         self.assertEqual(tree.listeners["chat"].factory.max_line_length, 200)
         (error,) = [e for e in events if e.get("log_level") == LogLevel.error]
         self.assertIn("services.chat.max_line_length", error["problems"])
@@ -110,7 +110,7 @@ class ReloadTests(TestCase):
         port = port_of(tree, "websocket")
         self.assertIn(" 403 ", await raw_handshake(self, port, "/echo", {"Origin": "https://app.example"}))
         self.write(path, origins='"https://app.example"')
-        self.assertTrue(tree.reload(environ={}))
+        self.assertTrue(tree.getServiceNamed("reload").reload(environ={}))
         self.assertIn(" 101 ", await raw_handshake(self, port, "/echo", {"Origin": "https://app.example"}))
 
 

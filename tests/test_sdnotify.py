@@ -123,4 +123,4 @@ class WatchdogTests(NotifySocketTestCase):
         self.assertTrue(ready.startswith("READY=1\n"))
         self.assertEqual(ping, "WATCHDOG=1")
         await tree.stopService()
-        self.assertFalse(tree.watchdog._loop.running)
+        self.assertFalse(tree.getServiceNamed("watchdog")._loop.running)

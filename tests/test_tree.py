@@ -80,7 +80,7 @@ class OptionsTests(TestCase):
         options.parseOptions(["--config", str(REPO / "config" / "myservices.toml")])
         root = tap.makeService(options)
         self.assertTrue(IService.providedBy(root))
-        self.assertEqual([s.name for s in root], ["database", "reactor-lag", "hub", "password-hasher", "echo", "chat", "udp", "websocket", "http", "framed", "pb"])
+        self.assertEqual([s.name for s in root], ["watchdog", "database", "reactor-lag", "hub", "password-hasher", "echo", "chat", "udp", "websocket", "http", "framed", "pb", "notify", "reload"])
         self.assertFalse(root.running)
         self.assertIsNone(root.database.pool)
 
@@ -221,4 +221,37 @@ class OrderedStopTests(TestCase):
         self.assertEqual(order, ["udp", "echo", "database"])
         self.assertNoResult(done)
         gates["database"].callback(None)
+        self.successResultOf(done)
+
+    def test_parallel_children_stop_together_in_their_place(self) -> None:
+        from twisted.application.service import Service
+
+        order: list[str] = []
+        gates: dict[str, Deferred[None]] = {}
+
+        class Recorder(Service):
+            def stopService(self) -> Deferred[None]:
+                super().stopService()
+                order.append(self.name)
+                gates[self.name] = Deferred()
+                return gates[self.name]
+
+        root = OrderedMultiService()
+        root.parallel_stop = {"echo", "udp"}
+        for name in ("watchdog", "database", "echo", "udp", "notify"):
+            child = Recorder()
+            child.setName(name)
+            child.setServiceParent(root)
+        root.startService()
+        done = root.stopService()
+        self.assertEqual(order, ["notify"])  # added after the listeners: stops before them
+        gates["notify"].callback(None)
+        self.assertEqual(order, ["notify", "udp", "echo"])  # the listeners together
+        gates["udp"].callback(None)
+        self.assertEqual(order, ["notify", "udp", "echo"])
+        gates["echo"].callback(None)
+        self.assertEqual(order, ["notify", "udp", "echo", "database"])
+        gates["database"].callback(None)
+        self.assertEqual(order, ["notify", "udp", "echo", "database", "watchdog"])
+        gates["watchdog"].callback(None)
         self.successResultOf(done)

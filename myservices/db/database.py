@@ -15,20 +15,13 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from myservices.config import DatabaseConfig, DatabaseUrl, parse_database_url
+from myservices.db.config import DatabaseConfig, DatabaseUrl, parse_database_url
 from myservices.db.migrations import MIGRATIONS, Migration, SchemaTooNew, migrate_txn
 from myservices.db.pool import Dialect, Pool, Ticket, Txn, is_connection_error, is_transient_conflict, make_pool
+from myservices.errors import DatabaseTimeout, DatabaseUnavailable
 from myservices.metrics import Metrics
 
 T = TypeVar("T")
-
-
-class DatabaseUnavailable(Exception):
-    """The database cannot be reached now; retrying later can help."""
-
-
-class DatabaseTimeout(DatabaseUnavailable):
-    """The database did not answer within C{request_timeout}; a write's outcome is unknown (it may commit)."""
 
 
 def _in_txn(cursor: Any, dialect: Dialect, ticket: Ticket, fn: Callable[..., T], args: tuple, kwargs: dict) -> T:

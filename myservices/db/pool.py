@@ -18,7 +18,7 @@ from twisted.enterprise import adbapi
 from twisted.internet import threads
 from twisted.internet.defer import Deferred
 
-from myservices.config import DatabaseConfig, DatabaseUrl
+from myservices.db.config import DatabaseConfig, DatabaseUrl
 
 Dialect = Literal["sqlite", "mysql"]
 

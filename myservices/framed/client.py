@@ -30,9 +30,9 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from myservices.config import MiB
 from myservices.framed.catalog import COMMAND_NAMES, COMMANDS, PUSH_NAMES
 from myservices.framed.wire import MAX_ID, FrameDecoder, FrameError, encode_json
+from myservices.settings import MiB
 
 PushHandler = Callable[[str, dict[str, Any]], object]
 

@@ -19,7 +19,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from myservices.config import SIZE, MiB, StreamServiceConfig, setting
+from myservices.settings import SIZE, MiB, StreamServiceConfig, setting
 from myservices.errors import (
     BAD_ARGUMENTS,
     BAD_ENCODING,
@@ -48,7 +48,7 @@ from myservices.listeners import ConnectionTrackingFactory, StreamListenerServic
 from myservices.metrics import Metrics, RequestCounts
 from myservices.outbound import Outbound
 from myservices.ratelimit import TokenBucket
-from myservices.registry import BuildContext
+from myservices.context import BuildContext
 
 
 @dataclass(frozen=True, kw_only=True)

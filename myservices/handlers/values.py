@@ -14,8 +14,7 @@ import math
 import re
 from typing import Any
 
-from myservices.db import DatabaseUnavailable
-from myservices.errors import BAD_ARGUMENTS, DATABASE_UNAVAILABLE, RequestError
+from myservices.errors import BAD_ARGUMENTS, DATABASE_UNAVAILABLE, DatabaseUnavailable, RequestError
 
 MAX_DEPTH = 64  # nesting of arrays and objects in one value
 

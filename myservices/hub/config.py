@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from myservices.config import DURATION, SIZE, MiB, setting
+from myservices.settings import DURATION, SIZE, MiB, setting
 
 
 @dataclass(frozen=True, kw_only=True)

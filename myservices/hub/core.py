@@ -23,8 +23,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+import myservices.hub.rules as rules
 from myservices.errors import INTERNAL, NICK_TAKEN, NOT_IN_ROOM, RATE_LIMITED, TOO_MANY_ROOMS, RequestError
-from myservices.hub import rules
 from myservices.hub.config import HubConfig
 from myservices.hub.events import Event, Message, NickChange, Presence, UnencodableEvent
 from myservices.hub.interfaces import HubEngine, Joined, RoomInfo, Subscriber

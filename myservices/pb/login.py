@@ -26,12 +26,12 @@ from twisted.internet.defer import Deferred
 from twisted.spread import pb
 from zope.interface import implementer
 
-from myservices.accounts import Account, AccountStore
 from myservices.errors import BAD_ARGUMENTS, BAD_REQUEST, LOGIN_FAILED, UNAUTHENTICATED, RequestError
 from myservices.handlers.router import Arg, Router
 from myservices.pb.avatar import AnonymousAvatar, UserAvatar
 
 if TYPE_CHECKING:
+    from myservices.accounts import Account, AccountStore
     from myservices.pb.server import PBConnection
 
 

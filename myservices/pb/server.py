@@ -25,7 +25,7 @@ from twisted.python.failure import Failure
 from twisted.spread import pb
 from twisted.spread.jelly import InsecureJelly, SecurityOptions
 
-from myservices.config import DURATION, SIZE, KiB, MiB, StreamServiceConfig, setting
+from myservices.settings import DURATION, SIZE, KiB, MiB, StreamServiceConfig, setting
 from myservices.errors import (
     BAD_ARGUMENTS,
     RATE_LIMITED,
@@ -47,7 +47,7 @@ from myservices.outbound import Outbound
 from myservices.pb.errors import RequestFailed
 from myservices.pb.login import GatewayRoot, make_portal
 from myservices.ratelimit import TokenBucket
-from myservices.registry import BuildContext
+from myservices.context import BuildContext
 
 _log = Logger()
 

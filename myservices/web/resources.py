@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
@@ -14,11 +14,13 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from myservices.counter import DurableCounter
-from myservices.db import DatabaseUnavailable
 from myservices.errors import DATABASE_UNAVAILABLE, INTERNAL, NOT_FOUND
-from myservices.health import Readiness
+from myservices.handlers.values import client_error
 from myservices.web.request import error_response
+
+if TYPE_CHECKING:
+    from myservices.counter import DurableCounter
+    from myservices.health import Readiness
 
 log = Logger()
 
@@ -56,7 +58,8 @@ class DatabaseErrors:
         self.retry_after = retry_after
 
     def respond(self, failure: Failure, request: Request) -> None:
-        unavailable = failure.check(DatabaseUnavailable) is not None
+        error = client_error(failure.value)
+        unavailable = error is not None and error.error is DATABASE_UNAVAILABLE
         if not unavailable:
             log.failure("{method} {uri} failed", failure, method=request.method, uri=request.uri)
         if gone(request):

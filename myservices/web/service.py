@@ -7,12 +7,12 @@ from dataclasses import dataclass
 
 from twisted.application.service import IService
 
-from myservices.config import DURATION, SIZE, KiB, MiB, ServiceConfig, StreamServiceConfig, setting
+from myservices.context import BuildContext
 from myservices.listeners import StreamListenerService
-from myservices.registry import BuildContext
+from myservices.settings import DURATION, SIZE, KiB, MiB, ServiceConfig, StreamServiceConfig, setting
 from myservices.web.channel import HttpLimits
-from myservices.web.resources import CounterApi, CounterPage, DatabaseErrors, Healthz, JsonRoot, MetricsPage, Readyz
 from myservices.web.pages import static_directory
+from myservices.web.resources import CounterApi, CounterPage, DatabaseErrors, Healthz, JsonRoot, MetricsPage, Readyz
 from myservices.web.site import HttpSite
 from myservices.web.upgrade import WebSocketMount
 

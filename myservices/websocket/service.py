@@ -7,10 +7,10 @@ from functools import partial
 
 from twisted.application.service import IService
 
-from myservices.config import DURATION, SIZE, STRINGS, KiB, MiB, StreamServiceConfig, setting
+from myservices.settings import DURATION, SIZE, STRINGS, KiB, MiB, StreamServiceConfig, setting
 from myservices.handlers.commands import SharedServices, router
 from myservices.listeners import StreamListenerService
-from myservices.registry import BuildContext
+from myservices.context import BuildContext
 from myservices.websocket.protocol import WebSocketFactory
 from myservices.websocket.routes import ChatRoute, ChatSettings, EchoRoute
 

@@ -1,0 +1,35 @@
+"""What a service kind's builder is given: the shared objects of one service tree."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from twisted.application.service import IService
+
+if TYPE_CHECKING:
+    from myservices.accounts import AccountStore
+    from myservices.config import Config
+    from myservices.counter import DurableCounter
+    from myservices.db import Database
+    from myservices.health import Readiness
+    from myservices.hub import Hub
+    from myservices.kv import KeyValueStore
+    from myservices.metrics import Metrics
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """What a builder may use: shared objects are passed in, never imported as globals."""
+
+    reactor: Any
+    config: Config
+    database: Database
+    metrics: Metrics
+    hub: Hub
+    counter: DurableCounter
+    accounts: AccountStore
+    kv: KeyValueStore
+    readiness: Readiness
+    services: Mapping[str, IService]  # those built so far, by name (built in the order of the kinds)
