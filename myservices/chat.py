@@ -370,6 +370,9 @@ class ChatFactory(ConnectionTrackingFactory):
     """Configuration and the shared hub for L{ChatProtocol} connections."""
 
     protocol = ChatProtocol
+    # live settings: set by configure()
+    idle_timeout: float
+    max_line_length: int
     live_settings = ("max_connections", "idle_timeout", "max_line_length")
 
     def __init__(self, name: str, cfg: ChatConfig, hub: Hub, metrics: ServiceMetrics, clock: IReactorTime) -> None:

@@ -91,6 +91,7 @@ class EchoFactory(ConnectionTrackingFactory):
     """Per-listener configuration and bookkeeping for L{EchoProtocol}."""
 
     protocol = EchoProtocol
+    idle_timeout: float  # live settings: set by configure()
     live_settings = ("max_connections", "idle_timeout")
 
     def __init__(

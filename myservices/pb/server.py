@@ -356,6 +356,14 @@ class PBFactory(RequestCounts, ConnectionTrackingFactory, pb.PBServerFactory):
     )
     # a refused client cannot be told in PB terms before the dialect exchange
     refusal_message = b""
+    # live settings: set by configure()
+    idle_timeout: float
+    login_timeout: float
+    max_message_size: int
+    max_in_flight: int
+    request_rate: float
+    request_burst: int
+    max_unanswered: int
 
     def __init__(
         self,
