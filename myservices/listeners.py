@@ -142,7 +142,7 @@ class ConnectionTrackingFactory(Factory[Protocol]):
         self._drained: list[Deferred[None]] = []
         self._refused_since_log = 0
 
-    def buildProtocol(self, addr: IAddress) -> Protocol | None:
+    def buildProtocol(self, addr: IAddress | None) -> Protocol | None:
         if len(self.connections) >= self.max_connections:
             self.metrics.refused("max_connections")
             # one log line per burst, not one per refused connection
@@ -284,7 +284,9 @@ class ListenerService(Service):
         self._binding = False
         if self.port is not None:
             port, self.port = self.port, None
-            await port.stopListening()
+            stopped = port.stopListening()  # a Deferred, or None when it stopped at once
+            if stopped is not None:
+                await stopped
 
 
 class StreamListenerService(ListenerService):

@@ -83,8 +83,9 @@ class Watchdog:
             Notifier.log.failure("watchdog: sending WATCHDOG=1 failed; trying again at the next interval")
 
     def start(self) -> None:
-        if self._loop is not None and not self._loop.running:
-            self._loop.start(self.notifier.watchdog_interval, now=True)
+        interval = self.notifier.watchdog_interval
+        if self._loop is not None and interval is not None and not self._loop.running:
+            self._loop.start(interval, now=True)
 
     def stop(self) -> None:
         if self._loop is not None and self._loop.running:
