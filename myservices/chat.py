@@ -9,11 +9,12 @@ can arrive at any time.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from twisted.application.service import IService
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 from twisted.protocols.policies import TimeoutMixin
@@ -105,15 +106,18 @@ class ChatProtocol(HalfCloseableProtocol, LineReceiver, TimeoutMixin):
     factory: ChatFactory
     log = Logger()
 
-    @property  # type: ignore[override]
-    def MAX_LENGTH(self) -> int:  # noqa: N802 (LineReceiver's name)
+    def callLater(self, period: float, func: Callable[[], object]) -> IDelayedCall:  # noqa: N802 (TimeoutMixin's)
+        """TimeoutMixin schedules through this: on the factory's clock."""
+        return self.factory.clock.callLater(period, func)
+
+    @property
+    def MAX_LENGTH(self) -> int:  # type: ignore[override]  # noqa: N802 (LineReceiver's name)
         # read from the factory each time, so a reload (SIGHUP) applies to open connections too
         return self.factory.max_line_length
 
     def connectionMade(self) -> None:
         super().connectionMade()
         factory = self.factory
-        self.callLater = factory.clock.callLater
         self.hub: Hub = factory.hub
         self.metrics = factory.metrics
         self.current: str | None = None
@@ -370,6 +374,9 @@ class ChatFactory(ConnectionTrackingFactory):
     """Configuration and the shared hub for L{ChatProtocol} connections."""
 
     protocol = ChatProtocol
+    # live settings: set by configure()
+    idle_timeout: float
+    max_line_length: int
     live_settings = ("max_connections", "idle_timeout", "max_line_length")
 
     def __init__(self, name: str, cfg: ChatConfig, hub: Hub, metrics: ServiceMetrics, clock: IReactorTime) -> None:

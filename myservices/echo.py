@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from twisted.application.service import IService
-from twisted.internet.interfaces import IPushProducer, IReactorTime, ITransport
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -28,7 +30,8 @@ class _ReadThrottle:
     """Registered as the producer of a connection's own writes: a full write
     buffer pauses reading from that connection, a drained one resumes it."""
 
-    def __init__(self, transport: ITransport, metrics: ServiceMetrics) -> None:
+    # the connection's transport: a push producer (pause, resume) and a consumer (release_if_closing)
+    def __init__(self, transport: Any, metrics: ServiceMetrics) -> None:
         self._transport = transport
         self._metrics = metrics
         self.paused = False
@@ -60,9 +63,12 @@ class EchoProtocol(HalfCloseableProtocol, TimeoutMixin):
     factory: EchoFactory
     throttle: _ReadThrottle
 
+    def callLater(self, period: float, func: Callable[[], object]) -> IDelayedCall:  # noqa: N802 (TimeoutMixin's)
+        """TimeoutMixin schedules through this: on the factory's clock."""
+        return self.factory.clock.callLater(period, func)
+
     def connectionMade(self) -> None:
         super().connectionMade()
-        self.callLater = self.factory.clock.callLater  # TimeoutMixin schedules through this
         self.throttle = _ReadThrottle(self.transport, self.factory.metrics)
         self.transport.registerProducer(self.throttle, True)
         self.setTimeout(self.factory.idle_timeout or None)
@@ -91,6 +97,7 @@ class EchoFactory(ConnectionTrackingFactory):
     """Per-listener configuration and bookkeeping for L{EchoProtocol}."""
 
     protocol = EchoProtocol
+    idle_timeout: float  # live settings: set by configure()
     live_settings = ("max_connections", "idle_timeout")
 
     def __init__(

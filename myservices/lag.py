@@ -16,7 +16,7 @@ class ReactorLagMonitor(Service):
     second means every connection waited that long for service.
     """
 
-    name = "reactor-lag"
+    name = "reactor-lag"  # type: ignore[assignment]  # twisted's Service.name is unannotated (inferred as None)
     log = Logger()
 
     def __init__(self, clock: IReactorTime, interval: float, metrics: Metrics) -> None:

@@ -44,6 +44,9 @@ class TrackedProtocol(Protocol):
     """
 
     factory: ConnectionTrackingFactory
+    # a stream transport (TCP or TLS): ITCPTransport, IPushProducer and IConsumer at once, which
+    # twisted's annotation (Optional[ITransport]) does not say; set before connectionMade
+    transport: Any
     closing_gracefully = False  # close_gracefully was called: the output is flushing, then the close
     _close_timer: IDelayedCall | None = None
 
@@ -103,6 +106,10 @@ class TrackedProtocol(Protocol):
 class _Refusal(Protocol):
     """Sent to a connection over the limit: one short line, then close."""
 
+    # a stream transport (TCP or TLS): ITCPTransport, IPushProducer and IConsumer at once, which
+    # twisted's annotation (Optional[ITransport]) does not say; set before connectionMade
+    transport: Any
+
     def __init__(self, message: bytes) -> None:
         self.message = message
 
@@ -111,7 +118,7 @@ class _Refusal(Protocol):
         self.transport.loseConnection()
 
 
-class ConnectionTrackingFactory(Factory):
+class ConnectionTrackingFactory(Factory[Protocol]):
     """Base factory for stream services: enforces max_connections and closes everything on stop.
 
     Subclasses set C{protocol} to a L{TrackedProtocol} subclass and
@@ -135,7 +142,7 @@ class ConnectionTrackingFactory(Factory):
         self._drained: list[Deferred[None]] = []
         self._refused_since_log = 0
 
-    def buildProtocol(self, addr: IAddress) -> Protocol | None:
+    def buildProtocol(self, addr: IAddress | None) -> Protocol | None:
         if len(self.connections) >= self.max_connections:
             self.metrics.refused("max_connections")
             # one log line per burst, not one per refused connection
@@ -159,12 +166,12 @@ class ConnectionTrackingFactory(Factory):
         self.configure(cfg)
         return [key for key in changed if key not in self.live_settings]
 
-    def connection_opened(self, proto: Protocol) -> None:
+    def connection_opened(self, proto: TrackedProtocol) -> None:
         self.connections.add(proto)
         self.metrics.connections.inc()
         self.metrics.connections_open.inc()
 
-    def connection_closed(self, proto: Protocol) -> None:
+    def connection_closed(self, proto: TrackedProtocol) -> None:
         if proto not in self.connections:
             return
         self.connections.discard(proto)
@@ -277,7 +284,9 @@ class ListenerService(Service):
         self._binding = False
         if self.port is not None:
             port, self.port = self.port, None
-            await port.stopListening()
+            stopped = port.stopListening()  # a Deferred, or None when it stopped at once
+            if stopped is not None:
+                await stopped
 
 
 class StreamListenerService(ListenerService):

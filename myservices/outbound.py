@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 
-from twisted.internet.interfaces import IConsumer, IPushProducer, ITransport
+from twisted.internet.interfaces import IConsumer, IPushProducer
 from zope.interface import implementer
 
 from myservices.metrics import ServiceMetrics
@@ -46,7 +46,7 @@ class Outbound:
 
     def __init__(
         self,
-        transport: ITransport,
+        transport: IConsumer,
         max_pending: int,
         on_overflow: Callable[[], None],
         on_drained: Callable[[], None] | None = None,

@@ -67,7 +67,7 @@ class PasswordHasher(Service):
     reactor's shared pool (which also resolves host names).
     """
 
-    name = "password-hasher"
+    name = "password-hasher"  # type: ignore[assignment]  # twisted's Service.name is unannotated (inferred as None)
 
     def __init__(self, reactor: Any, n: int, *, r: int = 8, p: int = 1, concurrency: int = 2, max_waiting: int = 256):
         self._reactor = reactor

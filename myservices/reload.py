@@ -62,7 +62,7 @@ class ReloadService(Service):
     the previous SIGHUP handler back before the drain.
     """
 
-    name = "reload"
+    name = "reload"  # type: ignore[assignment]  # twisted's Service.name is unannotated (inferred as None)
 
     def __init__(
         self,

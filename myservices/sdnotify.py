@@ -80,7 +80,7 @@ class Watchdog(Service):
     drains (a slow drain is not a hung daemon; TimeoutStopSec bounds it).
     """
 
-    name = "watchdog"
+    name = "watchdog"  # type: ignore[assignment]  # twisted's Service.name is unannotated (inferred as None)
 
     def __init__(self, notifier: Notifier, clock: IReactorTime) -> None:
         self.notifier = notifier
@@ -97,8 +97,9 @@ class Watchdog(Service):
             Notifier.log.failure("watchdog: sending WATCHDOG=1 failed; trying again at the next interval")
 
     def start(self) -> None:
-        if self._loop is not None and not self._loop.running:
-            self._loop.start(self.notifier.watchdog_interval, now=True)
+        interval = self.notifier.watchdog_interval
+        if self._loop is not None and interval is not None and not self._loop.running:
+            self._loop.start(interval, now=True)
 
     def stop(self) -> None:
         if self._loop is not None and self._loop.running:
@@ -118,7 +119,7 @@ class NotifyService(Service):
     """
 
     log = Logger()
-    name = "notify"
+    name = "notify"  # type: ignore[assignment]  # twisted's Service.name is unannotated (inferred as None)
 
     def __init__(
         self, notifier: Notifier, reactor: Any, listeners: Mapping[str, Any], watchdog: Watchdog | None = None

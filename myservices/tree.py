@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Collection, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
@@ -28,7 +28,7 @@ from myservices.health import Readiness
 from myservices.hub import HistoryStore, Hub, HubService, MemoryEngine
 from myservices.kv import KeyValueStore
 from myservices.lag import ReactorLagMonitor
-from myservices.listeners import StreamListenerService
+from myservices.listeners import ListenerService, StreamListenerService
 from myservices.logs import LogOutput
 from myservices.metrics import Metrics
 from myservices.passwords import PasswordHasher
@@ -87,7 +87,7 @@ class ServiceTree(OrderedMultiService):
         self.config = config
         self.database = database
         self.metrics = metrics
-        self.listeners: dict[str, IService] = {}
+        self.listeners: dict[str, ListenerService] = {}
         self.parallel_stop = self.listeners  # the front ends drain together
         self.hub: Hub | None = None
         self.log_output = log_output
@@ -160,11 +160,11 @@ def build_service_tree(
         accounts=AccountStore(database, hasher, a),
         kv=KeyValueStore(database, config.kv),
         # tree.listeners fills as services are built; the checks read it when they run
-        readiness=Readiness(tree.listeners, database, reactor, lambda: tree.running),
+        readiness=Readiness(tree.listeners, database, reactor, lambda: bool(tree.running)),
         services=tree.listeners,
     )
     for name, cfg in config.enabled_services():
-        service = kinds[cfg.kind or name].build(name, cfg, ctx)
+        service = cast(ListenerService, kinds[cfg.kind or name].build(name, cfg, ctx))  # every kind listens
         if isinstance(service, StreamListenerService):
             service.factory.close_timeout = config.daemon.close_timeout
         service.setServiceParent(tree)

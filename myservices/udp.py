@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from twisted.application.service import IService
+from twisted.internet.interfaces import IUDPTransport
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
@@ -30,6 +31,7 @@ class UdpEchoProtocol(DatagramProtocol):
 
     log = Logger()
     noisy = False
+    transport: IUDPTransport  # set before datagrams arrive
 
     def __init__(self, max_datagram: int, metrics: ServiceMetrics) -> None:
         self.max_datagram = max_datagram

@@ -55,7 +55,7 @@ class Validator:
                 values[name] = self._convert(str(f.default), hints[name], f)
         return cls(**values)
 
-    def _convert(self, value: Any, hint: Any, f: dataclasses.Field) -> Any:
+    def _convert(self, value: Any, hint: Any, f: dataclasses.Field[Any]) -> Any:
         meta = f.metadata
         kind = meta.get("kind")
         expected = _expected(hint, f)
@@ -111,7 +111,7 @@ def _check_type(value: Any, hint: Any, expected: str) -> Any:
     raise ValueError(f"expected {expected}, got {_toml_type(value)}")
 
 
-def _expected(hint: Any, f: dataclasses.Field) -> str:
+def _expected(hint: Any, f: dataclasses.Field[Any]) -> str:
     meta = f.metadata
     kind = meta.get("kind")
     if kind == STREAM_ENDPOINT:

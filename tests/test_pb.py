@@ -113,6 +113,16 @@ class SQLitePBTests(PBTestsMixin, TestCase):
             failure = await failure_of(client.root.callRemote("login", "alice", "correct horse"))
             self.assertEqual(code_of(failure), "BAD_REQUEST")
 
+    async def test_non_ascii_password(self) -> None:
+        # the checker gets the password as UTF-8 bytes (IUsernamePassword) and checks the same text
+        await self.start()
+        await self.accounts.register("zoe", "pässwörd ✓ 🔑")
+        client = await pb_connect(self, self.port)
+        failure = await failure_of(client.root.callRemote("login", "zoe", "passwort ✓ 🔑"))
+        self.assertEqual(code_of(failure), "LOGIN_FAILED")
+        avatar = await client.login("zoe", "pässwörd ✓ 🔑")
+        self.assertEqual((await avatar.callRemote("whoami"))["username"], "zoe")
+
     async def test_twisted_challenge_response_login_gets_a_clear_error(self) -> None:
         await self.start()
         await self.accounts.register("alice", "correct horse")

@@ -24,7 +24,7 @@ from myservices.metrics import Metrics
 T = TypeVar("T")
 
 
-def _in_txn(cursor: Any, dialect: Dialect, ticket: Ticket, fn: Callable[..., T], args: tuple, kwargs: dict) -> T:
+def _in_txn(cursor: Any, dialect: Dialect, ticket: Ticket, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:
     ticket.check()  # the caller gave up while this thread connected: do not start
     result = fn(Txn(cursor, dialect), *args, **kwargs)
     ticket.check()  # ... or while it ran: roll back instead of committing what nobody receives
@@ -45,7 +45,7 @@ class Database(Service):
     """
 
     log = Logger()
-    name = "database"
+    name = "database"  # type: ignore[assignment]  # twisted's Service.name is unannotated (inferred as None)
     retry_initial = 0.5
     conflict_retries = 3
     retry_max = 30.0
@@ -82,7 +82,7 @@ class Database(Service):
         return cls(cfg, parse_database_url(cfg.url, Path(data_dir), cfg.password), reactor, **kw)
 
     def startService(self) -> None:
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]  # twisted's Service is unannotated
         if self.url.scheme == "sqlite" and self.url.path != ":memory:":
             os.makedirs(os.path.dirname(self.url.path), exist_ok=True)
         self.pool, self.dialect = make_pool(self.url, self.cfg, self._reactor)
@@ -92,7 +92,7 @@ class Database(Service):
         self._attempt_migration()
 
     def stopService(self) -> Deferred[None]:
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]  # twisted's Service is unannotated
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
         self._retry = None
@@ -209,7 +209,7 @@ class Database(Service):
             self._answering = True
             self.log.info("database {url}: answering again", url=self.url.safe)
 
-    async def _run(self, ticket: Ticket, operation: str, fn: Callable[..., T], args: tuple, kwargs: dict) -> T:
+    async def _run(self, ticket: Ticket, operation: str, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:
         try:
             if not self.ready and self._attempt_in_flight:
                 # the first requests wait for the start-up migration instead of failing
@@ -225,7 +225,7 @@ class Database(Service):
             ticket.abandon()  # timed out or cancelled by the caller
             raise
 
-    async def _measured(self, ticket: Ticket, operation: str, fn: Callable[..., T], args: tuple, kwargs: dict) -> T:
+    async def _measured(self, ticket: Ticket, operation: str, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:
         metrics = self.metrics
         started = self._clock.seconds()
         metrics.db_in_flight.inc()
@@ -246,12 +246,13 @@ class Database(Service):
         self._answered()
         return result
 
-    async def _interact(self, ticket: Ticket, operation: str, fn: Callable[..., T], args: tuple, kwargs: dict) -> T:
+    async def _interact(self, ticket: Ticket, operation: str, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:
         assert self.pool is not None
         retries = 0
         while True:
             try:
-                return await self.pool.run_transaction(ticket, _in_txn, self.dialect, ticket, fn, args, kwargs)
+                result: T = await self.pool.run_transaction(ticket, _in_txn, self.dialect, ticket, fn, args, kwargs)
+                return result
             except Exception as e:
                 # the server rolled the transaction back and asks for it to be run again
                 if retries >= self.conflict_retries or not is_transient_conflict(e):

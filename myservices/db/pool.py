@@ -41,18 +41,21 @@ class Txn:
         self._cursor.executemany(self._sql(sql), [tuple(r) for r in rows])
 
     def fetchone(self) -> tuple[Any, ...] | None:
-        return self._cursor.fetchone()
+        row: tuple[Any, ...] | None = self._cursor.fetchone()
+        return row
 
     def fetchall(self) -> list[tuple[Any, ...]]:
         return list(self._cursor.fetchall())
 
     @property
     def rowcount(self) -> int:
-        return self._cursor.rowcount
+        count: int = self._cursor.rowcount
+        return count
 
     @property
     def lastrowid(self) -> int | None:
-        return self._cursor.lastrowid
+        rowid: int | None = self._cursor.lastrowid
+        return rowid
 
     def _sql(self, sql: str) -> str:
         return _to_format_style(sql) if self.dialect == "mysql" else sql
@@ -104,6 +107,9 @@ class Ticket:
 class Pool(adbapi.ConnectionPool):
     """adbapi's pool, with transactions that their caller can abandon."""
 
+    def __init__(self, dbapiName: str, *connargs: Any, **connkw: Any) -> None:
+        super().__init__(dbapiName, *connargs, **connkw)  # type: ignore[no-untyped-call]  # adbapi is unannotated
+
     def run_transaction(self, ticket: Ticket, interaction: Callable[..., Any], *args: Any) -> Deferred[Any]:
         """Like C{runInteraction}, but skipped if C{ticket} is abandoned before a thread takes it up.
 
@@ -116,7 +122,7 @@ class Pool(adbapi.ConnectionPool):
 
     def _run_transaction(self, ticket: Ticket, interaction: Callable[..., Any], args: tuple[Any, ...]) -> Any:
         ticket.check()
-        return self._runInteraction(interaction, *args)
+        return self._runInteraction(interaction, *args)  # type: ignore[no-untyped-call]  # adbapi is unannotated
 
 
 @contextlib.contextmanager
@@ -130,7 +136,7 @@ def _io_timeout(conn: pymysql.connections.Connection, seconds: float) -> Iterato
         conn._read_timeout, conn._write_timeout = read, write
 
 
-class _MySQLConnection(pymysql.connections.Connection):
+class _MySQLConnection(pymysql.connections.Connection):  # type: ignore[misc]  # pymysql has no type hints
     """pymysql's connection, with the whole connect (not only TCP) bounded by C{connect_timeout}.
 
     pymysql reads the server's greeting with C{read_timeout} (our

@@ -56,6 +56,8 @@ class FramedClient(Protocol):
     """One connection to a framed JSON server."""
 
     log = Logger()
+    # a TCP or TLS transport (connected, abortConnection); None until connected
+    transport: Any
 
     def __init__(self, on_push: PushHandler | None = None, max_body_size: int = 64 * MiB) -> None:
         self.on_push = on_push
@@ -143,7 +145,8 @@ class FramedClient(Protocol):
             # an error about a frame the server could not read as a request
             self._deliver_push("error", {"command": command_id, "error": body.get("error")})
             return
-        pending = self._pending.pop(request_id, None)
+        # an id that is no request's (a list sent by a broken server included) is only logged
+        pending = self._pending.pop(request_id, None) if isinstance(request_id, int) else None
         if pending is None:
             self.log.warn("framed client: reply to unknown request {id}", id=request_id)
             return

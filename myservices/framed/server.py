@@ -340,6 +340,12 @@ class FramedFactory(RequestCounts, ConnectionTrackingFactory):
     # read when a connection opens (max_body_size, request_rate, request_burst) or at each use
     live_settings = ("max_connections", "idle_timeout", "max_body_size", "max_in_flight", "request_rate", "request_burst")
     refusal_message = closing_push(BUSY)
+    # live settings: set by configure()
+    idle_timeout: float
+    max_body_size: int
+    max_in_flight: int
+    request_rate: float
+    request_burst: int
 
     def __init__(
         self,

@@ -281,9 +281,9 @@ class HubService(MultiService):
     front end (no more messages arrive) and before the database closes.
     """
 
-    name = "hub"
+    name = "hub"  # type: ignore[assignment]  # twisted's Service.name is unannotated (inferred as None)
 
     def __init__(self, hub: Hub, engine: IService) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]  # twisted's Service is unannotated
         self.hub = hub
         engine.setServiceParent(self)

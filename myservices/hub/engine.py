@@ -57,7 +57,7 @@ class MemoryEngine(Service):
     """
 
     log = Logger()
-    name = "hub-engine"
+    name = "hub-engine"  # type: ignore[assignment]  # twisted's Service.name is unannotated (inferred as None)
 
     def __init__(
         self, config: HubConfig, clock: IReactorTime, history: HistoryStore | None = None, metrics: Metrics | None = None
@@ -76,7 +76,7 @@ class MemoryEngine(Service):
         )
 
     def stopService(self) -> Deferred[None]:
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]  # twisted's Service is unannotated
         return Deferred.fromCoroutine(self._stop())
 
     async def _stop(self) -> None:

@@ -16,7 +16,7 @@ realm machinery:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.cred.checkers import ANONYMOUS, AllowAnonymousAccess, ICredentialsChecker
 from twisted.cred.credentials import Anonymous, IUsernamePassword, UsernamePassword
@@ -28,7 +28,7 @@ from zope.interface import implementer
 
 from myservices.errors import BAD_ARGUMENTS, BAD_REQUEST, LOGIN_FAILED, UNAUTHENTICATED, RequestError
 from myservices.handlers.router import Arg, Router
-from myservices.pb.avatar import AnonymousAvatar, UserAvatar
+from myservices.pb.avatar import AnonymousAvatar, Avatar, UserAvatar
 
 if TYPE_CHECKING:
     from myservices.accounts import Account, AccountStore
@@ -47,12 +47,19 @@ class AccountChecker:
     def __init__(self, accounts: AccountStore) -> None:
         self.accounts = accounts
 
-    def requestAvatarId(self, credentials: IUsernamePassword) -> Deferred[Account]:
+    # the avatar id is an Account, not the bytes or ANONYMOUS that twisted.cred's annotation names
+    def requestAvatarId(self, credentials: IUsernamePassword) -> Deferred[Account]:  # type: ignore[override]
         return Deferred.fromCoroutine(self._check(credentials))
 
     async def _check(self, credentials: IUsernamePassword) -> Account:
+        # IUsernamePassword carries bytes: the UTF-8 of what the client sent (see login below)
         try:
-            return await self.accounts.authenticate(credentials.username, credentials.password)
+            username = credentials.username.decode("utf-8")
+            password = credentials.password.decode("utf-8")
+        except UnicodeDecodeError:
+            raise UnauthorizedLogin("the username or password is not UTF-8") from None
+        try:
+            return await self.accounts.authenticate(username, password)
         except RequestError as e:
             if e.error is LOGIN_FAILED:
                 raise UnauthorizedLogin(e.detail) from None
@@ -97,7 +104,8 @@ async def login(gateway: Gateway, username: str | bytes, password: str | None = 
         )
     if isinstance(username, bytes):
         raise RequestError(BAD_ARGUMENTS, '"username" must be a string')
-    return await gateway.login(UsernamePassword(username, password))
+    # the router's checks let no unpaired surrogate through, so both encode
+    return await gateway.login(UsernamePassword(username.encode("utf-8"), password.encode("utf-8")))
 
 
 @gateway_commands.command("loginAnonymous", Arg("mind", object, required=False))
@@ -147,7 +155,7 @@ class Gateway(pb.Referenceable):
         if conn.closing:
             logout()
             raise RequestError(LOGIN_FAILED, "the connection closed during login")
-        await avatar.attach(conn)
+        await cast(Avatar, avatar).attach(conn)  # what Realm.requestAvatar made
         conn.login_done()
         conn.notifyOnDisconnect(logout)
         return pb.AsReferenceable(avatar, "perspective")

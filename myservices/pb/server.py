@@ -122,7 +122,7 @@ def bind_call(command: Command, label: str, args: Any, kw: Any) -> dict[str, Any
 class PBConnection(HalfCloseableProtocol, pb.Broker):
     """One PB connection: Twisted's broker with limits, flow control and error translation."""
 
-    factory: PBFactory
+    factory: PBFactory  # type: ignore[assignment]  # twisted.spread leaves Broker.factory unannotated (None)
 
     def __init__(self, isClient: bool = False, security: SecurityOptions | None = None) -> None:
         pb.Broker.__init__(self, isClient, security if security is not None else _security())
@@ -349,13 +349,21 @@ class PBConnection(HalfCloseableProtocol, pb.Broker):
 class PBFactory(RequestCounts, ConnectionTrackingFactory, pb.PBServerFactory):
     """Configuration, the cred portal and the shared services for L{PBConnection}s."""
 
-    protocol = PBConnection  # type: ignore[assignment]
+    protocol = PBConnection
     live_settings = (
         "max_connections", "idle_timeout", "login_timeout", "max_message_size", "max_in_flight",
         "request_rate", "request_burst", "max_unanswered",
     )
     # a refused client cannot be told in PB terms before the dialect exchange
     refusal_message = b""
+    # live settings: set by configure()
+    idle_timeout: float
+    login_timeout: float
+    max_message_size: int
+    max_in_flight: int
+    request_rate: float
+    request_burst: int
+    max_unanswered: int
 
     def __init__(
         self,

@@ -96,7 +96,7 @@ class LimitedRequest(Request):
     def gotLength(self, length: int | None) -> None:
         # twisted.web spools bodies of unknown or 100 KB+ length to a temporary file: a file
         # descriptor and disk per request; max_body_size already bounds what is kept in memory
-        self.content = BytesIO()
+        self.content = BytesIO()  # type: ignore[assignment]  # twisted.web leaves Request.content unannotated (None)
 
     def handleContentChunk(self, data: bytes) -> None:
         if self.channel.rejected:
@@ -122,7 +122,7 @@ class LimitedRequest(Request):
     def processingFailed(self, reason: Failure) -> Failure:
         """Rendering raised: a L{RequestError} is answered with its code, anything else is logged and 500."""
         if reason.check(RequestError) is not None:
-            error: RequestError = reason.value  # type: ignore[assignment]
+            error: RequestError = reason.value
             status, code, message = _STATUS.get(error.error.code, 400), error.error, error.detail
         else:
             log.failure(

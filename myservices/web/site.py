@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.web import http
 from twisted.web.resource import IResource
-from twisted.web.server import Request, Site
+from twisted.web.server import Site
 
 from myservices.errors import BUSY, ErrorCode
 from myservices.listeners import ConnectionTrackingFactory
@@ -24,10 +25,12 @@ def _refusal() -> bytes:
     ) + body
 
 
-class HttpSite(ConnectionTrackingFactory, Site):
+# buildProtocol: ConnectionTrackingFactory's (any Protocol, for the refusal) comes first in the MRO
+class HttpSite(ConnectionTrackingFactory, Site):  # type: ignore[misc]
     """A Site whose connections are counted, limited and closed on stop like every other service's."""
 
-    protocol = LimitedHTTPChannel
+    # HTTP/1.1 only: the channel itself, not twisted.web's wrapper that can switch to HTTP/2
+    protocol = LimitedHTTPChannel  # type: ignore[assignment]
     live_settings = ("max_connections", "access_log")
     requestFactory = LimitedRequest
     displayTracebacks = False
@@ -68,7 +71,7 @@ class HttpSite(ConnectionTrackingFactory, Site):
     def stopFactory(self) -> None:
         pass
 
-    def log(self, request: Request) -> None:
+    def log(self, request: http.Request) -> None:
         """Called by twisted.web as each response finishes: count it and, if enabled, log it."""
         status = request.code
         pending = self._pending_status
@@ -113,7 +116,7 @@ class HttpSite(ConnectionTrackingFactory, Site):
             self.bytes_in = 0
 
 
-def _peer(request: Request) -> str:
+def _peer(request: http.Request) -> str:
     address = request.getClientAddress()
     host = getattr(address, "host", None)
     return str(host) if host is not None else str(address)

@@ -9,7 +9,7 @@ WebSocket service's factory, with its limits, metrics and shutdown.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
@@ -19,6 +19,7 @@ from myservices.web.request import error_response
 from myservices.web.resources import finish
 
 if TYPE_CHECKING:
+    from myservices.web.channel import LimitedHTTPChannel
     from myservices.web.site import HttpSite
     from myservices.websocket.protocol import WebSocketFactory
 
@@ -45,7 +46,7 @@ class WebSocketMount(Resource):
             return self._error(request, 503, BUSY, BUSY.message)
         # the path below the mount as the client sent it: postpath is percent-decoded, and a decoded
         # space or CR LF would break (or add lines to) the request replayed below
-        target = b"/" + b"/".join(request.path.split(b"/")[1 + len(request.prepath):])
+        target = b"/" + b"/".join(request.path.split(b"/")[1 + len(request.prepath or ()):])
         _, question, query = request.uri.partition(b"?")
         lines = [request.method + b" " + target + question + query + b" HTTP/1.1"]
         for name, values in request.requestHeaders.getAllRawHeaders():
@@ -53,7 +54,7 @@ class WebSocketMount(Resource):
         handshake = b"\r\n".join(lines) + b"\r\n\r\n"
         protocol = self.factory.buildProtocol(request.getClientAddress())
         self.site.count_upgrade()
-        request.channel.hand_over(protocol, handshake)
+        cast("LimitedHTTPChannel", request.channel).hand_over(protocol, handshake)  # HttpSite's channel
         return NOT_DONE_YET
 
     def _error(self, request: Request, status: int, error: ErrorCode, message: str) -> int:

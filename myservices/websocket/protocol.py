@@ -60,7 +60,10 @@ class Route(Protocol):
     """What serves one path: created per connection once its handshake is accepted."""
 
     max_pending: int  # unread output bytes before the client is closed as a slow consumer
-    busy: bool  # a message received is not answered yet
+
+    @property
+    def busy(self) -> bool:
+        """A message received is not answered yet."""
 
     def opened(self) -> None: ...
 
@@ -83,7 +86,7 @@ class _ClockTimer:
         return self._clock.callLater(delay, fn, *args, **kwargs)
 
 
-class WebSocketConnection(HalfCloseableProtocol, WebSocketServerProtocol):
+class WebSocketConnection(HalfCloseableProtocol, WebSocketServerProtocol):  # type: ignore[misc]  # autobahn's own bases disagree (peer, _transport_details)
     """A WebSocket connection: the handshake checks, then one route's handler gets the messages.
 
     A client that closes its side of the TCP connection without a close frame
@@ -319,7 +322,7 @@ class WebSocketFactory(RequestCounts, ConnectionTrackingFactory, WebSocketServer
                 return PerMessageDeflateOfferAccept(offer)
         return None
 
-    def buildProtocol(self, addr: IAddress) -> Any:
+    def buildProtocol(self, addr: IAddress | None) -> Any:
         return ConnectionTrackingFactory.buildProtocol(self, addr)
 
     @property
