@@ -6,6 +6,7 @@ import threading
 from pathlib import Path
 
 import pymysql
+import pytest
 from twisted.internet import reactor
 from twisted.internet.defer import gatherResults
 from twisted.trial.unittest import TestCase
@@ -159,6 +160,7 @@ class SQLiteDatabaseTests(DatabaseTestsMixin, TestCase):
         self.assertEqual(await db.run(insert_item_txn, "m"), 1)
 
 
+@pytest.mark.mysql
 class MySQLDatabaseTests(DatabaseTestsMixin, TestCase):
     def database_url(self) -> str:
         return mysql.create_database(self)
