@@ -1,4 +1,4 @@
-"""pytest wiring for the trial TestCases."""
+"""pytest wiring for the trial TestCases, and the guard that keeps the mysql marker true."""
 
 from __future__ import annotations
 
@@ -6,6 +6,10 @@ import os
 from collections.abc import Iterator
 
 import pytest
+
+from tests import mysql
+
+_running: pytest.Item | None = None
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -17,3 +21,24 @@ def _work_in_a_temporary_directory(tmp_path_factory: pytest.TempPathFactory) -> 
         yield
     finally:
         os.chdir(previous)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    global _running
+    _running = item
+    yield
+    _running = None
+
+
+_server = mysql.server
+
+
+def _marked_server() -> mysql.Server:
+    """mysql.server() for tests marked mysql only, so that -m "not mysql" never needs a server."""
+    if _running is not None and _running.get_closest_marker("mysql") is None:
+        raise AssertionError(f"{_running.nodeid} uses MySQL: mark its class @pytest.mark.mysql")
+    return _server()
+
+
+mysql.server = _marked_server  # create_database() calls it through the module, so it is guarded too

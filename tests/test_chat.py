@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
+import pytest
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import TestCase
@@ -297,6 +298,7 @@ class SQLiteChatTests(ChatTestsMixin, TestCase):
         )
 
 
+@pytest.mark.mysql
 class MySQLChatTests(ChatTestsMixin, TestCase):
     def database_url(self) -> str:
         return mysql.create_database(self)

@@ -6,6 +6,7 @@ import threading
 from pathlib import Path
 
 import pymysql
+import pytest
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.task import deferLater
@@ -160,6 +161,7 @@ class SQLiteDatabaseTests(DatabaseTestsMixin, TestCase):
         self.assertEqual(await db.run(insert_item_txn, "m"), 1)
 
 
+@pytest.mark.mysql
 class MySQLDatabaseTests(DatabaseTestsMixin, TestCase):
     def database_url(self) -> str:
         return mysql.create_database(self)

@@ -21,9 +21,12 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import pytest
 from twisted.trial.unittest import TestCase
 
 from tests.support import REPO
+
+pytestmark = pytest.mark.e2e
 
 
 class InstalledDaemon:
@@ -537,6 +540,7 @@ class CrashEndToEndTests(DaemonTestCase):
         proc.wait(timeout=15)
 
 
+@pytest.mark.mysql
 class MySQLCrashEndToEndTests(CrashEndToEndTests):
     def database_url(self) -> str:
         from tests import mysql

@@ -7,6 +7,7 @@ import os
 import struct
 from typing import Any
 
+import pytest
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.trial.unittest import TestCase
 
@@ -302,6 +303,7 @@ class SQLiteFramedTests(FramedTestsMixin, TestCase):
         return f"sqlite:///{os.path.abspath(self.mktemp())}.sqlite3"
 
 
+@pytest.mark.mysql
 class MySQLFramedTests(FramedTestsMixin, TestCase):
     def database_url(self) -> str:
         return mysql.create_database(self)

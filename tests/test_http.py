@@ -6,6 +6,7 @@ import json
 import os
 from typing import Any
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import gatherResults
@@ -98,6 +99,7 @@ class SQLiteCounterTests(CounterTestsMixin, TestCase):
         return f"sqlite:///{os.path.abspath(self.mktemp())}.sqlite3"
 
 
+@pytest.mark.mysql
 class MySQLCounterTests(CounterTestsMixin, TestCase):
     def database_url(self) -> str:
         return mysql.create_database(self)

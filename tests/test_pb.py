@@ -8,6 +8,7 @@ import os
 import sys
 from typing import Any
 
+import pytest
 from twisted.cred.credentials import Anonymous, UsernamePassword
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
@@ -424,6 +425,7 @@ class SQLitePBTests(PBTestsMixin, TestCase):
         self.assertEqual((code, err.decode().strip()), (1, "error: LOGIN_FAILED: wrong username or password"))
 
 
+@pytest.mark.mysql
 class MySQLPBTests(PBTestsMixin, TestCase):
     """Login and stored data through PB on the production database."""
 

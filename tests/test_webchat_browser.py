@@ -11,11 +11,14 @@ import tempfile
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SkipTest, TestCase
 
 from tests.support import chat_client, ci, load, port_of, start_tree
 from tests.test_websocket import ws_config
+
+pytestmark = pytest.mark.browser
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"

@@ -7,6 +7,7 @@ import os
 import socket
 from base64 import b64encode
 
+import pytest
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import TestCase
 
@@ -310,6 +311,7 @@ def masked_frame(payload: bytes, opcode: int = 1) -> bytes:
     return header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
+@pytest.mark.mysql
 class MysqlWebSocketTests(WebSocketTestsMixin, TestCase):
     def database_url(self) -> str:
         if not hasattr(self, "_url"):
