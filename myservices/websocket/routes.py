@@ -26,7 +26,7 @@ from myservices.errors import (
     RequestError,
 )
 from myservices.handlers import values
-from myservices.handlers.commands import CommandState, SharedServices
+from myservices.handlers.commands import CommandState, SharedServices, router
 from myservices.handlers.pipeline import classify, event_body, invoke
 from myservices.handlers.router import Router
 from myservices.hub import Event, Subscriber
@@ -36,17 +36,10 @@ from myservices.websocket.protocol import CLOSE_UNSUPPORTED_DATA
 if TYPE_CHECKING:
     from myservices.websocket.protocol import WebSocketConnection, WebSocketFactory
 
-# the chat protocol's request types and the shared commands they call
+# the chat protocol's request types and the shared commands they call: every shared hub command, named without its "hub." prefix, and ping: a hub operation added to the
+# router is a request type here at once
 CHAT_OPS: dict[str, str] = {
-    "nick": "hub.nick",
-    "join": "hub.join",
-    "part": "hub.part",
-    "publish": "hub.publish",
-    "history": "hub.history",
-    "who": "hub.who",
-    "rooms": "hub.rooms",
-    "subscribe": "hub.subscribe",
-    "unsubscribe": "hub.unsubscribe",
+    **{name.removeprefix("hub."): name for name in router.commands if name.startswith("hub.")},
     "ping": "ping",
 }
 
