@@ -331,8 +331,12 @@ class ChatProtocol(HalfCloseableProtocol, LineReceiver, TimeoutMixin):
     async def do_history(self, args: str) -> None:
         words = self._words(args, 0, 2, "/history [ROOM] [N]")
         limit = None
-        if words and words[-1].isdigit():
-            limit = int(words.pop())
+        if len(words) == 2 or (words and words[-1].isascii() and words[-1].isdigit()):
+            n = words.pop()
+            # str.isdigit() also takes "²" and "⑴", which int() refuses: only ASCII digits are a number here
+            if not (n.isascii() and n.isdigit()):
+                raise RequestError(BAD_ARGUMENTS, "usage: /history [ROOM] [N] (N: a number of messages)")
+            limit = int(n) if len(n) <= 9 else 10**9  # more than history_size is history_size
         room = self._room_arg(words, "/history ROOM [N]")
         self._send_history(room, await self.hub.history(room, limit))
         self.send_line(f"END history {room}")

@@ -18,7 +18,7 @@ from twisted.internet.defer import Deferred, DeferredSemaphore, fail, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
-from myservices.errors import BUSY, RequestError
+from myservices.errors import BUSY, SHUTTING_DOWN, RequestError
 
 _SALT_BYTES = 16
 _KEY_BYTES = 32
@@ -76,6 +76,7 @@ class PasswordHasher(Service):
         self.concurrency = concurrency
         self._slots = DeferredSemaphore(concurrency)
         self._threads: ThreadPool | None = None
+        self._stopped = False
 
     def _pool(self) -> ThreadPool:
         # started on first use, so a daemon nobody logs in to runs no extra threads
@@ -86,6 +87,7 @@ class PasswordHasher(Service):
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
+        self._stopped = True  # checks still queued are refused, not run on a pool nobody would stop
         threads, self._threads = self._threads, None
         if threads is None:
             return succeed(None)
@@ -109,4 +111,9 @@ class PasswordHasher(Service):
     def _run(self, fn: Any, *args: Any) -> Deferred[Any]:
         if len(self._slots.waiting) >= self.max_waiting:
             return fail(RequestError(BUSY, "too many password checks in progress; try again shortly"))
-        return self._slots.run(lambda: deferToThreadPool(self._reactor, self._pool(), fn, *args))
+        return self._slots.run(self._in_thread, fn, *args)
+
+    def _in_thread(self, fn: Any, *args: Any) -> Deferred[Any]:
+        if self._stopped:
+            return fail(RequestError(SHUTTING_DOWN, "the server is shutting down"))
+        return deferToThreadPool(self._reactor, self._pool(), fn, *args)

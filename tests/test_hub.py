@@ -456,6 +456,24 @@ class HistoryTests(HubTestsMixin, TestCase):
         self.assertEqual((await hub.publish(alice, "lobby", "back")).id, 2)
         self.assertEqual(a.texts(), ["back"])
 
+    async def test_an_id_whose_commit_failed_is_not_given_again_after_the_room_reloads(self) -> None:
+        """A failed commit's outcome may be unknown (a timeout can still commit): its id stays used."""
+        db = await self.database()
+        clock = Clock()
+        hub = memory_hub(HubConfig(), clock, history=self.store(db))
+        alice, _ = self.session(hub, "alice")
+        await hub.join(alice, "lobby")
+        self.assertEqual((await hub.publish(alice, "lobby", "one")).id, 1)
+        db.stopService()
+        with self.assertRaises(RequestError):
+            await hub.publish(alice, "lobby", "two?")  # id 2: not known to be stored
+        await hub.part(alice, "lobby")
+        self.assertNotIn("lobby", hub.engine.rooms_by_name)  # forgotten: the next join loads it again
+        db.startService()
+        await db.when_ready()
+        await hub.join(alice, "lobby")
+        self.assertEqual((await hub.publish(alice, "lobby", "three")).id, 3)
+
     async def test_history_of_a_room_nobody_is_in(self) -> None:
         db = await self.database()
         clock = Clock()
@@ -486,6 +504,18 @@ def _poison_trigger_txn(txn) -> None:
 def _count_txn(txn) -> int:
     txn.execute("SELECT COUNT(*) FROM chat_messages")
     return txn.fetchone()[0]
+
+
+class ClosedSessionTests(HubTestsMixin, TestCase):
+    def test_a_closed_session_takes_no_nick(self) -> None:
+        """A login that ends after its connection went away must not keep the account's nick forever."""
+        hub = self.make_hub()
+        gone, _ = self.session(hub)
+        run_now(hub.close_session(gone))
+        run_now(hub.set_nick(gone, "alice"))
+        other, _ = self.session(hub)
+        run_now(hub.set_nick(other, "alice"))  # free: the closed session did not take it
+        self.assertEqual(other.nick, "alice")
 
 
 class TwoHubTests(HubTestsMixin, TestCase):

@@ -47,3 +47,16 @@ class PasswordHasherTests(TestCase):
         self.assertEqual(caught.exception.error.code, "BUSY")
         for d in running:
             await d
+
+    async def test_checks_still_queued_at_stop_are_refused_and_start_no_threads(self) -> None:
+        hasher = PasswordHasher(reactor, 2**10, concurrency=1, max_waiting=10)
+        hasher.startService()
+        running = hasher.hash("first")
+        queued = hasher.hash("second")  # waits for the one slot
+        stopping = hasher.stopService()
+        await running
+        with self.assertRaises(RequestError) as caught:
+            await queued
+        self.assertEqual(caught.exception.error.code, "SHUTTING_DOWN")
+        await stopping
+        self.assertIsNone(hasher._threads)  # no pool was started after the stop

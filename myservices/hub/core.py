@@ -110,10 +110,13 @@ class Hub:
         """Take a new nick (unique among all connected users, ignoring case); returns the old one."""
         self.check_nick(nick)
         old = session.nick
-        if old == nick:
-            return old
+        if old == nick or session.closed:
+            return old  # a session that is gone takes no nick: nothing would ever release it
         if old.lower() != nick.lower() and not await self.engine.claim_nick(nick, session.member_id):
             raise RequestError(NICK_TAKEN, f'nick "{nick}" is in use')
+        if session.closed:  # closed while the nick was being claimed: its close released the old one
+            await self.engine.release_nick(nick, session.member_id)
+            return old
         session.nick = nick
         if old.lower() != nick.lower():
             await self.engine.release_nick(old, session.member_id)

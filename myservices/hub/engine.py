@@ -70,6 +70,9 @@ class MemoryEngine(Service):
         self.rooms_by_name: dict[str, EngineRoom] = {}
         self._nicks: dict[str, str] = {}  # lower-case nick -> member id
         self._guests = itertools.count(1)
+        # the highest id per room whose commit failed: it may still commit late (a timeout's outcome is
+        # unknown), so a room reloaded meanwhile must not give it again; cleared by the room's next commit
+        self._unsettled: dict[str, int] = {}
         # counted when scraped, so joins and parts cost nothing extra
         self.metrics.hub_members.set_function(
             lambda: sum(len(r.members) + len(r.subscribers) for r in self.rooms_by_name.values())
@@ -180,11 +183,14 @@ class MemoryEngine(Service):
             try:
                 await self.store.commit(message)
             except DatabaseUnavailable as e:
+                self._unsettled[room] = max(self._unsettled.get(room, 0), message.id)
                 raise RequestError(DATABASE_UNAVAILABLE, "the message was not saved nor delivered; send it again") from e
             except HistoryRejected as e:
                 raise RequestError(INTERNAL, "the message could not be saved; it was not delivered") from e
             finally:
                 r.pending -= 1
+            if self._unsettled.get(room, message.id + 1) <= message.id:
+                del self._unsettled[room]  # the stored last id is past it now
         self.metrics.hub_publishes.inc()
         if self.rooms_by_name.get(room) is r:
             r.recent.append(message)
@@ -223,6 +229,7 @@ class MemoryEngine(Service):
         try:
             if self.store is not None:
                 room.last_id, messages = await self.store.load(room.name, self.config.history_size)
+                room.last_id = max(room.last_id, self._unsettled.get(room.name, 0))
                 room.recent.extend(messages)
         except DatabaseUnavailable as e:
             # without its last id the room could repeat ids: it stays unusable until the database answers
