@@ -30,8 +30,9 @@ shutdown_timeout = 2
 [database]
 url = "sqlite:///{path}"
 [hub]
-publish_rate = 100000.0
-publish_burst = 100000
+publish_rate = 1000000.0
+publish_burst = 1000000
+{hub}
 {accounts}
 [services.chat]
 endpoint = "tcp:0:interface=127.0.0.1"
@@ -41,7 +42,13 @@ endpoint = "tcp:0:interface=127.0.0.1"
 endpoint = "tcp:0:interface=127.0.0.1"
 [services.pb]
 endpoint = "tcp:0:interface=127.0.0.1"
+{pb}
 """
+
+
+def four_front_ends(path: str, hub: str = "", pb: str = "") -> str:
+    """A config with the hub's four front ends on ephemeral ports and SQLite at C{path}."""
+    return CONFIG.format(path=path, hub=hub, pb=pb, accounts=FAST_ACCOUNTS)
 
 
 @implementer(ILogObserver)
@@ -63,7 +70,7 @@ class FrontEndsMixin:
 
     async def start(self) -> Any:
         path = self.mktemp() + ".sqlite3"  # type: ignore[attr-defined]
-        self.tree = await start_tree(self, load(self, CONFIG.format(path=path, accounts=FAST_ACCOUNTS)))  # type: ignore[arg-type]
+        self.tree = await start_tree(self, load(self, four_front_ends(path)))  # type: ignore[arg-type]
         self.alarms = Alarms(self)  # type: ignore[arg-type]
         return self.tree
 

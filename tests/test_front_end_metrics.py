@@ -10,38 +10,19 @@ from twisted.trial.unittest import TestCase
 
 from myservices.hub import Subscriber
 from tests.pbclient import Listener, failure_of, pb_connect
-from tests.support import FAST_ACCOUNTS, chat_client, framed_client, load, port_of, start_tree
+from tests.support import chat_client, framed_client, load, port_of, start_tree
+from tests.test_bad_input import four_front_ends
 from tests.test_pb import code_of
 from tests.wsclient import ws_connect
 
 SERVICES = ("chat", "framed", "websocket", "pb")
-CONFIG = """
-[daemon]
-shutdown_timeout = 2
-[database]
-url = "sqlite:///{path}"
-[hub]
-publish_rate = 1000000.0
-publish_burst = 1000000
-max_pending = "64 KiB"
-{accounts}
-[services.chat]
-endpoint = "tcp:0:interface=127.0.0.1"
-[services.framed]
-endpoint = "tcp:0:interface=127.0.0.1"
-[services.websocket]
-endpoint = "tcp:0:interface=127.0.0.1"
-[services.pb]
-endpoint = "tcp:0:interface=127.0.0.1"
-max_unanswered = 100000
-"""
 
 
 class SameEventSameMetricTests(TestCase):
     timeout = 60
 
     async def test_a_bad_request_and_a_slow_consumer_count_alike_on_every_front_end(self) -> None:
-        tree = await start_tree(self, load(self, CONFIG.format(path=self.mktemp() + ".sqlite3", accounts=FAST_ACCOUNTS)))
+        tree = await start_tree(self, load(self, four_front_ends(self.mktemp() + ".sqlite3", hub='max_pending = "64 KiB"', pb="max_unanswered = 100000")))
         closed: list[Deferred[Any]] = []
         paused: list[Any] = []
 
