@@ -250,6 +250,31 @@ class HubTests(HubTestsMixin, TestCase):
         self.assertEqual([(m.id, m.text) for m in history], [(3, "m2"), (4, "m3"), (5, "m4")])
         self.assertEqual([m.text for m in self.run_(hub.history("lobby", 2))], ["m3", "m4"])
 
+    def test_join_since_returns_what_was_missed_or_says_there_is_a_gap(self) -> None:
+        hub = self.make_hub(history_size=3, publish_burst=100)
+        alice, _ = self.session(hub, "alice")
+        self.run_(hub.join(alice, "lobby"))
+        for i in range(5):
+            self.run_(hub.publish(alice, "lobby", f"m{i}"))
+        cases = {None: ([3, 4, 5], True), 5: ([], True), 4: ([5], True), 2: ([3, 4, 5], True),
+                 1: ([3, 4, 5], False), 0: ([3, 4, 5], False), 9: ([], False)}
+        for since, (ids, recovered) in cases.items():
+            bob, _ = self.session(hub, f"bob{since}")
+            joined = self.run_(hub.join(bob, "lobby", since))
+            self.assertEqual(([m.id for m in joined.history], joined.recovered, joined.last_id), (ids, recovered, 5))
+            topic = self.run_(hub.subscribe(bob, "lobby", since))
+            self.assertEqual(([m.id for m in topic.history], topic.recovered, topic.members), (ids, recovered, []))
+
+    def test_join_since_in_a_room_whose_window_is_not_full_recovers_everything(self) -> None:
+        hub = self.make_hub(history_size=10)
+        alice, _ = self.session(hub, "alice")
+        self.run_(hub.join(alice, "lobby"))
+        for i in range(3):
+            self.run_(hub.publish(alice, "lobby", f"m{i}"))
+        bob, _ = self.session(hub, "bob")
+        joined = self.run_(hub.join(bob, "lobby", 0))
+        self.assertEqual(([m.id for m in joined.history], joined.recovered), ([1, 2, 3], True))
+
     def test_each_event_is_encoded_once_per_wire_format(self) -> None:
         hub = self.make_hub()
         calls = []

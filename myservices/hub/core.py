@@ -142,11 +142,12 @@ class Hub:
         if room is not None and room.empty:
             del self.local[name]
 
-    async def join(self, session: Session, name: str) -> Joined:
+    async def join(self, session: Session, name: str, since: int | None = None) -> Joined:
         """Join room C{name} with presence; its recent history and members, as of the moment of joining.
 
         Every member, the joiner included, gets a JOIN event; later messages
-        arrive live, none twice and none missed.
+        arrive live, none twice and none missed. With C{since} (the last id
+        the client saw), the history is what it missed (see L{Joined}).
         """
         name = self.check_room(name)
         self._check_room_budget(session, name)
@@ -155,7 +156,7 @@ class Hub:
             self._local_room(name).members[session] = None
             session.rooms[name] = None
 
-        joined = await self.engine.join(self.node_id, session.member_id, name, session.nick, attach)
+        joined = await self.engine.join(self.node_id, session.member_id, name, session.nick, attach, since)
         if session.closed and name in session.rooms:
             await self._leave(session, name)  # closed while the room was loading
         return joined
@@ -177,8 +178,8 @@ class Hub:
                 room.members.pop(session, None)
                 self._forget_if_empty(name)
 
-    async def subscribe(self, session: Session, name: str) -> None:
-        """Receive what is published to C{name}, without presence."""
+    async def subscribe(self, session: Session, name: str, since: int | None = None) -> Joined:
+        """Receive what is published to C{name}, without presence; with C{since}, what was missed after it."""
         name = self.check_room(name)
         self._check_room_budget(session, name)
 
@@ -186,9 +187,10 @@ class Hub:
             self._local_room(name).subscribers[session] = None
             session.topics[name] = None
 
-        await self.engine.subscribe(self.node_id, session.member_id, name, attach)
+        joined = await self.engine.subscribe(self.node_id, session.member_id, name, attach, since)
         if session.closed and name in session.topics:
             await self._unsubscribe(session, name)
+        return joined
 
     async def unsubscribe(self, session: Session, name: str) -> None:
         name = self.check_room(name)

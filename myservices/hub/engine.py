@@ -21,7 +21,7 @@ from myservices.errors import DATABASE_UNAVAILABLE, INTERNAL, RequestError
 from myservices.hub.config import HubConfig
 from myservices.hub.events import Event, Message, NickChange, Presence
 from myservices.hub.history import HistoryRejected, HistoryStore
-from myservices.hub.interfaces import EngineNode, Joined, RoomInfo
+from myservices.hub.interfaces import EngineNode, Joined, RoomInfo, missed_since
 from myservices.metrics import Metrics
 
 
@@ -34,6 +34,7 @@ class EngineRoom:
         self.subscribers: dict[str, str] = {}  # member id -> node id
         self.recent: deque[Message] = deque(maxlen=history_size)
         self.last_id = 0
+        self.delivered = 0  # the last id delivered (ids above it are still being committed)
         self.pending = 0  # messages being committed: the room's ids live here until they are stored
         self.loaded = False
         self.failed: RequestError | None = None  # why loading failed (the room is then forgotten)
@@ -107,14 +108,18 @@ class MemoryEngine(Service):
     # --- rooms ---------------------------------------------------------------------
 
     async def join(
-        self, node_id: str, member_id: str, room: str, nick: str, attach: Callable[[], None]
+        self, node_id: str, member_id: str, room: str, nick: str, attach: Callable[[], None], since: int | None = None
     ) -> Joined:
         r = await self._room(room)
         if member_id not in r.members:
             attach()
             r.members[member_id] = (node_id, nick)
             self._send(r.nodes(), room, Presence(kind="join", room=room, nick=nick))
-        return Joined(room, list(r.recent), [n for _, n in r.members.values()])
+        return self._joined(r, since, [n for _, n in r.members.values()])
+
+    def _joined(self, r: EngineRoom, since: int | None, members: list[str]) -> Joined:
+        history, recovered = missed_since(r.recent, r.delivered, since, self.config.history_size)
+        return Joined(r.name, history, members, recovered, r.delivered)
 
     async def part(self, member_id: str, room: str) -> None:
         r = self.rooms_by_name.get(room)
@@ -125,11 +130,14 @@ class MemoryEngine(Service):
         self._send(nodes, room, Presence(kind="part", room=room, nick=nick))  # the leaver's hub tells the leaver
         self._forget_if_empty(r)
 
-    async def subscribe(self, node_id: str, member_id: str, room: str, attach: Callable[[], None]) -> None:
+    async def subscribe(
+        self, node_id: str, member_id: str, room: str, attach: Callable[[], None], since: int | None = None
+    ) -> Joined:
         r = await self._room(room)
         if member_id not in r.subscribers:
             attach()
             r.subscribers[member_id] = node_id
+        return self._joined(r, since, [])
 
     async def unsubscribe(self, member_id: str, room: str) -> None:
         r = self.rooms_by_name.get(room)
@@ -194,6 +202,7 @@ class MemoryEngine(Service):
         self.metrics.hub_publishes.inc()
         if self.rooms_by_name.get(room) is r:
             r.recent.append(message)
+            r.delivered = message.id
             self._send(r.nodes(), room, message)
         self._forget_if_empty(r)
         return message
@@ -231,6 +240,7 @@ class MemoryEngine(Service):
                 room.last_id, messages = await self.store.load(room.name, self.config.history_size)
                 room.last_id = max(room.last_id, self._unsettled.get(room.name, 0))
                 room.recent.extend(messages)
+                room.delivered = room.last_id
         except DatabaseUnavailable as e:
             # without its last id the room could repeat ids: it stays unusable until the database answers
             self.log.warn("room {room}: cannot load its history: {error}", room=room.name, error=e)

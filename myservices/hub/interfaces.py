@@ -35,11 +35,40 @@ class Subscriber:
 
 @dataclass(frozen=True)
 class Joined:
-    """What joining a room returns: its recent history (oldest first) and its members, taken together."""
+    """What joining (or subscribing to) a room returns, taken at one moment.
+
+    C{history} is the room's recent history (oldest first) or, when the
+    joiner asked for what it missed since id N, the messages after N.
+    C{recovered} says whether those are all of them: False when some were
+    older than what is kept (the joiner gets the most recent ones and knows
+    there is a gap). C{last_id} is the room's highest id at that moment:
+    every later message reaches the joiner live.
+    """
 
     room: str
     history: list[Message] = field(default_factory=list)
     members: list[str] = field(default_factory=list)
+    recovered: bool = True
+    last_id: int = 0
+
+
+def missed_since(
+    recent: Sequence[Message], last_id: int, since: int | None, capacity: int
+) -> tuple[list[Message], bool]:
+    """What a joiner missed after id C{since}, from the messages kept (C{recent}, oldest first, at most C{capacity}).
+
+    Returns the messages to send and whether they are all it missed (the
+    engines share this rule). Without C{since}: the recent history, complete.
+    An id may be missing from a room for good (a commit that failed), so a
+    window that is not full holds everything the room still has.
+    """
+    if since is None:
+        return list(recent), True
+    if since >= last_id:
+        return [], since == last_id  # a client ahead of the room knows ids this room never gave
+    missed = [m for m in recent if m.id > since]
+    covered = len(recent) < capacity or bool(recent) and recent[0].id <= since + 1
+    return missed, covered
 
 
 @dataclass(frozen=True)
@@ -90,15 +119,20 @@ class HubEngine(Protocol):
         """A number for a guest nick, not handed out before by this engine."""
 
     async def join(
-        self, node_id: str, member_id: str, room: str, nick: str, attach: Callable[[], None]
+        self, node_id: str, member_id: str, room: str, nick: str, attach: Callable[[], None], since: int | None = None
     ) -> Joined:
-        """Add a member with presence (everyone in the room, the joiner included, gets a JOIN)."""
+        """Add a member with presence (everyone in the room, the joiner included, gets a JOIN).
+
+        With C{since}, the history returned is what came after that id (see L{Joined}).
+        """
 
     async def part(self, member_id: str, room: str) -> None:
         """Remove a member (the others and the leaver get a PART)."""
 
-    async def subscribe(self, node_id: str, member_id: str, room: str, attach: Callable[[], None]) -> None:
-        """Receive C{room}'s messages without presence."""
+    async def subscribe(
+        self, node_id: str, member_id: str, room: str, attach: Callable[[], None], since: int | None = None
+    ) -> Joined:
+        """Receive C{room}'s messages without presence; with C{since}, what came after that id (no members)."""
 
     async def unsubscribe(self, member_id: str, room: str) -> None:
         """Stop receiving C{room}'s messages."""
