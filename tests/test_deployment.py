@@ -12,6 +12,9 @@ from pathlib import Path
 
 from twisted.trial.unittest import SkipTest, TestCase
 
+import yaml
+
+from myservices.config import Config
 from tests.support import REPO, ci, load
 
 
@@ -67,6 +70,39 @@ class DockerfileTests(TestCase):
         self.assertNotIn("127.0.0.1", "\n".join(l for l in image.splitlines() if not l.startswith("#")))
         config = load(self, image)
         self.assertEqual(str(config.daemon.data_dir), "/var/lib/myservices")
+
+
+class ComposeFileTests(TestCase):
+    """compose.yaml: Redis, MariaDB and the daemon with a worker per core (no Docker daemon needed)."""
+
+    def setUp(self) -> None:
+        self.compose = yaml.safe_load((REPO / "compose.yaml").read_text())
+        self.daemon = self.compose["services"]["myservices"]
+
+    def config(self) -> Config:
+        environ = {k: str(v) for k, v in self.daemon["environment"].items() if not k.endswith("_FILE")}
+        return load(self, (REPO / "config" / "docker" / "myservices.toml").read_text(), environ)
+
+    def test_the_daemon_runs_a_worker_per_core_on_the_compose_redis_and_mariadb(self) -> None:
+        config = self.config()
+        self.assertEqual((config.daemon.workers, config.hub.engine), (0, "redis"))
+        self.assertTrue(config.hub.redis_url.startswith("redis://redis:"), config.hub.redis_url)
+        self.assertIn("@db:", config.database.url)
+        self.assertEqual(set(self.daemon["depends_on"]), {"db", "redis"})
+        self.assertIn("db-password", self.daemon["secrets"])
+
+    def test_every_port_the_image_listens_on_is_published(self) -> None:
+        published = {p.split(":", 1)[1] for p in self.daemon["ports"]}
+        for name, service in self.config().enabled_services():
+            match = re.match(r"(tcp|udp):(\d+)", service.endpoint)
+            assert match, service.endpoint
+            port = match.group(2) + ("/udp" if match.group(1) == "udp" else "")
+            self.assertIn(port, published, name)
+
+    def test_docker_stop_waits_for_the_drain(self) -> None:
+        d = self.config().daemon
+        grace = float(self.daemon["stop_grace_period"].rstrip("s"))
+        self.assertGreater(grace, d.close_timeout + d.shutdown_timeout)
 
 
 class SystemdUnitTests(TestCase):
