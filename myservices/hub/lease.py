@@ -153,6 +153,12 @@ class HubLease(Service):
             self._settled.append(d)
         return d
 
+    def next_claim(self) -> Deferred[None]:
+        """Fires when the claim in flight, or else the next one (the refresh or retry due), has ended."""
+        d: Deferred[None] = Deferred()
+        self._waiters.append(d)
+        return d
+
     def refusal(self) -> RequestError:
         """Why the hub is not served now, for a client."""
         if self.state == STOPPED:
