@@ -131,18 +131,26 @@ class HubLease(Service):
         return self.state == HELD and self.clock.seconds() < self.valid_until
 
     async def ensure(self) -> None:
-        """Return once this daemon holds the lease; else raise the error a hub request is answered with."""
-        if self.held():
-            return
-        if self.state not in (REFUSED, LOST, STOPPED):
-            d: Deferred[None] = Deferred()
-            self._waiters.append(d)
-            if not self._in_flight and not (self.state == WAITING and self._timer is not None):
-                self._claim_now()  # otherwise: the claim in flight, or the one due when the old lease expires
+        """Return once this daemon holds the lease; else raise the error a hub request is answered with.
+
+        Waits for at most one claim now (the one in flight, or a new one) and
+        one claim due when an old lease expires (at most C{timeout} away).
+        """
+        waited_now = waited_due = False
+        while not self.held():
+            if self.state in (REFUSED, LOST, STOPPED):
+                raise self.refusal()
+            due = self.state == WAITING and self._timer is not None and not self._in_flight
+            if waited_due if due else waited_now:
+                raise self.refusal()
+            d = self.next_claim()
+            if due:
+                waited_due = True
+            else:
+                waited_now = True
+                if not self._in_flight:
+                    self._claim_now()
             await d
-            if self.held():
-                return
-        raise self.refusal()
 
     def settled(self) -> Deferred[None]:
         """Fires once the first claim has ended, whatever its outcome (L{held} and L{status} say it)."""
