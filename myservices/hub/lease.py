@@ -262,7 +262,7 @@ class HubLease(Service):
     def _claimed(self, holder: Holder, now: float) -> None:
         if self._failing:
             self._failing = False
-            self.log.info("hub: the database answers again; lease refreshed")
+            self.log.info("hub: the lease is claimed again")
         if holder.owner == self.owner:
             if self.state != HELD:
                 if self.holder is not None:
@@ -303,15 +303,17 @@ class HubLease(Service):
             self.state = REFUSED
 
     def _failed(self, e: Exception) -> None:
-        if not isinstance(e, DatabaseUnavailable):
-            self.log.failure("hub: taking the lease failed", code="INTERNAL")
-        elif not self._failing:
-            self.log.warn(
-                "hub: cannot take or refresh the lease: {error}; without it the hub stops serving"
-                " {when}", error=str(e),
-                when="until the database answers" if not self.held() else f"in {self.valid_until - self.clock.seconds():.1f}s",
-            )
+        if self._failing:
+            return  # logged once per run of failures
         self._failing = True
+        if isinstance(e, DatabaseUnavailable):
+            left = max(0.0, self.valid_until - self.clock.seconds()) if self.held() else 0.0
+            self.log.warn(
+                "hub: cannot take or refresh the lease: {error}; the hub is served for {left:.1f}s more"
+                " unless the database answers", error=str(e), left=left,
+            )
+        else:
+            self.log.failure("hub: taking the lease failed", code="INTERNAL")
 
     def _schedule(self) -> None:
         if self.state == LOST:
