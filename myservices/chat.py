@@ -63,8 +63,6 @@ def _terminated(data: bytes) -> bytes:
     return data + b"\n" if data and not data.endswith(b"\n") else data
 
 
-
-
 class ChatProtocol(HalfCloseableProtocol, LineReceiver, TimeoutMixin):
     """One chat connection: parses lines into hub calls and renders hub events as lines.
 
