@@ -8,7 +8,6 @@ can arrive at any time.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -32,9 +31,11 @@ from myservices.errors import (
     ErrorCode,
     RequestError,
 )
+from myservices.chat_lines import HELP, encode_event, gap_line, history_line
 from myservices.halfclose import HalfCloseableProtocol
+from myservices.handlers.commands import SINCE
 from myservices.handlers.values import client_error
-from myservices.hub import Event, Hub, Message, NickChange, Presence, Session, Subscriber
+from myservices.hub import Event, Hub, Joined, Message, Session, Subscriber
 from myservices.listeners import ConnectionTrackingFactory, StreamListenerService
 from myservices.metrics import ServiceMetrics
 from myservices.outbound import Outbound
@@ -58,41 +59,8 @@ class ChatConfig(StreamServiceConfig):
 WIRE_FORMAT = "line"
 
 
-def _stamp(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
-
-
-def encode_event(event: Event) -> bytes:
-    """The line for a hub event; cached per event, so a room costs one encoding."""
-    if isinstance(event, Message):
-        line = f"MSG {event.room} {event.id} {event.nick} {event.text}"
-    elif isinstance(event, Presence):
-        line = f"{event.kind.upper()} {event.room} {event.nick}"
-    elif isinstance(event, NickChange):
-        line = f"NICK {event.old} {event.new}"
-    else:
-        raise TypeError(f"no line format for {event!r}")
-    return line.encode("utf-8") + b"\r\n"
-
-
 def _terminated(data: bytes) -> bytes:
     return data + b"\n" if data and not data.endswith(b"\n") else data
-
-
-HELP = [
-    "/nick NAME           take a nick (letters, digits, _ or -, starting with a letter)",
-    "/join ROOM           join a room (it becomes your current room) and see its recent history",
-    "/part [ROOM]         leave a room (default: the current room)",
-    "/msg ROOM TEXT       say TEXT in ROOM; plain text goes to the current room",
-    "/rooms               list rooms and topics in use",
-    "/who [ROOM]          list the members of a room",
-    "/history [ROOM] [N]  show the last N messages of a room",
-    "/sub TOPIC           receive what is published to TOPIC, without joining",
-    "/unsub TOPIC         stop receiving TOPIC",
-    "/pub TOPIC TEXT      publish TEXT to TOPIC (no need to subscribe)",
-    "/quit                disconnect",
-    "start a line with // to send text that begins with /",
-]
 
 
 class ChatProtocol(HalfCloseableProtocol, LineReceiver, TimeoutMixin):
@@ -293,13 +261,36 @@ class ChatProtocol(HalfCloseableProtocol, LineReceiver, TimeoutMixin):
         await self.hub.set_nick(self._session(), nick)
         self.send_line(f"OK nick {nick}")
 
+    @staticmethod
+    def _since(words: list[str], usage: str) -> int | None:
+        if len(words) < 2:
+            return None
+        word = words[1]
+        # ASCII digits only (str.isdigit() takes "²"); the length bound keeps int() cheap
+        if not (word.isascii() and word.isdigit()) or len(word) > 30:
+            raise RequestError(BAD_ARGUMENTS, f"usage: {usage} (SINCE: the id of the last message you saw, 0 or more)")
+        return int(SINCE.check(int(word)))
+
     async def do_join(self, args: str) -> None:
-        (name,) = self._words(args, 1, 1, "/join ROOM")
-        joined = await self.hub.join(self._session(), name)
-        room = joined.room
-        self.current = room
-        self._send_history(room, joined.history)
-        self.send_line(f"OK join {room}")
+        words = self._words(args, 1, 2, "/join ROOM [SINCE]")
+        since = self._since(words, "/join ROOM [SINCE]")
+        joined = await self.hub.join(self._session(), words[0], since)
+        self.current = joined.room
+        self._send_joined("join", joined, since, history=True)
+
+    def _send_joined(self, command: str, joined: Joined, since: int | None, history: bool = False) -> None:
+        """HISTORY lines (with SINCE: what was missed), a GAP line if not all of it is kept, then the OK line.
+
+        Without SINCE the reply is what it always was; with it, the OK line ends with the room's last id.
+        """
+        if history or since is not None:
+            self._send_history(joined.room, joined.history)
+        if since is None:
+            self.send_line(f"OK {command} {joined.room}")
+            return
+        if not joined.recovered:
+            self.send_line(gap_line(joined, since))
+        self.send_line(f"OK {command} {joined.room} {joined.last_id}")
 
     async def do_part(self, args: str) -> None:
         room = self._room_arg(self._words(args, 0, 1, "/part [ROOM]"), "/part ROOM")
@@ -342,10 +333,9 @@ class ChatProtocol(HalfCloseableProtocol, LineReceiver, TimeoutMixin):
         self.send_line(f"END history {room}")
 
     async def do_sub(self, args: str) -> None:
-        (name,) = self._words(args, 1, 1, "/sub TOPIC")
-        topic = self.hub.check_room(name)
-        await self.hub.subscribe(self._session(), topic)
-        self.send_line(f"OK sub {topic}")
+        words = self._words(args, 1, 2, "/sub TOPIC [SINCE]")
+        since = self._since(words, "/sub TOPIC [SINCE]")
+        self._send_joined("sub", await self.hub.subscribe(self._session(), words[0], since), since)
 
     async def do_unsub(self, args: str) -> None:
         (name,) = self._words(args, 1, 1, "/unsub TOPIC")
@@ -371,7 +361,7 @@ class ChatProtocol(HalfCloseableProtocol, LineReceiver, TimeoutMixin):
 
     def _send_history(self, room: str, messages: list[Message]) -> None:
         for m in messages:
-            self.send_line(f"HISTORY {room} {m.id} {_stamp(m.ts)} {m.nick} {m.text}")
+            self.send_line(history_line(room, m))
 
 
 class ChatFactory(ConnectionTrackingFactory):

@@ -61,6 +61,8 @@ def _parser() -> argparse.ArgumentParser:
     listen.add_argument("--join", action="store_true", help="join as a member (others see you) instead of subscribing")
     listen.add_argument("--nick", help="the nick to use (with --join)")
     listen.add_argument("--count", type=int, metavar="N", help="exit after N messages")
+    listen.add_argument("--since", type=int, metavar="ID",
+                        help="first print what was published after message ID (the last one you saw; one ROOM only)")
     listen.add_argument("--ping-interval", type=float, default=60.0, metavar="SECONDS",
                         help="keep the connection open with a ping this often (default: %(default)s)")
     history = commands.add_parser("history", help="recent messages of ROOM")
@@ -190,15 +192,19 @@ async def _command(
         if args.nick:
             await client.call("hub.nick", nick=args.nick)
         output.listening = True
+        since = {} if args.since is None else {"since": args.since}
+        last_ids = []
         for room in args.rooms:
-            if args.join:
-                joined = await client.call("hub.join", room=room)
-                for m in joined["history"]:
-                    output.push("message", m)
-            else:
-                await client.call("hub.subscribe", room=room)
+            joined = await client.call("hub.join" if args.join else "hub.subscribe", room=room, **since)
+            for m in joined["history"]:
+                output.push("message", m)
+            if not joined["recovered"]:
+                first = joined["history"][0]["id"] if joined["history"] else joined["last_id"] + 1
+                print(f"gap: {joined['room']}: messages after #{args.since} and before #{first} are no longer kept",
+                      file=sys.stderr, flush=True)
+            last_ids.append(f"{joined['room']} (last id {joined['last_id']})")
         client.keepalive(args.ping_interval, reactor)
-        print(f"listening to {', '.join(args.rooms)}", file=sys.stderr, flush=True)
+        print(f"listening to {', '.join(last_ids)}", file=sys.stderr, flush=True)
         client.closed.addCallback(lambda _: _closed(client, messages))
         await messages
     elif c == "history":
@@ -256,7 +262,10 @@ def _closed(client: FramedClient, done: Deferred[None]) -> None:
 
 def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> None:
     """The console script."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "since", None) is not None and (args.since < 0 or len(args.rooms) != 1):
+        parser.error("--since takes the last message id you saw (0 or more) in one ROOM: ids are per room")
 
     async def run(reactor: Any) -> None:
         try:

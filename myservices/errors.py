@@ -61,6 +61,7 @@ QUOTA_EXCEEDED = ErrorCode("QUOTA_EXCEEDED", "the account has reached a storage 
 BUSY = ErrorCode("BUSY", "too many connections, try again later", retry=True)
 DATABASE_UNAVAILABLE = ErrorCode("DATABASE_UNAVAILABLE", "the database is not available", retry=True)
 SHUTTING_DOWN = ErrorCode("SHUTTING_DOWN", "the server is shutting down", retry=True)
+HUB_UNAVAILABLE = ErrorCode("HUB_UNAVAILABLE", "the chat hub is not served by this server now", retry=True)
 INTERNAL = ErrorCode("INTERNAL", "internal error; it has been logged", retry=True)
 
 ERRORS: dict[str, ErrorCode] = {
@@ -69,7 +70,7 @@ ERRORS: dict[str, ErrorCode] = {
         UNKNOWN_COMMAND, BAD_ARGUMENTS, BAD_ENCODING, LINE_TOO_LONG, TEXT_INVALID, NICK_INVALID, NICK_TAKEN,
         ROOM_INVALID, NOT_IN_ROOM, TOO_MANY_ROOMS, RATE_LIMITED, SLOW_CONSUMER, NOT_FOUND, BAD_REQUEST, TOO_LARGE,
         TIMEOUT, UNSUPPORTED_VERSION, UNAUTHENTICATED, LOGIN_FAILED, USERNAME_TAKEN, QUOTA_EXCEEDED, BUSY,
-        DATABASE_UNAVAILABLE,
+        DATABASE_UNAVAILABLE, HUB_UNAVAILABLE,
         SHUTTING_DOWN, INTERNAL,
     )
 }

@@ -60,11 +60,13 @@ class Readiness:
         database: Database,
         clock: IReactorTime,
         running: Callable[[], bool],
+        more: Mapping[str, Callable[[], str]] | None = None,
     ) -> None:
         self.listeners = listeners
         self.database = database
         self.clock = clock
         self._running = running
+        self._more = dict(more or {})  # name -> "ok" or why not (the hub's lease)
         self._probe_waiters: list[Deferred[None]] | None = None
         self._last_logged: str | None = None
 
@@ -75,6 +77,8 @@ class Readiness:
         unbound = [name for name, service in self.listeners.items() if service.address is None]
         checks["listeners"] = "ok" if not unbound else "not listening: " + ", ".join(unbound)
         checks["database"] = await self._check_database(timeout)
+        for name, check in self._more.items():
+            checks[name] = check()
         return ReadinessReport(checks)
 
     async def _check_database(self, timeout: float) -> str:

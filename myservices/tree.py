@@ -26,6 +26,7 @@ from myservices.counter import DurableCounter
 from myservices.db import MIGRATIONS, Database, Migration
 from myservices.health import Readiness
 from myservices.hub import HistoryStore, Hub, HubService, MemoryEngine
+from myservices.hub.lease import HubLease
 from myservices.kv import KeyValueStore
 from myservices.lag import ReactorLagMonitor
 from myservices.listeners import ListenerService, StreamListenerService
@@ -74,10 +75,11 @@ class ServiceTree(OrderedMultiService):
     """The daemon: the database, the shared services and the configured listeners, sharing one reactor.
 
     Children, in the order they start (and the reverse of the order they
-    stop): the watchdog, the database, the reactor lag probe, the hub, the
-    password hasher, the listeners (stopped together), then notify and
-    reload. C{log_output}, when the configuration asks for one, is handed to
-    twistd as the log observer (L{setServiceParent}).
+    stop): the watchdog, the database, the reactor lag probe, the hub's
+    lease (memory engine), the hub, the password hasher, the listeners
+    (stopped together), then notify and reload. C{log_output}, when the
+    configuration asks for one, is handed to twistd as the log observer
+    (L{setServiceParent}).
     """
 
     def __init__(
@@ -145,7 +147,11 @@ def build_service_tree(
         database, reactor, keep=h.history_size, flush_interval=h.history_flush_interval,
         batch_size=h.history_batch_size, max_backlog=h.max_history_backlog, metrics=metrics,
     )
-    engine = MemoryEngine(h, reactor, history=history, metrics=metrics)
+    # the memory engine mints ids in this process: one daemon per database, which the lease enforces.
+    # It stops after the hub (its last commits) and before the database.
+    lease = HubLease(database, reactor, h.lease_timeout)
+    lease.setServiceParent(tree)
+    engine = MemoryEngine(h, reactor, history=history, metrics=metrics, lease=lease)
     hub = Hub(h, reactor, engine, metrics=metrics)
     HubService(hub, engine).setServiceParent(tree)  # stops after the front ends, before the database
     tree.hub = hub
@@ -160,7 +166,7 @@ def build_service_tree(
         accounts=AccountStore(database, hasher, a),
         kv=KeyValueStore(database, config.kv),
         # tree.listeners fills as services are built; the checks read it when they run
-        readiness=Readiness(tree.listeners, database, reactor, lambda: bool(tree.running)),
+        readiness=Readiness(tree.listeners, database, reactor, lambda: bool(tree.running), {"hub": lease.status}),
         services=tree.listeners,
     )
     for name, cfg in config.enabled_services():

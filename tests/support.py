@@ -54,6 +54,9 @@ async def start_tree(testcase: TestCase, config: Config, **kw: Any) -> ServiceTr
     testcase.addCleanup(tree.stopService)
     await tree.when_listening()
     await tree.database.when_ready()
+    lease = tree.namedServices.get("hub-lease")
+    if lease is not None:
+        await lease.settled()  # the hub's first claim on the database has an answer
     return tree
 
 

@@ -199,7 +199,7 @@ class SQLiteChatTests(ChatTestsMixin, TestCase):
         elsewhere = {
             "SLOW_CONSUMER", "BUSY", "DATABASE_UNAVAILABLE", "SHUTTING_DOWN", "INTERNAL", "TOO_LARGE", "TIMEOUT",
             "BAD_REQUEST", "NOT_FOUND", "UNSUPPORTED_VERSION", "UNAUTHENTICATED", "LOGIN_FAILED", "USERNAME_TAKEN",
-            "QUOTA_EXCEEDED",
+            "QUOTA_EXCEEDED", "HUB_UNAVAILABLE",
         }
         self.assertEqual(seen | elsewhere, set(ERRORS))
 

@@ -106,6 +106,26 @@ class CliTests(TestCase):
         self.assertRegex(lines[0], r"^\[lobby #1\] guest\d+: hello from the cli$")
         self.assertEqual(lines[1], "[lobby #2] bob: hi from nc")
 
+    async def test_listen_since_prints_what_was_missed_first(self) -> None:
+        port = await self.start_tree()
+        for i in range(3):
+            await run(port, "publish", "lobby", f"m{i + 1}")
+        listener = start(port, "listen", "lobby", "--since", "1", "--count", "1", wait_for=b"listening to lobby")
+        await listener.seen
+        self.assertIn(b"listening to lobby (last id 3)", listener.err)
+        await run(port, "publish", "lobby", "m4")
+        await listener.ended
+        self.assertEqual(listener.code, 0)
+        lines = listener.out.decode().splitlines()
+        self.assertEqual([(line.split(" ")[1], line.rsplit(": ", 1)[1]) for line in lines],
+                         [("#2]", "m2"), ("#3]", "m3"), ("#4]", "m4")])  # the two missed, then the live one
+        self.assertNotIn(b"gap", listener.err)
+        # ids are per room: one room only, and an id is never negative
+        for bad in (["lobby", "news", "--since", "3"], ["lobby", "--since", "-1"]):
+            r = await run(port, "listen", *bad)
+            self.assertEqual(r.code, 2)
+            self.assertIn(b"--since takes the last message id you saw", r.err)
+
     async def test_connection_refused_is_exit_status_3(self) -> None:
         r = await run(free_port(), "ping")
         self.assertEqual(r.code, 3)

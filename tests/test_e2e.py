@@ -479,6 +479,7 @@ CRASH_CONFIG = """
     url = "{url}"
     [hub]
     history_size = 200
+    lease_timeout = 3
     publish_rate = 100000.0
     publish_burst = 100000
     [services.chat]
@@ -522,6 +523,8 @@ class CrashEndToEndTests(DaemonTestCase):
         proc.wait(timeout=30)
         self.assertEqual([i for i, _ in acknowledged], list(range(1, 61)))
 
+        # the restart finds the killed process's hub lease: its first hub request waits (at most
+        # lease_timeout) for that lease to expire, and is served, not refused
         proc, _notify, _log, addresses = self.start_daemon(config)
         with socket.create_connection(("127.0.0.1", _port(addresses["chat"])), timeout=30) as chat:
             lines = chat.makefile("rwb")

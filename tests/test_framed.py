@@ -230,7 +230,7 @@ class FramedTestsMixin:
         self.assertEqual(await alice.call("hub.nick", nick="alice"), {"nick": "alice", "old": "guest1"})
         self.assertEqual(await alice.pushes.next("nick"), {"old": "guest1", "new": "alice"})
         joined = await alice.call("hub.join", room="#Lobby")
-        self.assertEqual(joined, {"room": "lobby", "history": [], "members": ["alice"]})
+        self.assertEqual(joined, {"room": "lobby", "history": [], "recovered": True, "last_id": 0, "members": ["alice"]})
         self.assertEqual(await alice.pushes.next("presence"), {"kind": "join", "room": "lobby", "nick": "alice"})
 
         bob = await chat_client(self, port_of(tree, "chat"), "bob")  # type: ignore[arg-type]
@@ -253,7 +253,8 @@ class FramedTestsMixin:
 
         # a subscriber receives publications without presence; publishing needs no membership
         carol = await self.client(tree)
-        self.assertEqual(await carol.call("hub.subscribe", room="lobby"), {"room": "lobby"})
+        self.assertEqual(await carol.call("hub.subscribe", room="lobby"),
+                         {"room": "lobby", "history": [], "recovered": True, "last_id": 2})
         await carol.call("hub.publish", room="news", text="not for lobby")
         await alice.call("hub.publish", room="lobby", text="to everyone")
         self.assertEqual((await carol.pushes.next("message"))["text"], "to everyone")

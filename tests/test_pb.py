@@ -180,7 +180,7 @@ class SQLitePBTests(PBTestsMixin, TestCase):
         joined = await avatar.callRemote("join", "Lobby", listener, presence=True)
         room = joined.pop("object")
         self.assertIsInstance(room, pb.RemoteReference)
-        self.assertEqual(joined, {"room": "lobby", "history": [], "members": ["ally"]})
+        self.assertEqual(joined, {"room": "lobby", "history": [], "recovered": True, "last_id": 0, "members": ["ally"]})
         self.assertEqual(await listener.next("presence"), {"kind": "join", "room": "lobby", "nick": "ally"})
         self.assertEqual(await avatar.callRemote("who", "lobby"), {"room": "lobby", "members": ["ally"]})
         self.assertEqual(await avatar.callRemote("rooms"), {"rooms": [{"name": "lobby", "members": 1, "subscribers": 0}]})

@@ -127,6 +127,7 @@ class WebChatBrowserTests(TestCase):
         factory = tree.listeners["websocket"].factory
         for conn in list(factory.connections):
             conn.transport.abortConnection()
+        line.send("while you were away")  # the page is reconnecting: it gets this by rejoining with since
 
         def reconnects(driver: Any) -> list[str]:
             from selenium.webdriver.common.by import By
@@ -144,3 +145,19 @@ class WebChatBrowserTests(TestCase):
         lines = await line.read_until("JOIN lobby webby")
         self.assertIn("PART lobby webby", lines)
         self.assertEqual(await tree.hub.who("lobby"), ["liner", "webby"])
+
+        # what was said meanwhile shows once, after what the page had shown; nothing shows twice
+        def messages(driver: Any) -> list[str]:
+            from selenium.webdriver.common.by import By
+            from selenium.webdriver.support.ui import WebDriverWait
+
+            WebDriverWait(driver, WAIT).until(lambda d: "while you were away" in d.find_element(By.ID, "messages").text)
+            items = driver.find_elements(By.CSS_SELECTOR, "#messages li:not(.system):not(.error)")
+            return [(li.text, "history" in li.get_attribute("class").split()) for li in items]
+
+        shown = await self.in_browser(messages)
+        away = [i for i, (text, _) in enumerate(shown) if "while you were away" in text]
+        hello = [i for i, (text, _) in enumerate(shown) if "hello terminal" in text]
+        self.assertEqual((len(away), len(hello)), (1, 1), shown)
+        self.assertLess(hello[0], away[0])
+        self.assertFalse(shown[hello[0]][1], "the page kept what it showed live; it did not reload the history")

@@ -58,7 +58,7 @@ class WebSocketTestsMixin:
         self.assertEqual(welcome["limits"]["max_message_size"], 65536)
         self.assertEqual(await ann.call("nick", nick="ann"), {"nick": "ann", "old": welcome["nick"]})
         joined = await ann.call("join", room="#Lobby")
-        self.assertEqual(joined, {"room": "lobby", "history": [], "members": ["ann"]})
+        self.assertEqual(joined, {"room": "lobby", "history": [], "recovered": True, "last_id": 0, "members": ["ann"]})
         self.assertEqual(await ann.event("presence"), {"type": "presence", "kind": "join", "room": "lobby", "nick": "ann"})
 
         reply = await ann.request("publish", room="lobby", text="hello, wörld")

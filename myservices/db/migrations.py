@@ -97,12 +97,29 @@ def _chat_rooms(txn: Txn) -> None:
     txn.execute(f"{verb} INTO chat_rooms (room, last_id) SELECT room, MAX(id) FROM chat_messages GROUP BY room")
 
 
+def _hub_lease(txn: Txn) -> None:
+    # the memory engine's claim on this database: one row, held by one daemon at a time (myservices/hub/lease.py)
+    table_options = " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4" if txn.dialect == "mysql" else ""
+    txn.execute(
+        "CREATE TABLE IF NOT EXISTS hub_lease ("
+        " name VARCHAR(64) NOT NULL PRIMARY KEY,"
+        " owner VARCHAR(64) NOT NULL,"
+        " host VARCHAR(255) NOT NULL,"
+        " pid BIGINT NOT NULL,"
+        " expires DOUBLE NOT NULL)" + table_options
+    )
+    # the row exists from the start, so taking the lease is one conditional UPDATE
+    verb = "INSERT OR IGNORE" if txn.dialect == "sqlite" else "INSERT IGNORE"
+    txn.execute(f"{verb} INTO hub_lease (name, owner, host, pid, expires) VALUES (?, '', '', 0, 0)", ("memory",))
+
+
 # Append new migrations with the next version; never change one that has shipped.
 MIGRATIONS: Sequence[Migration] = (
     Migration(1, "chat history", _chat_messages),
     Migration(2, "counters", _counters),
     Migration(3, "accounts and key-value items", _accounts_and_kv),
     Migration(4, "chat room ids", _chat_rooms),
+    Migration(5, "the memory engine's lease", _hub_lease),
 )
 
 _LOCK_NAME = "myservices.schema_migration"

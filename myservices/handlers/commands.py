@@ -12,7 +12,8 @@ from twisted.internet.interfaces import IReactorTime
 from myservices.errors import RequestError
 from myservices.handlers.pipeline import message_json
 from myservices.handlers.router import ANY, Arg, Router
-from myservices.hub import Hub, Session, Subscriber
+from myservices.hub import Hub, Joined, Session, Subscriber
+from myservices.hub.rules import MAX_MESSAGE_ID
 
 if TYPE_CHECKING:
     from myservices.accounts import Account, AccountStore
@@ -89,6 +90,24 @@ router = Router()
 
 def _room(name: str = "room") -> Arg:
     return Arg(name, str, max_length=256)
+
+
+# the last message id a client saw in a room: rejoining with it returns what it missed (the one rule for
+# every front end; the line chat checks its SINCE word with it too)
+SINCE = Arg("since", int, required=False, min=0, max=MAX_MESSAGE_ID)
+
+
+def joined_json(joined: Joined, history: bool = True) -> dict[str, Any]:
+    """The reply to a join or subscribe: the history (what was missed, with C{since}), and whether it is all of it.
+
+    C{last_id} is always there, so a client can remember where it is even in a room without history.
+    """
+    return {
+        "room": joined.room,
+        "history": [message_json(m) for m in joined.history] if history else [],
+        "recovered": joined.recovered,
+        "last_id": joined.last_id,
+    }
 
 
 # --- basics -------------------------------------------------------------------
@@ -183,10 +202,10 @@ async def hub_nick(s: CommandState, nick: str) -> dict[str, Any]:
     return {"nick": nick, "old": old}
 
 
-@router.command("hub.join", _room(), barrier=True)
-async def hub_join(s: CommandState, room: str) -> dict[str, Any]:
-    joined = await s.services.hub.join(await s.session(), room)
-    return {"room": joined.room, "history": [message_json(m) for m in joined.history], "members": joined.members}
+@router.command("hub.join", _room(), SINCE, barrier=True)
+async def hub_join(s: CommandState, room: str, since: int | None = None) -> dict[str, Any]:
+    joined = await s.services.hub.join(await s.session(), room, since)
+    return {**joined_json(joined), "members": joined.members}
 
 
 @router.command("hub.part", _room())
@@ -222,11 +241,11 @@ async def hub_rooms(s: CommandState) -> dict[str, Any]:
     return {"rooms": [{"name": r.name, "members": r.members, "subscribers": r.subscribers} for r in rooms]}
 
 
-@router.command("hub.subscribe", _room(), barrier=True)
-async def hub_subscribe(s: CommandState, room: str) -> dict[str, Any]:
-    name = s.services.hub.check_room(room)
-    await s.services.hub.subscribe(await s.session(), name)
-    return {"room": name}
+@router.command("hub.subscribe", _room(), SINCE, barrier=True)
+async def hub_subscribe(s: CommandState, room: str, since: int | None = None) -> dict[str, Any]:
+    # topic-style: history only when asked for (what was missed since an id)
+    joined = await s.services.hub.subscribe(await s.session(), room, since)
+    return joined_json(joined, history=since is not None)
 
 
 @router.command("hub.unsubscribe", _room())

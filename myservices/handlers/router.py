@@ -22,6 +22,7 @@ class Arg:
     required: bool = True
     max_length: int | None = None  # characters, for strings
     min: int | None = None  # for integers
+    max: int | None = None  # for integers
     type_name: str | None = None  # for other types: what the error message calls it
 
     def check(self, value: Any) -> Any:
@@ -43,6 +44,8 @@ class Arg:
                 raise RequestError(BAD_ARGUMENTS, f'"{self.name}": {e}') from None
         if self.min is not None and value < self.min:
             raise RequestError(BAD_ARGUMENTS, f'"{self.name}" must be at least {self.min}')
+        if self.max is not None and value > self.max:
+            raise RequestError(BAD_ARGUMENTS, f'"{self.name}" must be at most {self.max}')
         return value
 
 

@@ -34,6 +34,11 @@ class HubConfig:
         doc="seconds a message waits for others to share its transaction (0: the next one starts at once)",
     )
     history_batch_size: int = setting(500, min=1, max=100_000, doc="most messages written in one transaction")
+    lease_timeout: float = setting(
+        10.0, kind=DURATION, min=1, max=600,
+        doc="memory engine: how long this daemon's claim on the database outlives its last refresh"
+        " (refreshed every third of it); a restart after a crash waits at most this long to serve the hub",
+    )
     max_history_backlog: int = setting(
         10_000, min=1, max=10_000_000,
         doc="messages waiting to be committed; a publish beyond it is answered DATABASE_UNAVAILABLE",

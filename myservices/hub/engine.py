@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
+from typing import Protocol
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
@@ -23,6 +24,16 @@ from myservices.hub.events import Event, Message, NickChange, Presence
 from myservices.hub.history import HistoryRejected, HistoryStore
 from myservices.hub.interfaces import EngineNode, Joined, RoomInfo, missed_since
 from myservices.metrics import Metrics
+
+
+class Lease(Protocol):
+    """Whether this process may use the rooms of its database (L{myservices.hub.lease.HubLease})."""
+
+    def held(self) -> bool:
+        """True while it may: checked before every use of a room, so it must be cheap."""
+
+    async def ensure(self) -> None:
+        """Wait until it may, or raise the RequestError to answer."""
 
 
 class EngineRoom:
@@ -54,18 +65,25 @@ class MemoryEngine(Service):
     A published message is committed (see L{HistoryStore}) before it is
     delivered, in id order, to every hub serving the room; a room loads its
     last id and recent history the first time it is used. On stop, messages
-    still being committed are written first.
+    still being committed are written first. With a C{lease}, rooms are used
+    only while it is held: one daemon per database mints its ids.
     """
 
     log = Logger()
     name = "hub-engine"  # type: ignore[assignment]  # twisted's Service.name is unannotated (inferred as None)
 
     def __init__(
-        self, config: HubConfig, clock: IReactorTime, history: HistoryStore | None = None, metrics: Metrics | None = None
+        self,
+        config: HubConfig,
+        clock: IReactorTime,
+        history: HistoryStore | None = None,
+        metrics: Metrics | None = None,
+        lease: Lease | None = None,
     ) -> None:
         self.config = config
         self.clock = clock
         self.store = history
+        self.lease = lease  # with a database: ids are minted here, so one process per database
         self.metrics = metrics if metrics is not None else Metrics()
         self.nodes: dict[str, EngineNode] = {}
         self.rooms_by_name: dict[str, EngineRoom] = {}
@@ -168,6 +186,8 @@ class MemoryEngine(Service):
         )
 
     async def history(self, room: str, limit: int) -> list[Message]:
+        if self.lease is not None and not self.lease.held():
+            await self.lease.ensure()
         r = self.rooms_by_name.get(room)
         if r is not None and r.loaded:
             messages = list(r.recent)
@@ -217,6 +237,8 @@ class MemoryEngine(Service):
 
     async def _room(self, name: str) -> EngineRoom:
         """The loaded room C{name}, created and loaded from history if needed."""
+        if self.lease is not None and not self.lease.held():
+            await self.lease.ensure()  # another daemon may be minting this database's ids
         while True:
             room = self.rooms_by_name.get(name)
             if room is None:

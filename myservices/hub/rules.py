@@ -7,6 +7,9 @@ import re
 from myservices.errors import NICK_INVALID, ROOM_INVALID, TEXT_INVALID, RequestError
 from myservices.hub.config import HubConfig
 
+# message ids are BIGINT in the database: a "since" past this names no message a room can have
+MAX_MESSAGE_ID = 2**63 - 1
+
 _NICK_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
 _ROOM_RE = re.compile(r"[a-z0-9][a-z0-9_.-]*")
 

@@ -37,10 +37,17 @@ _LISTENER = Arg("listener", pb.RemoteReference, type_name="a pb.Referenceable (y
 
 
 @pb_commands.command(
-    "pb.join", Arg("room", str, max_length=256), _LISTENER, Arg("presence", bool, required=False), barrier=True
+    "pb.join", Arg("room", str, max_length=256), _LISTENER, Arg("presence", bool, required=False), shared.SINCE,
+    barrier=True,
 )
-async def join(avatar: Avatar, room: str, listener: pb.RemoteReference, presence: bool = False) -> dict[str, Any]:
-    """Join C{room}; C{listener} receives its messages (and joins, parts, nick changes with C{presence})."""
+async def join(
+    avatar: Avatar, room: str, listener: pb.RemoteReference, presence: bool = False, since: int | None = None
+) -> dict[str, Any]:
+    """Join C{room}; C{listener} receives its messages (and joins, parts, nick changes with C{presence}).
+
+    With C{since} (the last message id the client saw) the history is what it missed; the result says
+    whether that is all of it (C{recovered}) and the room's C{last_id}, as on every front end.
+    """
     state = avatar.state
     name = state.services.hub.check_room(room)
     previous = avatar.rooms.get(name)
@@ -48,7 +55,7 @@ async def join(avatar: Avatar, room: str, listener: pb.RemoteReference, presence
     # registered before joining, so the events of the join itself reach it
     avatar.rooms[name] = handle
     try:
-        result = await shared.hub_join(state, name)
+        result = await shared.hub_join(state, name, since)
     except BaseException:
         if avatar.rooms.get(name) is handle:
             if previous is not None:

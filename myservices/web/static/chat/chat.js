@@ -19,6 +19,8 @@
   const state = {
     ws: null, nick: null, wantedNick: null, room: null, members: [], nextId: 1, pending: new Map(),
     retries: 0, retryTimer: null, maxText: 4000,
+    lastId: null, // the last message id seen in the current room: a rejoin asks for what came after it
+
   };
 
   function setStatus(kind, text) {
@@ -136,8 +138,10 @@
   }
 
   async function join(room) {
+    // back in the same room after a reconnect: only what was missed, appended to what is shown
+    const rejoin = room === state.room && state.lastId !== null;
     try {
-      const result = await request("join", { room });
+      const result = await request("join", rejoin ? { room, since: state.lastId } : { room });
       if (state.room && state.room !== result.room) {
         request("part", { room: state.room }).catch(() => {});
       }
@@ -145,9 +149,15 @@
       ui.roomName.textContent = "#" + result.room;
       state.members = result.members;
       renderMembers();
-      ui.messages.replaceChildren();
+      if (!rejoin) {
+        ui.messages.replaceChildren();
+        state.lastId = null;
+      } else if (!result.recovered) {
+        note("system", "some messages sent while you were away are no longer kept");
+      }
       for (const m of result.history) addMessage(m, true);
-      note("system", "joined #" + result.room);
+      state.lastId = Math.max(state.lastId ?? 0, result.last_id);
+      note("system", (rejoin ? "back in #" : "joined #") + result.room);
       enableSending(true);
       ui.text.focus();
     } catch (e) {
@@ -182,6 +192,7 @@
   }
 
   function addMessage(m, fromHistory) {
+    if (m.room === state.room) state.lastId = Math.max(state.lastId ?? 0, m.id);
     const li = document.createElement("li");
     const time = document.createElement("span");
     time.className = "time";
