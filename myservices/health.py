@@ -1,4 +1,4 @@
-"""Readiness: is every listener bound and does the database answer in time?"""
+"""Readiness: is every listener bound, does the database answer in time, can the hub's engine be reached?"""
 
 from __future__ import annotations
 
@@ -60,8 +60,10 @@ class Readiness:
         database: Database,
         clock: IReactorTime,
         running: Callable[[], bool],
+        engine: Callable[[], str] | None = None,
     ) -> None:
         self.listeners = listeners
+        self._engine = engine  # "ok" or why not; None: an engine that is always there (memory)
         self.database = database
         self.clock = clock
         self._running = running
@@ -75,6 +77,7 @@ class Readiness:
         unbound = [name for name, service in self.listeners.items() if service.address is None]
         checks["listeners"] = "ok" if not unbound else "not listening: " + ", ".join(unbound)
         checks["database"] = await self._check_database(timeout)
+        checks["engine"] = self._engine() if self._engine is not None else "ok"
         return ReadinessReport(checks)
 
     async def _check_database(self, timeout: float) -> str:

@@ -67,10 +67,14 @@ class _Factory(txredisapi.RedisFactory):  # type: ignore[misc]
             return
         if not conn.connected:
             return
-        conn.whenDisconnected().addCallback(self.delConnection).addCallback(self.link.lost)
+        conn.whenDisconnected().addCallback(self._gone)
         self.pool.append(conn)
         self.size = len(self.pool)
         self.link.connected(conn)
+
+    def _gone(self, conn: Any) -> None:
+        self.delConnection(conn)
+        self.link.lost(conn)
 
 
 class RedisLink:
@@ -123,8 +127,8 @@ class RedisLink:
         for d in self._waiters:
             d.cancel()
         self._waiters = []
-        d: Deferred[Any] = self._factory.disconnect()
-        return d
+        stopped: Deferred[Any] = self._factory.disconnect()
+        return stopped
 
     @property
     def ready(self) -> bool:

@@ -110,7 +110,7 @@ class Storage:
 
     async def _seed(self, room: str) -> list[Message]:
         epoch = self._epoch()  # taken before the read: a loss of Redis's data after it makes the read stale
-        last_id, messages = 0, []
+        last_id, messages = 0, list[Message]()
         if self.store is not None:
             try:
                 last_id, messages = await self.store.load(room, self.history_size)
