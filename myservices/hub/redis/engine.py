@@ -29,7 +29,7 @@ from myservices.hub.config import HubConfig, parse_redis_url
 from myservices.hub.events import Event, Message, NickChange
 from myservices.hub.history import HistoryStore
 from myservices.hub.interfaces import EngineNode, Joined, RoomInfo, missed_since
-from myservices.hub.redis import scripts
+import myservices.hub.redis.scripts as scripts
 from myservices.hub.redis.client import EngineUnavailable, RedisLink
 from myservices.hub.redis.codec import decode_message, message_prefix, nick_change
 from myservices.hub.redis.feeds import Feed, Feeds
@@ -100,10 +100,10 @@ class RedisEngine(Service):
     async def _stop(self) -> None:
         if self._tick.running:
             self._tick.stop()
+        self.feeds.stop()  # nothing waits for the channels any more
         if self.store is not None:
             await self.store.flush()  # every message still being committed is written (or kept) first
         await self.storage.save_late()
-        self.feeds.stop()
         await self.subscriber.stop()
         await self.commands.stop()
 

@@ -31,7 +31,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from myservices.hub.events import Event, Message, NickChange
-from myservices.hub.redis import scripts
+import myservices.hub.redis.scripts as scripts
 from myservices.hub.redis.client import EngineUnavailable, RedisLink, bounded
 from myservices.hub.redis.codec import decode, decode_message
 from myservices.metrics import Metrics
@@ -332,7 +332,16 @@ class Feeds:
         feed.id_waiters = waiting
 
     def stop(self) -> None:
+        """The engine stops: nothing waits for the channels any more."""
         for feed in self.feeds.values():
             if feed.paused is not None and feed.paused.active():
                 feed.paused.cancel()
             self._fire_id_waiters(feed, all_of_them=True)
+            waiters, feed.confirm_waiters = feed.confirm_waiters, []
+            for d in waiters:
+                if not d.called:
+                    d.errback(EngineUnavailable())
+        markers, self.markers = self.markers, {}
+        for marker in markers.values():
+            if not marker.reached.called:
+                marker.reached.errback(EngineUnavailable())

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 from twisted.logger import Logger
 
-from myservices.hub.redis import scripts
+import myservices.hub.redis.scripts as scripts
 from myservices.hub.redis.client import RedisLink
 from myservices.metrics import Metrics
 

@@ -27,7 +27,7 @@ from myservices.db import DatabaseUnavailable
 from myservices.errors import DATABASE_UNAVAILABLE, RequestError
 from myservices.hub.events import Message
 from myservices.hub.history import HistoryRejected, HistoryStore
-from myservices.hub.redis import scripts
+import myservices.hub.redis.scripts as scripts
 from myservices.hub.redis.client import EngineUnavailable, RedisLink
 from myservices.hub.redis.codec import decode_message, message_prefix
 from myservices.metrics import Metrics
