@@ -13,13 +13,13 @@ from typing import Any
 
 import pytest
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import Deferred, fail, gatherResults
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
-from myservices.db import Database
+from myservices.db import Database, DatabaseUnavailable
 from myservices.db.config import DatabaseConfig
-from myservices.errors import ENGINE_UNAVAILABLE, NICK_TAKEN, RequestError
+from myservices.errors import DATABASE_UNAVAILABLE, ENGINE_UNAVAILABLE, NICK_TAKEN, RequestError
 from myservices.hub import Event, HistoryStore, Hub, HubConfig, Message, NickChange, Presence, Session, Subscriber
 from myservices.hub.redis import RedisEngine
 from myservices.hub.redis import scripts
@@ -51,6 +51,22 @@ class Seen:
 
     def presence(self) -> list[tuple[str, str]]:
         return [(e.kind, e.nick) for e in self.events if isinstance(e, Presence)]
+
+
+class FlakyStore(HistoryStore):
+    """The real history writer, told to refuse (as when its database is down) or to fail its commits."""
+
+    refuse = False
+    fail_commits = False
+
+    @property
+    def failing(self) -> bool:
+        return self.refuse or super().failing
+
+    def commit(self, message: Message) -> Deferred[None]:
+        if self.fail_commits:
+            return fail(DatabaseUnavailable("the database went away"))
+        return super().commit(message)
 
 
 def _count_txn(txn: Any, room: str) -> list[tuple[int, str]]:
@@ -85,8 +101,8 @@ class RedisEngineTests(TestCase):
         return self.hubs[-n:]
 
     def hub(self, cfg: HubConfig) -> Hub:
-        store = HistoryStore(self.db, reactor, keep=cfg.history_size, flush_interval=0, batch_size=500,
-                             max_backlog=1000)
+        store = FlakyStore(self.db, reactor, keep=cfg.history_size, flush_interval=0, batch_size=500,
+                           max_backlog=1000)
         engine = RedisEngine(cfg, reactor, history=store, metrics=Metrics())
         engine.startService()
         self.addCleanup(lambda: engine.stopService() if engine.running else None)
@@ -319,6 +335,10 @@ class RedisEngineTests(TestCase):
         await b.join(bob, "lobby")
         await a.publish(alice, "lobby", "before")
         await self.until(lambda: bob_sees.texts() == ["before"], "the first message")
+        carol, _ = await self.session(a, "carol")
+        for room in ("lobby", "one", "two"):
+            await a.join(carol, room)
+        await a.subscribe(carol, "news")
         self.redis.freeze()
         self.addCleanup(self.redis.thaw)
         start = reactor.seconds()
@@ -327,6 +347,11 @@ class RedisEngineTests(TestCase):
         self.assertEqual(caught.exception.error, ENGINE_UNAVAILABLE)
         self.assertLess(reactor.seconds() - start, TIMEOUT + 0.5)
         self.assertIn(alice, a.sessions.values())  # the connection stays
+        start = reactor.seconds()
+        await a.close_session(carol)  # a client leaving meanwhile: nothing hangs, its presence expires
+        self.assertLess(reactor.seconds() - start, 2 * TIMEOUT + 0.5)
+        self.assertNotIn(carol, a.sessions.values())
+        self.assertEqual(self.engine(a).presence.count, 1)  # alice's membership only: carol's is not refreshed
         await self.until(lambda: self.engine(a).health() != "ok", "/readyz to say the engine is unavailable")
         self.redis.thaw()
         message = await self.publish_retrying(a, alice, "thawed")
@@ -362,3 +387,27 @@ class RedisEngineTests(TestCase):
         self.assertEqual(await self.stored(), [(1, "saved"), (msg_id, "never saved")])
         swept = self.engine(restarted).metrics.registry.get_sample_value("myservices_history_swept_messages_total")
         self.assertEqual(swept, 1.0)
+
+    async def test_a_failing_database_refuses_first_and_a_commit_failing_after_delivery_is_saved_late(self) -> None:
+        a, b = await self.start()
+        alice, _ = await self.session(a, "alice")
+        bob, bob_sees = await self.session(b, "bob")
+        await a.join(alice, "lobby")
+        await b.join(bob, "lobby")
+        store = self.engine(a).store
+        assert isinstance(store, FlakyStore)
+        store.refuse = True
+        with self.assertRaises(RequestError) as caught:
+            await a.publish(alice, "lobby", "refused")
+        self.assertEqual(caught.exception.error, DATABASE_UNAVAILABLE)
+        store.refuse, store.fail_commits = False, True
+        message = await a.publish(alice, "lobby", "kept")  # delivered already: acknowledged, kept to be saved
+        self.assertEqual(message.id, 1)  # the refused one took no id: Redis never saw it
+        await self.until(lambda: bob_sees.texts() == ["kept"], "the message at bob")
+        self.assertEqual(await self.stored(), [])
+        metrics = self.engine(a).metrics.registry
+        self.assertEqual(metrics.get_sample_value("myservices_history_deferred_messages_total"), 1.0)
+        store.fail_commits = False
+        await self.engine(a)._periodic()
+        self.assertEqual(await self.stored(), [(1, "kept")])
+        self.assertEqual(self.engine(a).storage.unsaved, [])
