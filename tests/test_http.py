@@ -154,7 +154,7 @@ class HttpServiceTests(TestCase):
         ready = await client.get("/readyz")
         self.assertEqual(ready.code, 200)
         self.assertEqual(
-            ready.json(), {"status": "ready", "checks": {"running": "ok", "listeners": "ok", "database": "ok"}}
+            ready.json(), {"status": "ready", "checks": {"running": "ok", "listeners": "ok", "database": "ok", "engine": "ok"}}
         )
         missing = await client.get("/no/such/page")
         self.assertEqual((missing.code, missing.json()["error"]["code"]), (404, "NOT_FOUND"))

@@ -63,7 +63,7 @@ class _Factory(txredisapi.RedisFactory):  # type: ignore[misc]
 
     def addConnection(self, conn: Any) -> None:
         if self.disconnectCalled:
-            conn.transport.loseConnection()
+            conn.transport.abortConnection()  # our own connection to Redis, made as we stopped
             return
         if not conn.connected:
             return

@@ -197,7 +197,6 @@ class RedisEngine(Service):
         self, member_id: str, room: str, nick: str, attach: Callable[[], None], since: int | None
     ) -> Joined:
         key = (room, member_id)
-        already = key in self.presence.members if nick else key in self.presence.subscribers
         feed = self.feeds.acquire(room)  # subscribed before the script runs: nothing after it is missed
         try:
             await self.feeds.confirmed(feed)
@@ -205,8 +204,8 @@ class RedisEngine(Service):
         except BaseException:
             self.feeds.release(room)
             raise
-        if already:
-            self.feeds.release(room)  # the first join holds the feed for this member
+        if key in self.presence.members if nick else key in self.presence.subscribers:
+            self.feeds.release(room)  # joined twice: the first join holds the feed for this member
         elif nick:
             self.presence.members[key] = nick
         else:
@@ -300,6 +299,7 @@ class RedisEngine(Service):
         marker = self.feeds.expect()
         payload = nick_change(NickChange(old=old, new=new, rooms=tuple(rooms)), member_id, marker.token)
         try:
+            await self.feeds.confirmed(feed)
             await self.commands.eval(scripts.RENAME, [self.prefix, member_id, new, payload, *rooms])
             await self.feeds.reached(feed, marker)
         except EngineUnavailable:
@@ -318,22 +318,18 @@ class RedisEngine(Service):
         return sorted(infos, key=lambda info: info.name)
 
     async def history(self, room: str, limit: int) -> list[Message]:
-        size = self.config.history_size
-        for _ in range(ATTEMPTS):
-            base, length, _, payloads = await self.commands.eval(scripts.READ, [self.prefix, room, 0])
-            if base >= 0:
-                break
-            try:
-                stored = await self.storage.seed(room)
-            except EpochChanged:
-                continue
-            return stored[-limit:] if limit else []
-        else:
-            raise EngineUnavailable()
+        base, length, _, payloads = await self.commands.eval(scripts.READ, [self.prefix, room, 0])
         stream = [decode_message(p) for p in payloads]
-        stored = []
-        if base > 0 and length < size:  # the stream does not reach back far enough: the database does
-            stored, _ = await self._stored(room)
+        stored: list[Message] = []
+        if base < 0 or (base > 0 and length < self.config.history_size):
+            # not in Redis, or its stream does not reach back far enough: the database has the rest (a room
+            # nobody uses is not put into Redis for it: any name can be asked for)
+            try:
+                stored = await self.storage.load(room)
+            except RequestError:
+                if base < 0:
+                    raise  # DATABASE_UNAVAILABLE: nothing to answer from
+                self.log.warn("hub: history of {room} from the stream only, the database is unavailable", room=room)
         messages = self._merge(stored, stream)
         return messages[-limit:] if limit else []
 

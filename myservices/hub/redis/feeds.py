@@ -126,6 +126,8 @@ class Feeds:
             return
         d: Deferred[None] = Deferred()
         feed.confirm_waiters.append(d)
+        if not feed.subscribing:
+            self._start_subscribing(feed)  # an earlier try failed: this one fails (or succeeds) for us
         await bounded(d, self.timeout, self.clock, self.metrics)
 
     def release(self, room: str) -> None:

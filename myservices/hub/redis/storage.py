@@ -97,6 +97,8 @@ class Storage:
         self._reserving = Once()
         self.unsaved: list[Message] = []
         self.swept = store is None
+        self._sweeping = False
+        self._saving_late = False
 
     # --- ids ----------------------------------------------------------------------------------------
 
@@ -108,14 +110,21 @@ class Storage:
         """
         return await self._seeding.run(room, lambda: self._seed(room))
 
+    async def load(self, room: str) -> list[Message]:
+        """C{room}'s last messages in the database; DATABASE_UNAVAILABLE when it does not answer."""
+        return (await self._load(room))[1]
+
+    async def _load(self, room: str) -> tuple[int, list[Message]]:
+        if self.store is None:
+            return 0, []
+        try:
+            return await self.store.load(room, self.history_size)
+        except DatabaseUnavailable as e:
+            raise RequestError(DATABASE_UNAVAILABLE, f'room "{room}" cannot be loaded now; try again') from e
+
     async def _seed(self, room: str) -> list[Message]:
         epoch = self._epoch()  # taken before the read: a loss of Redis's data after it makes the read stale
-        last_id, messages = 0, list[Message]()
-        if self.store is not None:
-            try:
-                last_id, messages = await self.store.load(room, self.history_size)
-            except DatabaseUnavailable as e:
-                raise RequestError(DATABASE_UNAVAILABLE, f'room "{room}" cannot be loaded now; try again') from e
+        last_id, messages = await self._load(room)
         args = [self.prefix, room, epoch or "", last_id, self.history_size, *(stored_form(m) for m in messages)]
         if int(await self.link.eval(scripts.SEED, args)) < 0:
             raise EpochChanged(room)
@@ -172,21 +181,25 @@ class Storage:
 
     async def save_late(self) -> None:
         """Write the messages kept after a failed commit, if the database answers now."""
-        if not self.unsaved or self.store is None:
+        if not self.unsaved or self.store is None or self._saving_late:
             return
         batch = list(self.unsaved)
+        self._saving_late = True
         try:
             await self.store.save_missing(batch)
         except DatabaseUnavailable:
             return
-        del self.unsaved[: len(batch)]
+        finally:
+            self._saving_late = False
+        del self.unsaved[: len(batch)]  # those saved; later ones wait for the next try
         self.log.info("history: saved {count} delivered messages late", count=len(batch))
 
     async def sweep(self) -> None:
         """Save every message Redis's streams hold that the database has not (after a crash); at most once."""
-        if self.swept or self.store is None:
+        if self.swept or self.store is None or self._sweeping:
             return
         added = 0
+        self._sweeping = True
         try:
             rooms = await self.link.call("SMEMBERS", self.prefix + "rooms")
             for room in sorted(rooms):
@@ -197,6 +210,8 @@ class Storage:
         except (DatabaseUnavailable, EngineUnavailable) as e:
             self.log.warn("history: the sweep of Redis's messages will be tried again: {error}", error=e)
             return
+        finally:
+            self._sweeping = False
         self.swept = True
         self.metrics.history_swept.inc(added)
         if added:
