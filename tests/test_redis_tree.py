@@ -9,6 +9,7 @@ import pytest
 from twisted.trial.unittest import TestCase
 
 from myservices.config import ENV_REDIS_PASSWORD
+from myservices.hub.redis import RedisEngine
 from tests import redisserver
 from tests.support import HttpClient, chat_client, load, port_of, start_tree
 
@@ -28,7 +29,6 @@ url = "sqlite:///shared.sqlite3"
 [hub]
 engine = "redis"
 redis_url = "{redis_url}"
-engine_timeout = 1
 publish_rate = 100000.0
 publish_burst = 100000
 [services.chat]
@@ -47,6 +47,9 @@ class TwoDaemonsTests(TestCase):
         config = load(self, redis_config(redis.url, data))
         one = await start_tree(self, config)
         two = await start_tree(self, config)
+        for tree in (one, two):
+            assert tree.hub is not None and isinstance(tree.hub.engine, RedisEngine)
+            await tree.hub.engine.when_connected(timeout=10)  # a busy machine may take a while to connect
         alice = await chat_client(self, port_of(one, "chat"), "alice")
         bob = await chat_client(self, port_of(two, "chat"), "bob")
         self.assertEqual((await bob.command("/nick ALICE"))[-1].split()[:2], ["ERR", "NICK_TAKEN"])

@@ -189,12 +189,17 @@ class RedisLink:
 
     # --- calls ----------------------------------------------------------------------------------
 
+    async def wait_ready(self, timeout: float) -> None:
+        """Wait until a connection is ready (EngineUnavailable after C{timeout} seconds)."""
+        if self.conn is None:
+            d: Deferred[None] = Deferred()
+            self._waiters.append(d)
+            await bounded(d, timeout, self.clock, self.metrics)
+
     async def connection(self) -> Any:
         """The ready connection; before the first one, waits for it (within the timeout)."""
         if self.conn is None and not self.ever_connected:
-            d: Deferred[None] = Deferred()
-            self._waiters.append(d)
-            await bounded(d, self.timeout, self.clock, self.metrics)
+            await self.wait_ready(self.timeout)
         if self.conn is None:
             self.metrics.hub_engine_errors.inc()
             raise EngineUnavailable()

@@ -111,10 +111,11 @@ class RedisEngine(Service):
         """For /readyz: "ok" while both Redis connections are up."""
         return "ok" if self.commands.ready and self.subscriber.ready else "redis unavailable"
 
-    async def when_connected(self) -> None:
-        """Wait (within engine_timeout) until both connections are ready; for tests and start-up checks."""
-        await self.commands.connection()
-        await self.subscriber.connection()
+    async def when_connected(self, timeout: float | None = None) -> None:
+        """Wait until both connections are ready (within C{timeout}, by default engine_timeout)."""
+        timeout = self.config.engine_timeout if timeout is None else timeout
+        await self.commands.wait_ready(timeout)
+        await self.subscriber.wait_ready(timeout)
 
     async def _check_epoch(self, conn: Any) -> None:
         """On each new connection, before any command: has Redis lost its data since we last saw it?"""

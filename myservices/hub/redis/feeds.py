@@ -48,6 +48,7 @@ class Marker:
         self.ready = on_reach is None  # a join is ready once its script answered (its history is known)
         self.top = 0  # the room's last id when the operation took effect
         self.reached: Deferred[None] = Deferred()
+        self.waiting = False  # someone awaits C{reached} (only then may it fail)
 
 
 class Feed:
@@ -98,6 +99,7 @@ class Feeds:
         self.nick_feed.refs = 1
         self.feeds[self.nick_feed.channel] = self.nick_feed
         self.markers: dict[str, Marker] = {}
+        self.stopped = False
         self._tokens = (f"{uuid.uuid4().hex[:12]}.{n}" for n in itertools.count(1))
 
     def channel(self, room: str) -> str:
@@ -243,6 +245,10 @@ class Feeds:
 
     async def reached(self, feed: Feed, marker: Marker) -> None:
         """Wait for the marker to come round (within the timeout); on failure it is given up."""
+        if self.stopped:
+            self.abandon(feed, marker)
+            raise EngineUnavailable()
+        marker.waiting = True
         try:
             await bounded(marker.reached, self.timeout, self.clock, self.metrics)
         except BaseException:
@@ -343,7 +349,8 @@ class Feeds:
             for d in waiters:
                 if not d.called:
                     d.errback(EngineUnavailable())
+        self.stopped = True
         markers, self.markers = self.markers, {}
         for marker in markers.values():
-            if not marker.reached.called:
+            if marker.waiting and not marker.reached.called:
                 marker.reached.errback(EngineUnavailable())
