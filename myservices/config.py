@@ -44,6 +44,8 @@ ENV_ALIASES: Mapping[str, tuple[str, ...]] = {
 }
 ENV_PASSWORD = "MYSERVICES_DATABASE_PASSWORD"
 ENV_PASSWORD_FILE = "MYSERVICES_DATABASE_PASSWORD_FILE"
+ENV_REDIS_PASSWORD = "MYSERVICES_REDIS_PASSWORD"
+ENV_REDIS_PASSWORD_FILE = "MYSERVICES_REDIS_PASSWORD_FILE"
 
 
 class ConfigError(Exception):
@@ -152,6 +154,8 @@ def config_from_dict(
     if database is not None:
         data_dir = daemon.data_dir if daemon is not None else base_dir
         database = _resolve_database(database, data_dir, environ, problems)
+    if built.get("hub") is not None:
+        built["hub"] = _resolve_hub(built["hub"], environ, problems)
     if problems:
         raise ConfigError(source, problems)
     built["database"] = database
@@ -231,17 +235,32 @@ def _env_value(text: str) -> Any:
         return text
 
 
+def _secret_from_environment(
+    value: str | None, variable: str, file_variable: str, environ: Mapping[str, str], problems: list[str]
+) -> str | None:
+    """C{value}, unless the environment names a secret (directly, or a file holding it)."""
+    if variable in environ:
+        value = environ[variable]
+    if file_variable in environ:
+        try:
+            value = Path(environ[file_variable]).read_text().rstrip("\r\n")
+        except OSError as e:
+            problems.append(f"{file_variable}: cannot read {environ[file_variable]}: {e.strerror}")
+    return value
+
+
+def _resolve_hub(hub: HubConfig, environ: Mapping[str, str], problems: list[str]) -> HubConfig:
+    password = _secret_from_environment(
+        hub.redis_password, ENV_REDIS_PASSWORD, ENV_REDIS_PASSWORD_FILE, environ, problems
+    )
+    problems.extend(hub.problems())
+    return dataclasses.replace(hub, redis_password=password)
+
+
 def _resolve_database(
     database: DatabaseConfig, data_dir: Path, environ: Mapping[str, str], problems: list[str]
 ) -> DatabaseConfig:
-    password = database.password
-    if ENV_PASSWORD in environ:
-        password = environ[ENV_PASSWORD]
-    if ENV_PASSWORD_FILE in environ:
-        try:
-            password = Path(environ[ENV_PASSWORD_FILE]).read_text().rstrip("\r\n")
-        except OSError as e:
-            problems.append(f"{ENV_PASSWORD_FILE}: cannot read {environ[ENV_PASSWORD_FILE]}: {e.strerror}")
+    password = _secret_from_environment(database.password, ENV_PASSWORD, ENV_PASSWORD_FILE, environ, problems)
     try:
         parse_database_url(database.url, data_dir, password)
     except ValueError as e:

@@ -60,6 +60,7 @@ USERNAME_TAKEN = ErrorCode("USERNAME_TAKEN", "an account with this username exis
 QUOTA_EXCEEDED = ErrorCode("QUOTA_EXCEEDED", "the account has reached a storage limit", retry=False)
 BUSY = ErrorCode("BUSY", "too many connections, try again later", retry=True)
 DATABASE_UNAVAILABLE = ErrorCode("DATABASE_UNAVAILABLE", "the database is not available", retry=True)
+ENGINE_UNAVAILABLE = ErrorCode("ENGINE_UNAVAILABLE", "the hub's shared state (Redis) is not available", retry=True)
 SHUTTING_DOWN = ErrorCode("SHUTTING_DOWN", "the server is shutting down", retry=True)
 HUB_UNAVAILABLE = ErrorCode("HUB_UNAVAILABLE", "the chat hub is not served by this server now", retry=True)
 INTERNAL = ErrorCode("INTERNAL", "internal error; it has been logged", retry=True)
@@ -70,7 +71,7 @@ ERRORS: dict[str, ErrorCode] = {
         UNKNOWN_COMMAND, BAD_ARGUMENTS, BAD_ENCODING, LINE_TOO_LONG, TEXT_INVALID, NICK_INVALID, NICK_TAKEN,
         ROOM_INVALID, NOT_IN_ROOM, TOO_MANY_ROOMS, RATE_LIMITED, SLOW_CONSUMER, NOT_FOUND, BAD_REQUEST, TOO_LARGE,
         TIMEOUT, UNSUPPORTED_VERSION, UNAUTHENTICATED, LOGIN_FAILED, USERNAME_TAKEN, QUOTA_EXCEEDED, BUSY,
-        DATABASE_UNAVAILABLE, HUB_UNAVAILABLE,
+        DATABASE_UNAVAILABLE, HUB_UNAVAILABLE, ENGINE_UNAVAILABLE,
         SHUTTING_DOWN, INTERNAL,
     )
 }

@@ -1,4 +1,4 @@
-"""Readiness: is every listener bound and does the database answer in time?"""
+"""Readiness: is every listener bound, does the database answer in time, can the hub's engine be reached?"""
 
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ class Readiness:
         self.database = database
         self.clock = clock
         self._running = running
-        self._more = dict(more or {})  # name -> "ok" or why not (the hub's lease)
+        self._more = dict(more or {})  # name -> "ok" or why not (the hub: its lease or its Redis)
         self._probe_waiters: list[Deferred[None]] | None = None
         self._last_logged: str | None = None
 

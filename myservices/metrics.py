@@ -97,6 +97,42 @@ class Metrics:
         self.history_rejected = Counter(
             "myservices_history_rejected_messages", "Messages the database refused to store (not delivered)", registry=r
         )
+        self.hub_engine_up = Gauge(
+            "myservices_hub_engine_up", "1 while the hub's engine can be reached (always 1 with the memory engine)",
+            registry=r,
+        )
+        self.hub_engine_up.set(1)
+        self.hub_engine_errors = Counter(
+            "myservices_hub_engine_errors",
+            "Engine requests that failed with ENGINE_UNAVAILABLE (Redis did not answer in time or was not connected)",
+            registry=r,
+        )
+        self.hub_engine_outages = Counter(
+            "myservices_hub_engine_outages", "Connections to Redis lost (each is reopened)", registry=r
+        )
+        self.hub_engine_gaps = Counter(
+            "myservices_hub_engine_gaps",
+            "Times a room could not be caught up after a lost connection: messages missed were no longer in Redis",
+            registry=r,
+        )
+        self.hub_engine_data_losses = Counter(
+            "myservices_hub_engine_data_losses", "Times Redis was found to have lost its data (a new epoch)", registry=r
+        )
+        self.history_deferred = Counter(
+            "myservices_history_deferred_messages",
+            "Messages delivered and acknowledged whose commit failed: kept and written when the database answers",
+            registry=r,
+        )
+        self.history_lost = Counter(
+            "myservices_history_unkept_messages",
+            "Messages whose commit failed while max_history_backlog already waited: left to the sweep at next start",
+            registry=r,
+        )
+        self.history_swept = Counter(
+            "myservices_history_swept_messages",
+            "Messages found in Redis only at start (their process stopped before saving them) and saved",
+            registry=r,
+        )
         self.hub_members = Gauge(
             "myservices_hub_members", "Room memberships and topic subscriptions, summed over rooms", registry=r
         )

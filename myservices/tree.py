@@ -10,7 +10,9 @@ and L{ReloadService} (SIGHUP).
 from __future__ import annotations
 
 import os
-from collections.abc import Collection, Mapping, Sequence
+import socket
+import uuid
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, cast
 
 from twisted.application.service import IService, MultiService, Service
@@ -27,6 +29,7 @@ from myservices.db import MIGRATIONS, Database, Migration
 from myservices.health import Readiness
 from myservices.hub import HistoryStore, Hub, HubService, MemoryEngine
 from myservices.hub.lease import HubLease
+from myservices.hub.redis import RedisEngine
 from myservices.kv import KeyValueStore
 from myservices.lag import ReactorLagMonitor
 from myservices.listeners import ListenerService, StreamListenerService
@@ -147,12 +150,22 @@ def build_service_tree(
         database, reactor, keep=h.history_size, flush_interval=h.history_flush_interval,
         batch_size=h.history_batch_size, max_backlog=h.max_history_backlog, metrics=metrics,
     )
-    # the memory engine mints ids in this process: one daemon per database, which the lease enforces.
-    # It stops after the hub (its last commits) and before the database.
-    lease = HubLease(database, reactor, h.lease_timeout)
-    lease.setServiceParent(tree)
-    engine = MemoryEngine(h, reactor, history=history, metrics=metrics, lease=lease)
-    hub = Hub(h, reactor, engine, metrics=metrics)
+    engine: MemoryEngine | RedisEngine
+    hub_health: Callable[[], str]
+    if h.engine == "redis":
+        # an IService child of the hub like the memory engine: started before the listeners serve
+        engine = RedisEngine(h, reactor, history=history, metrics=metrics)
+        hub_health = engine.health
+        node_id = f"{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}"  # unique across processes
+    else:
+        # the memory engine mints ids in this process: one daemon per database, which the lease enforces.
+        # It stops after the hub (its last commits) and before the database.
+        lease = HubLease(database, reactor, h.lease_timeout)
+        lease.setServiceParent(tree)
+        engine = MemoryEngine(h, reactor, history=history, metrics=metrics, lease=lease)
+        hub_health = lease.status
+        node_id = "local"
+    hub = Hub(h, reactor, engine, metrics=metrics, node_id=node_id)
     HubService(hub, engine).setServiceParent(tree)  # stops after the front ends, before the database
     tree.hub = hub
     a = config.accounts
@@ -166,7 +179,7 @@ def build_service_tree(
         accounts=AccountStore(database, hasher, a),
         kv=KeyValueStore(database, config.kv),
         # tree.listeners fills as services are built; the checks read it when they run
-        readiness=Readiness(tree.listeners, database, reactor, lambda: bool(tree.running), {"hub": lease.status}),
+        readiness=Readiness(tree.listeners, database, reactor, lambda: bool(tree.running), {"hub": hub_health}),
         services=tree.listeners,
     )
     for name, cfg in config.enabled_services():

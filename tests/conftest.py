@@ -1,4 +1,4 @@
-"""pytest wiring for the trial TestCases, and the guard that keeps the mysql marker true."""
+"""pytest wiring for the trial TestCases, and the guards that keep the mysql and redis markers true."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests import mysql
+from tests import mysql, redisserver
 
 _running: pytest.Item | None = None
 
@@ -42,3 +42,16 @@ def _marked_server() -> mysql.Server:
 
 
 mysql.server = _marked_server  # create_database() calls it through the module, so it is guarded too
+
+
+_start_redis = redisserver.start_redis
+
+
+def _marked_redis(testcase: object) -> redisserver.RedisServer:
+    """redisserver.start_redis() for tests marked redis only, so that -m "not redis" never needs redis-server."""
+    if _running is not None and _running.get_closest_marker("redis") is None:
+        raise AssertionError(f"{_running.nodeid} uses Redis: mark its class @pytest.mark.redis")
+    return _start_redis(testcase)
+
+
+redisserver.start_redis = _marked_redis

@@ -60,14 +60,15 @@ class ReadinessTests(TestCase):
         self.addCleanup(globalLogPublisher.removeObserver, events.append)
         stopping = {"value": False}
         readiness = Readiness(
-            {"http": _Listener("addr"), "chat": _Listener(None)}, Db(), Clock(), lambda: not stopping["value"]  # type: ignore[arg-type]
+            {"http": _Listener("addr"), "chat": _Listener(None)}, Db(), Clock(), lambda: not stopping["value"],  # type: ignore[arg-type]
+            more={"hub": lambda: "redis unavailable"},
         )
         stopping["value"] = True
         report = self.successResultOf(Deferred.fromCoroutine(readiness.check(1.0)))
         self.assertEqual(
             report.checks,
             {"running": "the daemon is stopping", "listeners": "not listening: chat",
-             "database": "database unavailable"},
+             "database": "database unavailable", "hub": "redis unavailable"},
         )
         self.assertFalse(report.ready)
         # the driver's detail goes to the log, once per distinct error and without the password

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal
+from urllib.parse import unquote, urlsplit
 
 from myservices.settings import DURATION, SIZE, MiB, setting
 
@@ -12,8 +13,33 @@ from myservices.settings import DURATION, SIZE, MiB, setting
 class HubConfig:
     """[hub]: rules and limits shared by every front end."""
 
-    engine: Literal["memory"] = setting(
-        "memory", doc="where the hub's shared state lives: memory (this process; ids and history in the database)"
+    engine: Literal["memory", "redis"] = setting(
+        "memory",
+        doc="where the hub's shared state lives: memory (this process; ids and history in the database) "
+        "or redis (every process sharing redis_url)",
+    )
+    redis_url: str = setting(
+        "redis://127.0.0.1:6379/0",
+        secret=True,  # may hold a password; kept out of reprs
+        doc='the Redis of engine = "redis": "redis://HOST:PORT/DB" (a password is better in the environment)',
+    )
+    redis_password: str | None = setting(
+        None, secret=True, doc="Redis password; overrides the one in redis_url (prefer the environment)"
+    )
+    redis_prefix: str = setting("myservices:", doc="prefix of every Redis key and channel of this hub")
+    engine_timeout: float = setting(
+        2.0, kind=DURATION, min=0.05, max=60,
+        doc="seconds any engine request may take (Redis); then it fails with ENGINE_UNAVAILABLE",
+    )
+    presence_ttl: float = setting(
+        30.0, kind=DURATION, min=0.3, max=3600,
+        doc="seconds a process's members stay in Redis without a refresh (each process refreshes every ttl/3)",
+    )
+    id_block: int = setting(
+        1000, min=1, max=1_000_000_000, doc="message ids a process reserves in the database at a time (Redis engine)"
+    )
+    redis_reconnect_delay: float = setting(
+        5.0, kind=DURATION, min=0.01, max=300, doc="longest wait between two attempts to reconnect to Redis"
     )
 
     history_size: int = setting(50, min=0, max=10_000, doc="messages kept per room and sent on join (0: no history)")
@@ -43,3 +69,49 @@ class HubConfig:
         10_000, min=1, max=10_000_000,
         doc="messages waiting to be committed; a publish beyond it is answered DATABASE_UNAVAILABLE",
     )
+
+    def problems(self) -> list[str]:
+        """What is wrong across keys (each a "hub.key: ..." line)."""
+        if self.engine != "redis":
+            return []
+        try:
+            parse_redis_url(self.redis_url)
+        except ValueError as e:
+            return [f"hub.redis_url: {e}"]
+        if not self.redis_prefix:
+            return ["hub.redis_prefix: expected a non-empty prefix"]
+        return []
+
+
+@dataclass(frozen=True)
+class RedisAddress:
+    """A parsed C{redis_url}; C{password} never appears in C{safe}."""
+
+    host: str
+    port: int
+    db: int
+    password: str | None = None
+
+    @property
+    def safe(self) -> str:
+        """The URL without its password, for logs."""
+        return f"redis://{self.host}:{self.port}/{self.db}"
+
+
+def parse_redis_url(url: str, password: str | None = None) -> RedisAddress:
+    """C{redis://[:PASSWORD@]HOST[:PORT][/DB]}; C{password}, when given, wins over the URL's."""
+    parts = urlsplit(url)
+    if parts.scheme != "redis" or not parts.hostname:
+        raise ValueError('expected "redis://HOST:PORT/DB"')
+    try:
+        port = parts.port or 6379
+    except ValueError:
+        raise ValueError("expected a port number between 1 and 65535 in the Redis URL") from None
+    path = parts.path.lstrip("/")
+    if path and not (path.isascii() and path.isdigit() and int(path) < 10_000):
+        raise ValueError("expected a database number after the host, e.g. redis://127.0.0.1:6379/0")
+    if parts.query or parts.fragment:
+        raise ValueError("expected no query or fragment in the Redis URL")
+    if password is None and parts.password:
+        password = unquote(parts.password)
+    return RedisAddress(parts.hostname, port, int(path or 0), password or None)

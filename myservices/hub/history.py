@@ -39,20 +39,46 @@ def write_messages_txn(txn: Txn, rows: Sequence[Row], keep: int) -> None:
         # a message already stored (another daemon on the same database) is not an error
         verb = "INSERT OR IGNORE" if txn.dialect == "sqlite" else "INSERT IGNORE"
         txn.executemany(f"{verb} INTO chat_messages (room, id, ts, nick, text) VALUES (?, ?, ?, ?, ?)", rows)
-    if txn.dialect == "sqlite":
-        upsert = (
-            "INSERT INTO chat_rooms (room, last_id) VALUES (?, ?)"
-            " ON CONFLICT (room) DO UPDATE SET last_id = MAX(last_id, excluded.last_id)"
-        )
-    else:
-        upsert = (
-            "INSERT INTO chat_rooms (room, last_id) VALUES (?, ?)"
-            " ON DUPLICATE KEY UPDATE last_id = GREATEST(last_id, VALUES(last_id))"
-        )
-    txn.executemany(upsert, sorted(newest.items()))
+    txn.executemany(_upsert_last_id_sql(txn), sorted(newest.items()))
     if keep:
         for room, msg_id in newest.items():
             txn.execute("DELETE FROM chat_messages WHERE room = ? AND id <= ?", (room, msg_id - keep))
+
+
+def _upsert_last_id_sql(txn: Txn) -> str:
+    if txn.dialect == "sqlite":
+        return (
+            "INSERT INTO chat_rooms (room, last_id) VALUES (?, ?)"
+            " ON CONFLICT (room) DO UPDATE SET last_id = MAX(last_id, excluded.last_id)"
+        )
+    return (
+        "INSERT INTO chat_rooms (room, last_id) VALUES (?, ?)"
+        " ON DUPLICATE KEY UPDATE last_id = GREATEST(last_id, VALUES(last_id))"
+    )
+
+
+def reserve_ids_txn(txn: Txn, room: str, upto: int) -> int:
+    """Record that ids up to C{upto} of C{room} may be handed out (never lowering); the room's last id now."""
+    txn.execute(_upsert_last_id_sql(txn), (room, upto))
+    txn.execute("SELECT last_id FROM chat_rooms WHERE room = ?", (room,))
+    row = txn.fetchone()
+    return int(row[0]) if row else upto
+
+
+def save_missing_txn(txn: Txn, rows: Sequence[Row], keep: int) -> int:
+    """Store the messages of C{rows} not stored yet (a message already there is left alone); how many were new."""
+    if not rows or not keep:
+        return 0
+    verb = "INSERT OR IGNORE" if txn.dialect == "sqlite" else "INSERT IGNORE"
+    txn.executemany(f"{verb} INTO chat_messages (room, id, ts, nick, text) VALUES (?, ?, ?, ?, ?)", rows)
+    added = max(txn.rowcount, 0)  # rows inserted, the ignored ones left out (sqlite3 and pymysql alike)
+    newest: dict[str, int] = {}
+    for room, msg_id, *_ in rows:
+        newest[room] = max(msg_id, newest.get(room, 0))
+    txn.executemany(_upsert_last_id_sql(txn), sorted(newest.items()))
+    for room, msg_id in newest.items():
+        txn.execute("DELETE FROM chat_messages WHERE room = ? AND id <= ?", (room, msg_id - keep))
+    return added
 
 
 def load_room_txn(txn: Txn, room: str, limit: int) -> tuple[int, list[tuple[int, float, str, str]]]:
@@ -104,6 +130,11 @@ class HistoryStore:
         self._timer: IDelayedCall | None = None
         self._write: Deferred[None] | None = None
         self._failing = False
+
+    @property
+    def failing(self) -> bool:
+        """Whether the last batch could not be written (the database is down) or the backlog is full."""
+        return self._failing or self.backlog >= self.max_backlog
 
     @property
     def backlog(self) -> int:
@@ -199,6 +230,14 @@ class HistoryStore:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
+
+    async def reserve(self, room: str, upto: int) -> int:
+        """Durably record that ids up to C{upto} may be handed out in C{room}; its last id now (at least C{upto})."""
+        return await self.database.run(reserve_ids_txn, room, upto)
+
+    async def save_missing(self, messages: Sequence[Message]) -> int:
+        """Store those of C{messages} not stored yet, once each; how many were new."""
+        return await self.database.run(save_missing_txn, [_row(m) for m in messages], self.keep)
 
     async def load(self, room: str, limit: int) -> tuple[int, list[Message]]:
         """The highest id C{room} has given, and its last C{limit} stored messages."""

@@ -1,0 +1,65 @@
+"""Hub events as they travel through Redis: one JSON object per event, on a channel and in a room's stream.
+
+A message's JSON is built here without its id ("...,"id":"), and the publish
+script appends the id it assigns and the closing brace, so the text stored
+and delivered is exactly what Python wrote (its time stamp included). An
+event may carry a private marker C{"m"} (the token of the join, part,
+subscribe or rename that published it): it is taken off before delivery.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from myservices.hub.events import Event, Message, NickChange, Presence
+
+
+def message_prefix(room: str, ts: float, nick: str, text: str) -> str:
+    """The JSON of a message up to its id; the publish script appends ``ID}``."""
+    body = json.dumps({"t": "msg", "room": room, "ts": ts, "nick": nick, "text": text}, ensure_ascii=False)
+    return body[:-1] + ', "id": '
+
+
+def nick_change(event: NickChange, member_id: str, marker: str) -> str:
+    return json.dumps(
+        {"t": "nick", "old": event.old, "new": event.new, "rooms": list(event.rooms), "member": member_id, "m": marker},
+        ensure_ascii=False,
+    )
+
+
+def decode(text: str) -> tuple[Event | None, str | None, str | None]:
+    """The event in C{text} (None for a bare marker), its marker, and for a nick change the member's id.
+
+    Raises ValueError if C{text} is not an event (it never comes from a client).
+    """
+    data: Any = json.loads(text)
+    if not isinstance(data, dict):
+        raise ValueError("not an event")
+    marker = data.get("m")
+    kind = data.get("t")
+    event: Event | None
+    member: str | None = None
+    if kind == "msg":
+        event = Message(
+            room=str(data["room"]), id=int(data["id"]), ts=float(data["ts"]), nick=str(data["nick"]),
+            text=str(data["text"]),
+        )
+    elif kind in ("join", "part"):
+        event = Presence(kind=kind, room=str(data["room"]), nick=str(data["nick"]))
+    elif kind == "nick":
+        event = NickChange(old=str(data["old"]), new=str(data["new"]), rooms=tuple(str(r) for r in data["rooms"]))
+        member = str(data["member"])
+    elif kind == "mark":
+        event = None
+    else:
+        raise ValueError(f"unknown event type {kind!r}")
+    return event, (str(marker) if marker is not None else None), member
+
+
+def decode_message(text: str) -> Message:
+    """A message from a room's stream."""
+    event, _, _ = decode(text)
+    if not isinstance(event, Message):
+        raise ValueError("not a message")
+    return event

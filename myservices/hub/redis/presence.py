@@ -1,0 +1,72 @@
+"""This process's share of presence in Redis: its members, subscribers and nicks, refreshed in batches.
+
+Each entry in Redis expires (``[hub] presence_ttl``) unless the process that
+owns it refreshes it; every process refreshes its own every ttl/3 with one
+script call per batch, which also re-adds what a Redis that lost its data no
+longer has (a member's joining order then starts again; no JOIN is sent) and
+reaps the expired entries of its rooms, publishing their PART. So a crashed
+process's members disappear within the ttl, and a restarted Redis gets this
+process's presence and nicks back at the next refresh.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from twisted.logger import Logger
+
+import myservices.hub.redis.scripts as scripts
+from myservices.hub.redis.client import RedisLink
+from myservices.metrics import Metrics
+
+BATCH = 500  # entries per script call: one call stays short for Redis, which runs scripts one at a time
+
+
+class LocalPresence:
+    """What this process has in Redis, to refresh it: members (with nick), subscribers and nicks held."""
+
+    log = Logger()
+
+    def __init__(self, prefix: str, link: RedisLink, ttl: float, metrics: Metrics) -> None:
+        self.prefix = prefix
+        self.link = link
+        self.ttl_ms = max(1, int(ttl * 1000))
+        self.metrics = metrics
+        self.members: dict[tuple[str, str], str] = {}  # (room, member id) -> nick
+        self.subscribers: set[tuple[str, str]] = set()  # (room, member id)
+        self.nicks: dict[str, str] = {}  # lower-case nick -> member id
+
+    @property
+    def count(self) -> int:
+        return len(self.members) + len(self.subscribers)
+
+    def renamed(self, member_id: str, nick: str, rooms: list[str]) -> None:
+        for room in rooms:
+            if (room, member_id) in self.members:
+                self.members[(room, member_id)] = nick
+
+    def _entries(self) -> Iterator[tuple[str, str, str]]:
+        for (room, member), nick in list(self.members.items()):
+            yield room, member, nick
+        for room, member in list(self.subscribers):
+            yield room, member, ""
+
+    async def refresh(self) -> None:
+        """Refresh (or re-add) everything this process holds; raises EngineUnavailable if Redis does not answer."""
+        entries = list(self._entries())
+        nicks = list(self.nicks.items())
+        conflicts = 0
+        while True:
+            batch, entries = entries[:BATCH], entries[BATCH:]
+            held, nicks = nicks[: BATCH - len(batch)], nicks[BATCH - len(batch) :]
+            args: list[str | int] = [self.prefix, self.ttl_ms, len(batch)]
+            for room, member, nick in batch:
+                args += [room, member, nick]
+            for lower, member in held:
+                args += [lower, member]
+            conflicts += int(await self.link.eval(scripts.REFRESH, args))
+            if not entries and not nicks:
+                break
+        if conflicts:
+            # only after Redis lost its data (or this process stalled past the ttl): another took the nick meanwhile
+            self.log.warn("redis: {count} nicks held here are held by another connection now", count=conflicts)
