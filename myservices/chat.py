@@ -34,6 +34,7 @@ from myservices.errors import (
 from myservices.chat_lines import HELP, encode_event, gap_line, history_line
 from myservices.halfclose import HalfCloseableProtocol
 from myservices.handlers.commands import SINCE
+from myservices.handlers.pipeline import classify
 from myservices.handlers.values import client_error
 from myservices.hub import Event, Hub, Joined, Message, Session, Subscriber
 from myservices.listeners import ConnectionTrackingFactory, StreamListenerService
@@ -106,8 +107,12 @@ class ChatProtocol(HalfCloseableProtocol, LineReceiver, TimeoutMixin):
         self._resume(None)
 
     def _not_opened(self, failure: Failure) -> None:
-        self.log.failure("chat: opening a hub session failed", failure, code=INTERNAL.code)
-        self.close(INTERNAL)
+        # the shared rule: the hub's own answers (ENGINE_UNAVAILABLE while Redis is away) keep their
+        # codes; anything else is a bug, logged once with its traceback. The client is told before the
+        # close (close() aborts, for slow consumers, and would drop the line)
+        error = classify(failure, "chat", "connect")
+        self.send_line(f"ERR {error.error.code} {error.detail}")
+        self.close_gracefully()
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.setTimeout(None)

@@ -11,7 +11,10 @@ from twisted.trial.unittest import TestCase
 from myservices.config import ENV_REDIS_PASSWORD
 from myservices.hub.redis import RedisEngine
 from tests import redisserver
-from tests.support import HttpClient, chat_client, load, port_of, start_tree
+from twisted.internet import reactor
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+
+from tests.support import HttpClient, LineClient, chat_client, disconnect_at_cleanup, load, port_of, start_tree
 
 
 def _messages_txn(txn: Any) -> list[tuple[int, str]]:
@@ -64,6 +67,18 @@ class TwoDaemonsTests(TestCase):
             response = await HttpClient(self, port_of(tree, "http")).get("/readyz")
             self.assertEqual(response.code, 200, response.body)
         self.assertEqual(await one.database.run(_messages_txn), [(1, "hello from one"), (2, "hello from two")])
+
+    async def test_a_chat_connection_opened_while_redis_is_away_is_told_so_not_internal(self) -> None:
+        redis = redisserver.start_redis(self)
+        tree = await start_tree(self, load(self, redis_config(redis.url, Path(self.mktemp()).resolve())))
+        assert tree.hub is not None and isinstance(tree.hub.engine, RedisEngine)
+        await tree.hub.engine.when_connected(timeout=10)
+        redis.kill()
+        client = LineClient()
+        await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port_of(tree, "chat")), client)
+        disconnect_at_cleanup(self, client)
+        # the shared error code (retry: true), and no traceback: trial fails a test that logs one
+        self.assertEqual((await client.read_until("ERR"))[-1].split()[:2], ["ERR", "ENGINE_UNAVAILABLE"])
 
     def test_the_redis_password_comes_from_the_environment_and_is_never_shown(self) -> None:
         config = load(self, '[hub]\nengine = "redis"\nredis_url = "redis://:inurl@127.0.0.1:6390/2"\n',
