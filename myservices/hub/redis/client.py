@@ -37,8 +37,25 @@ class EngineUnavailable(RequestError):
 ResponseError = txredisapi.ResponseError  # Redis answered with an error (a script's bug, never the client's)
 
 
+def _encode(value: Any) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if isinstance(value, float):
+        return format(value, "f").encode()
+    return str(value).encode()
+
+
 class _CommandProtocol(txredisapi.HiredisProtocol):  # type: ignore[misc]  # txredisapi is unannotated
-    pass
+    def _build_command(self, *args: Any, **kwargs: Any) -> bytes:
+        # the same RESP bytes as txredisapi's, in one join: its byte-by-byte version was the largest
+        # cost of a publish in the profile (one script call each)
+        parts = [b"*%d\r\n" % len(args)]
+        for arg in args:
+            data = _encode(arg)
+            parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+        return b"".join(parts)
 
 
 class _SubscriberProtocol(txredisapi.SubscriberProtocol):  # type: ignore[misc]

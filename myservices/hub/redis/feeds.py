@@ -20,6 +20,7 @@ messages the stream no longer holds are a gap, logged and counted.
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import uuid
 from collections import deque
@@ -66,7 +67,7 @@ class Feed:
         self.subscribing = False
         self.stale = False  # events may have been missed: catch up from the stream
         self.confirm_waiters: list[Deferred[None]] = []
-        self.id_waiters: list[tuple[int, Deferred[None]]] = []
+        self.id_waiters: list[tuple[int, int, Deferred[None]]] = []  # a heap: (id, seq, waiter)
 
 
 class Feeds:
@@ -101,6 +102,7 @@ class Feeds:
         self.markers: dict[str, Marker] = {}
         self.stopped = False
         self._tokens = (f"{uuid.uuid4().hex[:12]}.{n}" for n in itertools.count(1))
+        self._waiter_seq = itertools.count()  # ties in the id heap: Deferreds do not compare
 
     def channel(self, room: str) -> str:
         return f"{self.prefix}ch:{room}"
@@ -320,24 +322,19 @@ class Feeds:
         if feed is None or feed.last_id >= msg_id or not feed.confirmed:
             return
         d: Deferred[None] = Deferred()
-        feed.id_waiters.append((msg_id, d))
+        heapq.heappush(feed.id_waiters, (msg_id, next(self._waiter_seq), d))
         try:
             await bounded(d, self.timeout, self.clock, self.metrics)
         except EngineUnavailable:
             pass  # it was stored and sent: the sender is answered all the same
 
     def _fire_id_waiters(self, feed: Feed, all_of_them: bool = False) -> None:
-        if not feed.id_waiters:
-            return
-        waiting = []
-        for msg_id, d in feed.id_waiters:
-            if d.called:
-                continue
-            if all_of_them or msg_id <= feed.last_id:
+        # a heap by id: each delivery pops only the senders it answers (many publishes wait at once)
+        waiters = feed.id_waiters
+        while waiters and (all_of_them or waiters[0][0] <= feed.last_id):
+            _, _, d = heapq.heappop(waiters)
+            if not d.called:
                 d.callback(None)
-            else:
-                waiting.append((msg_id, d))
-        feed.id_waiters = waiting
 
     def stop(self) -> None:
         """The engine stops: nothing waits for the channels any more."""
