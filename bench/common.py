@@ -73,7 +73,8 @@ def start_myservices(workdir: str, config_text: str) -> tuple[subprocess.Popen, 
     fields = dict(line.split("=", 1) for line in message.decode().splitlines())
     notify.close()
     ports = {}
-    for item in fields["STATUS"].removeprefix("serving ").split(", "):
+    # "serving NAME=ADDRESS, ...", and with workers "; N of M workers ready" after it
+    for item in fields["STATUS"].removeprefix("serving ").split(";")[0].split(", "):
         name, address = item.split("=", 1)
         ports[name] = int(address.rsplit(":", 1)[1])
     return proc, ports
