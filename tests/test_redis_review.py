@@ -86,3 +86,20 @@ class RedisReviewTests(RedisHubs):
         got = [m.id for m in joined.history] + carol_sees.ids()
         self.assertEqual(got, list(range(got[0], last + 1)), "each message once, in order, none missing")
         self.assertEqual(bob_sees.ids(), list(range(1, last + 1)))
+
+    async def test_a_process_whose_members_were_reaped_announces_them_again_when_it_refreshes(self) -> None:
+        # a process stalled past the ttl (its refresh stopped): its member is reaped and the others see her PART
+        a, b = await self.start(presence_ttl=0.6)
+        alice, alice_sees = await self.session(a, "alice")
+        bob, bob_sees = await self.session(b, "bob")
+        await a.join(alice, "lobby")
+        await b.join(bob, "lobby")
+        stalled = self.engine(a)
+        stalled._tick.stop()
+        await self.until(lambda: ("part", "alice") in bob_sees.presence(), "alice's PART")
+        self.assertEqual(await b.who("lobby"), ["bob"])
+        await stalled._periodic()  # it runs again: alice is still connected and in the room there
+        self.assertEqual(sorted(await b.who("lobby")), ["alice", "bob"])
+        # whoever was told she left is told she is back (she was told of her own PART too)
+        await self.until(lambda: bob_sees.presence()[-1:] == [("join", "alice")], "alice's JOIN again")
+        await self.until(lambda: alice_sees.presence()[-1:] == [("join", "alice")], "alice's own JOIN again")
