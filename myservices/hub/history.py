@@ -236,8 +236,14 @@ class HistoryStore:
         return await self.database.run(reserve_ids_txn, room, upto)
 
     async def save_missing(self, messages: Sequence[Message]) -> int:
-        """Store those of C{messages} not stored yet, once each; how many were new."""
-        return await self.database.run(save_missing_txn, [_row(m) for m in messages], self.keep)
+        """Store those of C{messages} not stored yet, once each; how many were new.
+
+        A success means the database answers again: L{failing} is cleared, as
+        by a batch of L{commit} (the Redis engine commits nothing while failing).
+        """
+        added = await self.database.run(save_missing_txn, [_row(m) for m in messages], self.keep)
+        self._note_writing()
+        return added
 
     async def load(self, room: str, limit: int) -> tuple[int, list[Message]]:
         """The highest id C{room} has given, and its last C{limit} stored messages."""

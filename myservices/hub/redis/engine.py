@@ -58,6 +58,7 @@ class RedisEngine(Service):
         self.ttl_ms = max(1, int(config.presence_ttl * 1000))
         self.nodes: dict[str, EngineNode] = {}
         self.epoch: str | None = None
+        self._refreshed_epoch: str | None = None  # the epoch of the last refresh: a new one means a data loss
         timeout, delay = config.engine_timeout, config.redis_reconnect_delay
         self.commands = RedisLink(
             "commands", self.address, clock, timeout, delay, self.metrics,
@@ -138,7 +139,9 @@ class RedisEngine(Service):
         """Every presence_ttl/3: refresh presence and nicks, catch up feeds, save what waits; never raises."""
         try:
             if self.commands.ready:
-                await self.presence.refresh()
+                epoch = self.epoch
+                await self.presence.refresh(announce=epoch == self._refreshed_epoch)
+                self._refreshed_epoch = epoch
                 await self.feeds.catch_up_stale()
                 await self.storage.sweep()
             await self.storage.save_late()

@@ -15,7 +15,14 @@ so the operation's caller answers its client before the next events go out.
 
 After a lost subscriber connection every feed is subscribed again and caught
 up from the room's stream (messages after the last id delivered here);
-messages the stream no longer holds are a gap, logged and counted.
+messages the stream no longer holds are a gap, logged and counted. Until
+the catch-up has read the stream (the commands connection may come back
+later than the subscriber's), the feed holds its live events (at most
+L{HOLD_LIMIT}; beyond, the catch-up is given up as a gap): delivering them
+first would move the last id past the missed messages, which would then
+never be delivered. A join waits for its feed's catch-up; should a joiner
+still reach its marker after later messages went out (a catch-up read after
+its join), its join fails (ENGINE_UNAVAILABLE, retry) instead of missing them.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ from myservices.hub.redis.codec import decode, decode_message
 from myservices.metrics import Metrics
 
 NICK_CHANNEL = "ch:*nick"
+HOLD_LIMIT = 1000  # live events a feed holds while it cannot catch up; beyond, they go out and the rest is a gap
 
 
 class Marker:
@@ -50,6 +58,7 @@ class Marker:
         self.top = 0  # the room's last id when the operation took effect
         self.reached: Deferred[None] = Deferred()
         self.waiting = False  # someone awaits C{reached} (only then may it fail)
+        self.missed = False  # a joiner's marker came after messages its history does not hold: the join fails
 
 
 class Feed:
@@ -61,7 +70,9 @@ class Feed:
         self.refs = 0
         self.last_id = 0  # the last message id delivered here
         self.queue: deque[tuple[Event | None, str | None, str | None]] = deque()
-        self.blocked = 0  # catching up: events wait behind the stream's
+        self.holding = False  # stale: live events wait until the catch-up delivered what was missed
+        self.catching = False  # the catch-up's read of the stream is on its way
+        self.losses = 0  # subscriber connections lost: a catch-up read before the last loss is not enough
         self.paused: IDelayedCall | None = None
         self.confirmed = False
         self.subscribing = False
@@ -125,13 +136,17 @@ class Feeds:
         return feed
 
     async def confirmed(self, feed: Feed) -> None:
-        """Wait until Redis confirmed the subscription (within the timeout)."""
-        if feed.confirmed:
+        """Wait until Redis confirmed the subscription and the feed caught up (within the timeout)."""
+        if feed.confirmed and not feed.stale:
             return
         d: Deferred[None] = Deferred()
         feed.confirm_waiters.append(d)
-        if not feed.subscribing:
+        if not feed.confirmed and not feed.subscribing:
             self._start_subscribing(feed)  # an earlier try failed: this one fails (or succeeds) for us
+        elif feed.confirmed and not feed.catching:
+            Deferred.fromCoroutine(self._catch_up(feed)).addErrback(  # an earlier catch-up failed: this one is ours
+                lambda f: self.log.failure("redis: catching up {channel} failed", f, channel=feed.channel)
+            )
         await bounded(d, self.timeout, self.clock, self.metrics)
 
     def release(self, room: str) -> None:
@@ -159,32 +174,34 @@ class Feeds:
         )
 
     async def _subscribe(self, feed: Feed) -> None:
-        catch_up = feed.stale and feed.room is not None
-        if catch_up:
-            feed.blocked += 1  # from the confirmation on, live events wait behind the stream's
+        if feed.room is None:
+            feed.stale = False  # nick changes are not kept anywhere: nothing to catch up
+        feed.holding = feed.stale  # from the confirmation on, live events wait behind the stream's
         try:
             if self.link is None:
                 raise EngineUnavailable()
             await self.link.subscribe(feed.channel)
         except EngineUnavailable as e:
             feed.subscribing = False
-            if catch_up:
-                feed.blocked -= 1
-            waiters, feed.confirm_waiters = feed.confirm_waiters, []
-            for d in waiters:
-                if not d.called:
-                    d.errback(e)
+            self._fire_confirmed(feed, e)
             return
         feed.subscribing = False
         feed.confirmed = True
+        if feed.stale:
+            await self._catch_up(feed)  # it tells the waiters
+        else:
+            self._fire_confirmed(feed, None)
+
+    @staticmethod
+    def _fire_confirmed(feed: Feed, error: Exception | None) -> None:
         waiters, feed.confirm_waiters = feed.confirm_waiters, []
         for d in waiters:
-            if not d.called:
+            if d.called:
+                continue  # timed out
+            if error is None:
                 d.callback(None)
-        if catch_up:
-            await self._catch_up(feed, already_blocked=True)
-        elif feed.room is None:
-            feed.stale = False
+            else:
+                d.errback(error)
 
     def connected(self) -> None:
         """The subscriber connection is (again) ready: subscribe to every channel, and catch up."""
@@ -197,40 +214,50 @@ class Feeds:
             if feed.confirmed:
                 feed.stale = True
             feed.confirmed = False
+            feed.losses += 1
 
     def catch_up_stale(self) -> Deferred[Any]:
         """Try again to catch up the feeds whose catch-up failed (the periodic tick calls it)."""
         pending = [
-            Deferred.fromCoroutine(self._catch_up(feed, already_blocked=False))
+            Deferred.fromCoroutine(self._catch_up(feed))
             for feed in list(self.feeds.values())
-            if feed.stale and feed.confirmed and feed.room is not None and not feed.blocked
+            if feed.stale and feed.confirmed and not feed.catching
         ]
         return gatherResults(pending, consumeErrors=True)
 
-    async def _catch_up(self, feed: Feed, already_blocked: bool) -> None:
+    async def _catch_up(self, feed: Feed) -> None:
+        """Deliver what the stream holds after the last id delivered here, then the held events; never raises."""
         assert feed.room is not None
-        if not already_blocked:
-            feed.blocked += 1
+        feed.catching, losses = True, feed.losses
         try:
             base, length, oldest, payloads = await self.commands.eval(
                 scripts.READ, [self.prefix, feed.room, feed.last_id]
             )
             messages = [decode_message(p) for p in payloads]
-        except EngineUnavailable:
-            return  # still stale: the next tick tries again
+        except EngineUnavailable as e:
+            # still stale, still holding: tried again when the commands connection is back, and by the tick
+            self._fire_confirmed(feed, e)
+            return
         finally:
-            feed.blocked -= 1
-            if feed.blocked == 0:
-                self.clock.callLater(0, self._drain, feed)
-        feed.stale = False
+            feed.catching = False
+        if self.feeds.get(feed.channel) is not feed:
+            return  # released meanwhile
         if base >= 0 and self.history_size and length >= self.history_size and oldest > feed.last_id + 1:
-            self.metrics.hub_engine_gaps.inc()
-            self.log.warn(
-                "redis: room {room}: messages {first} to {last} were missed here and are no longer in Redis",
-                room=feed.room, first=feed.last_id + 1, last=oldest - 1,
-            )
+            self._gap(feed, oldest - 1)
         for m in messages:
             self._deliver(feed, m, None)
+        if feed.losses != losses or not feed.confirmed:
+            return  # lost again meanwhile: the next subscription catches up again
+        feed.stale = feed.holding = False
+        self._fire_confirmed(feed, None)
+        self._drain(feed)
+
+    def _gap(self, feed: Feed, last: int) -> None:
+        self.metrics.hub_engine_gaps.inc()
+        self.log.warn(
+            "redis: room {room}: messages {first} to {last} were missed here and are no longer in Redis",
+            room=feed.room, first=feed.last_id + 1, last=last,
+        )
 
     # --- markers ----------------------------------------------------------------------------------
 
@@ -256,6 +283,9 @@ class Feeds:
         except BaseException:
             self.abandon(feed, marker)
             raise
+        if marker.missed:
+            self.metrics.hub_engine_errors.inc()
+            raise EngineUnavailable()
 
     def abandon(self, feed: Feed, marker: Marker) -> None:
         """The operation gave up: its event, if it comes, is an ordinary one."""
@@ -275,12 +305,19 @@ class Feeds:
                           channel=channel, text=text[:200])
             return
         feed.queue.append((event, token, member))
+        if feed.holding and len(feed.queue) > HOLD_LIMIT:
+            # the stream cannot be read for too long: what was missed is a gap, the held events go out
+            first = next((e.id for e, _, _ in feed.queue if isinstance(e, Message)), feed.last_id + 1)
+            if first > feed.last_id + 1:
+                self._gap(feed, first - 1)
+            feed.stale = feed.holding = False
+            self._fire_confirmed(feed, None)
         self._drain(feed)
 
     def _drain(self, feed: Feed) -> None:
         if feed.paused is not None and not feed.paused.active():
             feed.paused = None
-        while feed.queue and not feed.blocked and feed.paused is None:
+        while feed.queue and not feed.holding and feed.paused is None:
             event, token, member = feed.queue[0]
             marker = self.markers.get(token) if token is not None else None
             if marker is not None and not marker.ready:
@@ -288,9 +325,12 @@ class Feeds:
             feed.queue.popleft()
             if marker is not None:
                 del self.markers[marker.token]
-                feed.last_id = max(feed.last_id, marker.top)
-                if marker.on_reach is not None:
-                    marker.on_reach()
+                if marker.on_reach is not None and feed.last_id > marker.top:
+                    marker.missed = True  # messages after its history went out already (caught up before it)
+                else:
+                    feed.last_id = max(feed.last_id, marker.top)
+                    if marker.on_reach is not None:
+                        marker.on_reach()
             if event is not None:
                 self._deliver(feed, event, member)
             if marker is not None:

@@ -51,15 +51,25 @@ class LocalPresence:
         for room, member in list(self.subscribers):
             yield room, member, ""
 
-    async def refresh(self) -> None:
-        """Refresh (or re-add) everything this process holds; raises EngineUnavailable if Redis does not answer."""
+    def _holds(self, entry: tuple[str, str, str]) -> bool:
+        room, member, nick = entry
+        return self.members.get((room, member)) == nick if nick else (room, member) in self.subscribers
+
+    async def refresh(self, announce: bool = True) -> None:
+        """Refresh (or re-add) everything this process holds; raises EngineUnavailable if Redis does not answer.
+
+        With C{announce}, a member Redis no longer has (reaped: this process
+        stalled past the ttl, and the others saw its PART) gets a JOIN; not
+        after Redis lost its data (nobody was told it left).
+        """
         entries = list(self._entries())
         nicks = list(self.nicks.items())
         conflicts = 0
         while True:
             batch, entries = entries[:BATCH], entries[BATCH:]
+            batch = [e for e in batch if self._holds(e)]  # not one that left while an earlier batch ran
             held, nicks = nicks[: BATCH - len(batch)], nicks[BATCH - len(batch) :]
-            args: list[str | int] = [self.prefix, self.ttl_ms, len(batch)]
+            args: list[str | int] = [self.prefix, self.ttl_ms, int(announce), len(batch)]
             for room, member, nick in batch:
                 args += [room, member, nick]
             for lower, member in held:

@@ -227,19 +227,22 @@ local after = string.format('%d', tonumber(ARGV[3]) + 1) .. '-0'
 return {base, redis.call('XLEN', stream), oldest, payloads(redis.call('XRANGE', stream, after, '+'))}
 """
 
-# ARGV: P, ttl (ms), member count, then member count x (room, member, nick: '' for a subscriber),
-# then (lower-case nick, member) pairs. Refreshes (or, after a data loss, re-adds) this process's
-# presence and nicks, and reaps each room. The number of nicks another member holds now.
+# ARGV: P, ttl (ms), announce, member count, then member count x (room, member, nick: '' for a subscriber),
+# then (lower-case nick, member) pairs. Refreshes (or re-adds) this process's presence and nicks, and
+# reaps each room; with announce = 1 a member re-added (reaped while its process stalled) gets a JOIN,
+# as the others were told its PART (after a data loss nobody was). The number of nicks another member holds now.
 REFRESH = _PRELUDE + r"""
 local now = now_ms()
 local expiry = now + tonumber(ARGV[2])
-local count = tonumber(ARGV[3])
+local count = tonumber(ARGV[4])
 local rooms = {}
-local i = 4
+local i = 5
 for _ = 1, count do
   local room, member, nick = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   if nick ~= '' then
-    add_member(room, member, nick, expiry)
+    if add_member(room, member, nick, expiry) == 1 and ARGV[3] == '1' then
+      redis.call('PUBLISH', channel(room), cjson.encode({t = 'join', room = room, nick = nick}))
+    end
   else
     redis.call('ZADD', key(room, 'sexp'), expiry, member)
     redis.call('SADD', P .. 'active', room)

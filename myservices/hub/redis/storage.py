@@ -180,8 +180,13 @@ class Storage:
         self.metrics.history_deferred.inc()
 
     async def save_late(self) -> None:
-        """Write the messages kept after a failed commit, if the database answers now."""
-        if not self.unsaved or self.store is None or self._saving_late:
+        """Write the messages kept after a failed commit, if the database answers now.
+
+        While the history writer is failing, publishing is refused, so no
+        commit would ever tell it the database is back: this write (even of
+        nothing) does.
+        """
+        if self.store is None or self._saving_late or not (self.unsaved or self.store.failing):
             return
         batch = list(self.unsaved)
         self._saving_late = True
@@ -192,7 +197,8 @@ class Storage:
         finally:
             self._saving_late = False
         del self.unsaved[: len(batch)]  # those saved; later ones wait for the next try
-        self.log.info("history: saved {count} delivered messages late", count=len(batch))
+        if batch:
+            self.log.info("history: saved {count} delivered messages late", count=len(batch))
 
     async def sweep(self) -> None:
         """Save every message Redis's streams hold that the database has not (after a crash); at most once."""
