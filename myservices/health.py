@@ -60,8 +60,10 @@ class Readiness:
         database: Database,
         clock: IReactorTime,
         running: Callable[[], bool],
+        extra: Mapping[str, Callable[[], str]] | None = None,
     ) -> None:
         self.listeners = listeners
+        self.extra = dict(extra or {})  # further checks by name: each says "ok" or why not
         self.database = database
         self.clock = clock
         self._running = running
@@ -75,6 +77,8 @@ class Readiness:
         unbound = [name for name, service in self.listeners.items() if service.address is None]
         checks["listeners"] = "ok" if not unbound else "not listening: " + ", ".join(unbound)
         checks["database"] = await self._check_database(timeout)
+        for name, check in self.extra.items():
+            checks[name] = check()
         return ReadinessReport(checks)
 
     async def _check_database(self, timeout: float) -> str:

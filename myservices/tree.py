@@ -35,6 +35,7 @@ from myservices.passwords import PasswordHasher
 from myservices.registry import ServiceKind, load_config, service_kinds
 from myservices.reload import Load, ReloadService, daemon_settings, hub_settings
 from myservices.sdnotify import Notifier, NotifyService, Watchdog
+from myservices.workers.worker import MetricsFlush, WorkerLink
 
 
 class OrderedMultiService(MultiService):
@@ -120,21 +121,30 @@ def build_service_tree(
     kinds: Mapping[str, ServiceKind] | None = None,
     load: Load = load_config,
     handle_sighup: bool = False,
+    worker: WorkerLink | None = None,
 ) -> ServiceTree:
     """Build (without starting) the whole daemon from a validated config.
 
     C{kinds} builds each service (default: every kind of L{myservices.registry});
     C{load} rereads the config file on reload; with C{handle_sighup}, SIGHUP reloads.
+    With C{worker}, the tree is one of several worker processes: its
+    listeners adopt the sockets the supervisor passed, it reports to the
+    supervisor instead of systemd, and its metrics are shared.
     """
     kinds = service_kinds() if kinds is None else kinds
+    if worker is not None:
+        notifier = worker.notifier
     notifier = Notifier() if notifier is None else notifier
-    metrics = Metrics()
+    metrics = Metrics(worker.spec.metrics_dir if worker is not None else None)
     d = config.daemon
     log_output = LogOutput(d.log_format, d.log_level) if LogOutput.wanted(d.log_format, d.log_level) else None
     database = Database.from_config(
         config.database, config.daemon.data_dir, reactor, migrations=migrations, metrics=metrics
     )
     tree = ServiceTree(config, database, metrics, log_output)
+    if worker is not None:
+        worker.setServiceParent(tree)  # first in, last out: the supervisor hears from the worker until it has drained
+        MetricsFlush(metrics, d.worker_metrics_interval, reactor).setServiceParent(tree)  # flushes after the drain
     watchdog = Watchdog(notifier, reactor)
     watchdog.setServiceParent(tree)  # first in, last out: pings until everything else has stopped
     database.setServiceParent(tree)  # then the database: it closes after every service that uses it
@@ -160,22 +170,37 @@ def build_service_tree(
         accounts=AccountStore(database, hasher, a),
         kv=KeyValueStore(database, config.kv),
         # tree.listeners fills as services are built; the checks read it when they run
-        readiness=Readiness(tree.listeners, database, reactor, lambda: bool(tree.running)),
+        readiness=Readiness(
+            tree.listeners, database, reactor, lambda: bool(tree.running),
+            extra={"workers": worker.workers_check} if worker is not None else None,
+        ),
         services=tree.listeners,
+        worker=worker.spec.index if worker is not None else None,
     )
     for name, cfg in config.enabled_services():
         service = cast(ListenerService, kinds[cfg.kind or name].build(name, cfg, ctx))  # every kind listens
         if isinstance(service, StreamListenerService):
             service.factory.close_timeout = config.daemon.close_timeout
+        if worker is not None:
+            service.inherit(worker.spec.sockets.get(name))
         service.setServiceParent(tree)
         tree.listeners[name] = service
     # added after the listeners, these two stop before them: STOPPING=1 and the old SIGHUP handler
     # come before the drain
     notify = NotifyService(notifier, reactor, tree.listeners, watchdog)
     notify.setServiceParent(tree)
-    ReloadService(
+
+    def reloaded(ok: bool) -> None:
+        notify.reloaded(ok)
+        if worker is not None:
+            worker.reloaded(ok)
+
+    reload = ReloadService(
         os.path.abspath(config.source), load, config, tree.listeners,
         {"daemon": daemon_settings(tree.listeners, log_output), "hub": hub_settings(hub)},
-        reactor, handle_sighup=handle_sighup, reloaded=notify.reloaded,
-    ).setServiceParent(tree)
+        reactor, handle_sighup=handle_sighup, reloaded=reloaded,
+    )
+    reload.setServiceParent(tree)
+    if worker is not None:
+        worker.on_reload = reload.reload  # the supervisor passes SIGHUP on over the link
     return tree
