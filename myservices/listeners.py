@@ -258,12 +258,6 @@ class ListenerService(Service):
             raise self._failed(
                 "the supervisor passed no socket for it (enabled after the daemon started?); restart the daemon"
             )
-        if inherited.endpoint != self.description:
-            self.log.warn(
-                "{service}: endpoint changed to {endpoint}; serving the socket bound for {bound} "
-                "until the daemon restarts",
-                service=self.name, endpoint=self.description, bound=inherited.endpoint,
-            )
         try:
             port = adopt(inherited)
         except Exception as e:

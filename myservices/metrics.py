@@ -40,9 +40,6 @@ class _PendingFlusher(Collector):
             hook()
         return []
 
-    def describe(self) -> Iterable[Metric]:
-        return []  # registered in a second registry too: no names of its own to claim
-
 
 class _Gauge(Gauge):
     """A Gauge whose C{set_function} also works across processes: there the function is read at each flush."""
@@ -181,9 +178,9 @@ class Metrics:
                 r.register(collector)
             self.export_registry = r
         else:
-            # every worker's files; process_* and python_gc_* would describe only the worker that answers
+            # every worker's files; process_* and python_gc_* would describe only the worker that answers.
+            # Read in a thread (files): the pending counts are folded in first, on the reactor (flush()).
             self.export_registry = CollectorRegistry()
-            self.export_registry.register(self._flusher)
             MultiProcessCollector(self.export_registry, path=multiprocess_dir)
             self.export_registry.register(PLATFORM_COLLECTOR)
 

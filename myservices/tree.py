@@ -182,7 +182,7 @@ def build_service_tree(
         if isinstance(service, StreamListenerService):
             service.factory.close_timeout = config.daemon.close_timeout
         if worker is not None:
-            service.inherit(worker.spec.sockets.get(name))
+            service.inherit(worker.inherited(name, getattr(cfg, "endpoint", "")))
         service.setServiceParent(tree)
         tree.listeners[name] = service
     # added after the listeners, these two stop before them: STOPPING=1 and the old SIGHUP handler

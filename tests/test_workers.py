@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import errno
 import io
-import json
 import os
 import shutil
 import socket
@@ -33,7 +32,8 @@ from myservices.tree import ServiceTree, build_service_tree
 from myservices.workers.checks import worker_count
 from myservices.workers.link import LinkProtocol, adopt_link
 from myservices.workers.sockets import SharedSockets
-from myservices.workers.supervisor import Supervisor, WorkerProcess, describe_exit
+from myservices.workers.process import WorkerProcess, describe_exit
+from myservices.workers.supervisor import Supervisor
 from myservices.workers.worker import WorkerLink, WorkerSpec
 from tests.support import HttpClient, connect, load, write_config
 
@@ -161,7 +161,7 @@ class SharedSocketsTests(TestCase):
 
 class RestartAndWatchdogTests(TestCase):
     def test_the_restart_delay_doubles_while_a_worker_keeps_dying_and_resets_after_a_long_run(self) -> None:
-        worker = WorkerProcess(None, 0)  # type: ignore[arg-type]
+        worker = WorkerProcess(0, lambda worker, reason: None)
         delays = []
         for now in (1, 2, 3, 4, 5, 6, 7, 8):
             worker.started_at = now - 0.5
@@ -237,12 +237,12 @@ class WorkerTreeTests(TestCase):
 
     async def test_a_worker_adopts_its_sockets_reports_to_the_supervisor_and_answers_for_the_daemon(self) -> None:
         config = load(self, SHARED_ONLY.replace("[daemon]", '[daemon]\ndata_dir = "state"'))
-        sockets = SharedSockets(2)
+        sockets = SharedSockets(1)  # one socket per listener: worker 0's would take some connections, unanswered
         self.addCleanup(sockets.close)
         for name in ("echo", "http"):
             sockets.bind_stream(name, config.services[name].endpoint)  # type: ignore[attr-defined]
         sockets.bind_datagram("udp", parse_udp_endpoint("udp:0:interface=127.0.0.1"), "udp:0:interface=127.0.0.1")
-        child_fds, inherited = sockets.for_worker(1, first_fd=0)
+        child_fds, inherited = sockets.for_worker(0, first_fd=0)
         # what spawnProcess does: the worker gets descriptors of its own (here: copies)
         inherited = {n: replace(s, fd=os.dup(child_fds[s.fd])) for n, s in inherited.items()}
         ours, theirs = socket.socketpair()

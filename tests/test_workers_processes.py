@@ -21,7 +21,7 @@ import tempfile
 import textwrap
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import pytest
 from twisted.trial.unittest import TestCase
@@ -40,7 +40,10 @@ def twistd() -> str:
 class Daemon:
     """`twistd myservices` run as systemd would: a NOTIFY_SOCKET of our own, the log in a file."""
 
-    def __init__(self, testcase: TestCase, config: str, extra_env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, testcase: TestCase, config: str, extra_env: dict[str, str] | None = None,
+        prefix: list[str] | None = None, pass_fds: list[int] | None = None,
+    ) -> None:
         self.testcase = testcase
         self.dir = tempfile.mkdtemp(prefix="myservices-")  # AF_UNIX paths are limited to ~100 bytes
         testcase.addCleanup(shutil.rmtree, self.dir, True)
@@ -56,10 +59,12 @@ class Daemon:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("MYSERVICES", "PROMETHEUS"))}
         env.update(NOTIFY_SOCKET=os.path.join(self.dir, "notify.sock"), **(extra_env or {}))
         self.proc = subprocess.Popen(
-            [twistd(), "-n", "--pidfile=", "myservices", "--config", str(self.config)],
-            cwd=self.dir, env=env, stdout=log, stderr=subprocess.STDOUT,
+            [*(prefix or []), twistd(), "-n", "--pidfile=", "myservices", "--config", str(self.config)],
+            cwd=self.dir, env=env, stdout=log, stderr=subprocess.STDOUT, pass_fds=pass_fds or (),
         )
         testcase.addCleanup(self.stop)
+        self.exited = os.pidfd_open(self.proc.pid)  # readable once the supervisor has ended
+        testcase.addCleanup(os.close, self.exited)
         self.seen: list[dict[str, str]] = []
 
     def write_config(self, text: str) -> None:
@@ -78,6 +83,11 @@ class Daemon:
     def next_notification(self, pred: Callable[[dict[str, str]], bool]) -> dict[str, str]:
         """The next message to NOTIFY_SOCKET for which C{pred} holds (those before it are kept in C{seen})."""
         while True:
+            readable = select.select([self.notify, self.exited], [], [], TIMEOUT)[0]
+            if not readable:
+                raise AssertionError(f"no notification for {TIMEOUT}s; seen: {self.seen}")
+            if readable == [self.exited]:
+                raise AssertionError(f"the daemon exited ({self.proc.wait()}) before telling; log:\n{self.log()}")
             fields = dict(line.split("=", 1) for line in self.notify.recv(65536).decode().splitlines())
             self.seen.append(fields)
             if pred(fields):
@@ -260,6 +270,29 @@ class SupervisorTests(TestCase):
         for pid in pids:
             wait_for_exit(pid)
         self.assertEqual(daemon.log().count("the supervisor is gone; stopping"), 2)
+
+
+    def test_a_socket_from_systemd_is_handed_to_every_worker(self) -> None:
+        listening = socket.socket()
+        self.addCleanup(listening.close)
+        listening.bind(("127.0.0.1", 0))
+        listening.listen(50)
+        port = listening.getsockname()[1]
+        # as systemd starts the service: the socket at fd 3, LISTEN_PID naming the process it exec()s
+        exec_as_systemd = (
+            "import os, sys; os.dup2(int(sys.argv[1]), 3); os.environ['LISTEN_PID'] = str(os.getpid()); "
+            "os.execv(sys.argv[2], sys.argv[2:])"
+        )
+        text = config(workers=2).replace('[services.http]\n    endpoint = "tcp:0:interface=127.0.0.1"',
+                                         '[services.http]\n    endpoint = "systemd:domain=INET:index=0"')
+        daemon = Daemon(self, text, {"LISTEN_FDS": "1", "LISTEN_FDNAMES": "myservices"}, prefix=[
+            sys.executable, "-c", exec_as_systemd, str(listening.fileno()),
+        ], pass_fds=[listening.fileno()])
+        listening.close()  # the daemon holds it now
+        self.assertEqual(daemon.ready()["http"], f"127.0.0.1:{port}")
+        pids = daemon.worker_pids()
+        self.assertTrue(pids and daemon.proc.pid not in pids, pids)
+        self.assertEqual(json.loads(daemon.get("/readyz")[1])["checks"]["workers"], "ok")
 
 
 def echo_unix(path: str, data: bytes) -> bytes:

@@ -25,7 +25,6 @@ import os
 import shutil
 import signal
 import socket
-import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from functools import partial
@@ -35,9 +34,6 @@ from typing import Any
 from prometheus_client.multiprocess import mark_process_dead
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.error import ProcessDone, ProcessTerminated
-from twisted.internet.interfaces import IDelayedCall, IProcessTransport
-from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import ILogObserver, Logger
 from twisted.python.components import Componentized
@@ -50,57 +46,12 @@ from myservices.logs import LogOutput
 from myservices.sdnotify import Notifier, Watchdog
 from myservices.settings import UDP_ENDPOINT
 from myservices.workers.link import LinkProtocol, Message, adopt_link
+from myservices.workers.process import WorkerProcess, describe_exit, worker_command
 from myservices.workers.sockets import SharedSockets
 from myservices.workers.worker import LINK_FD, WORKER_ENV, WorkerSpec
 
 # what systemd sets for the process it started: the supervisor's, never a worker's
 _SYSTEMD_ONLY = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES")
-
-
-def worker_command(config_path: str) -> list[str]:
-    """How a worker is started: this Python, twistd with the same config file (see myservices/workers/__main__.py)."""
-    return [sys.executable, "-m", "myservices.workers", "--config", os.path.abspath(config_path)]
-
-
-def describe_exit(reason: Failure) -> str:
-    """How a process ended, for the log: its exit status or the signal that killed it."""
-    value = reason.value
-    if isinstance(value, ProcessTerminated) and value.signal is not None:
-        try:
-            name = signal.Signals(value.signal).name
-        except ValueError:
-            name = "unknown"
-        return f"was killed by signal {value.signal} ({name})"
-    if isinstance(value, (ProcessDone, ProcessTerminated)):
-        return f"exited with status {value.exitCode}"
-    return f"ended: {reason.getErrorMessage()}"
-
-
-class WorkerProcess(ProcessProtocol):
-    """One worker slot: the process running in it (if any), its link and what it reported."""
-
-    def __init__(self, supervisor: Supervisor, index: int) -> None:
-        self.supervisor = supervisor
-        self.index = index
-        self.process: IProcessTransport | None = None
-        self.pid: int | None = None
-        self.link: LinkProtocol | None = None
-        self.ready = False
-        self.last_ping: float | None = None
-        self.started_at = 0.0
-        self.failures = 0  # quick deaths in a row: the restart delay doubles with each
-        self.restart: IDelayedCall | None = None
-
-    def processEnded(self, reason: Failure) -> None:
-        self.supervisor.worker_ended(self, reason)
-
-    def restart_delay(self, now: float, initial: float, longest: float) -> float:
-        """The delay before the next start: C{initial}, doubling while the worker dies within C{longest} of its start."""
-        if now - self.started_at >= longest:
-            self.failures = 0
-        delay = min(longest, initial * 2 ** min(self.failures, 30))
-        self.failures += 1
-        return delay
 
 
 class Supervisor(Service):
@@ -130,7 +81,7 @@ class Supervisor(Service):
         d = config.daemon
         self.log_output = LogOutput(d.log_format, d.log_level) if LogOutput.wanted(d.log_format, d.log_level) else None
         self.sockets = SharedSockets(count)
-        self.workers = [WorkerProcess(self, i) for i in range(count)]
+        self.workers = [WorkerProcess(i, self.worker_ended) for i in range(count)]
         self.watchdog = Watchdog(self.notifier, reactor, self._watchdog_problem)
         self.state_dir: str | None = None
         self._bound = False
@@ -298,7 +249,7 @@ class Supervisor(Service):
             worker.link.close()
         worker.process = worker.link = worker.pid = worker.last_ping = None
         worker.ready = False
-        if pid is not None and self.state_dir is not None:
+        if pid is not None and self.state_dir is not None and not self._stopping:  # on stop, all of it goes
             # its live gauges leave the sums; its counters stay in them
             d = deferToThreadPool(self._reactor, self._reactor.getThreadPool(), mark_process_dead, pid, self.metrics_dir)
             d.addErrback(lambda f: self.log.failure("forgetting the gauges of pid {pid} failed", f, pid=pid))

@@ -148,6 +148,17 @@ class WorkerLink(Service):
         """Send C{message} to the supervisor; False when the link is gone."""
         return self._protocol.send(message)
 
+    def inherited(self, name: str, endpoint: str) -> Inherited | None:
+        """The socket the supervisor passed for service C{name}, configured now with C{endpoint}."""
+        inherited = self.spec.sockets.get(name)
+        if inherited is not None and inherited.endpoint != endpoint:
+            # the file changed since the supervisor started: sockets are the supervisor's, until a restart
+            self.log.warn(
+                "{service}: endpoint changed to {endpoint}; serving {bound} until the daemon restarts",
+                service=name, endpoint=endpoint, bound=inherited.endpoint,
+            )
+        return inherited
+
     def reloaded(self, ok: bool) -> None:
         """Tell the supervisor how a reload went."""
         self.send({"RELOADED": "1" if ok else "0"})
