@@ -27,6 +27,7 @@ from myservices import tap
 from myservices.config import ConfigError
 from myservices.endpoints import parse_udp_endpoint
 from myservices.listeners import ListenError
+from myservices.metrics import Metrics
 from myservices.sdnotify import Notifier, Watchdog
 from myservices.tree import ServiceTree, build_service_tree
 from myservices.workers.checks import worker_count
@@ -34,7 +35,7 @@ from myservices.workers.link import LinkProtocol, adopt_link
 from myservices.workers.sockets import SharedSockets
 from myservices.workers.process import WorkerProcess, describe_exit
 from myservices.workers.supervisor import Supervisor
-from myservices.workers.worker import WorkerLink, WorkerSpec
+from myservices.workers.worker import MetricsFlush, WorkerLink, WorkerSpec
 from tests.support import HttpClient, connect, load, write_config
 
 SHARED_ONLY = """
@@ -206,6 +207,33 @@ class RestartAndWatchdogTests(TestCase):
         clock.advance(1)
         self.assertEqual(len(sent), 3)
         watchdog.stop()
+
+
+class SharedMetricsTests(TestCase):
+    def test_each_worker_folds_its_pending_counts_into_the_shared_metrics_every_interval_and_at_stop(self) -> None:
+        clock = Clock()
+        metrics = Metrics()
+        folded: list[float] = []
+        metrics.before_collect(lambda: folded.append(clock.seconds()))
+        flush = MetricsFlush(metrics, 0.5, clock)
+        flush.startService()
+        clock.advance(0.5)
+        clock.advance(0.5)
+        flush.stopService()
+        self.assertEqual(folded, [0.5, 1.0, 1.0])
+
+    def test_a_gauge_computed_by_a_function_is_set_at_each_flush_when_shared(self) -> None:
+        metrics = Metrics()
+        self.patch(metrics, "multiprocess_dir", "/shared")  # as Metrics(multiprocess_dir) sets up a gauge
+        gauge = metrics._gauge("test_gauge", "a gauge", registry=None)
+        members = [3]
+        gauge.set_function(lambda: members[0])
+        self.assertEqual(gauge._value.get(), 0)  # not read when collected: its value is what was last set
+        metrics.flush()
+        self.assertEqual(gauge._value.get(), 3)
+        members[0] = 5
+        metrics.flush()
+        self.assertEqual(gauge._value.get(), 5)
 
 
 class Inbox:
