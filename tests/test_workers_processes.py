@@ -79,6 +79,8 @@ class Daemon:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        # captured: pytest shows it when the test failed
+        sys.stdout.write(f"--- daemon log ---\n{self.log()}")
 
     def next_notification(self, pred: Callable[[dict[str, str]], bool]) -> dict[str, str]:
         """The next message to NOTIFY_SOCKET for which C{pred} holds (those before it are kept in C{seen})."""

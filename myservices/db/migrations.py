@@ -150,6 +150,9 @@ def migrate_txn(txn: Txn, migrations: Sequence[Migration]) -> list[int]:
                 (m.version, m.name, int(time.time())),
             )
             done.append(m.version)
+        if txn.dialect == "mysql":
+            # before the lock goes: a daemon waiting for it must find these versions applied, not apply them again
+            txn.execute("COMMIT")
         return done
     finally:
         if txn.dialect == "mysql":
