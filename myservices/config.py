@@ -23,8 +23,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -83,6 +83,28 @@ class DaemonConfig:
     log_level: Literal["debug", "info", "warn", "error", "critical"] = setting(
         "info", doc="the least severe events that are logged"
     )
+    workers: int = setting(
+        1, min=0, max=256,
+        doc="processes serving every listener (sharing each port); 1: the daemon is one process; "
+        "0: one per CPU core; more than 1: a supervisor starts them and restarts any that dies",
+    )
+    worker_stop_timeout: float = setting(
+        10.0, kind=DURATION, min=0.1, max=3600,
+        doc="with workers: seconds the supervisor waits for its workers to drain and exit on stop before "
+        "killing them; more than shutdown_timeout",
+    )
+    worker_restart_delay: float = setting(
+        0.5, kind=DURATION, min=0, max=60,
+        doc="with workers: seconds before a worker that died is started again; doubles while it keeps dying",
+    )
+    worker_restart_max_delay: float = setting(
+        30.0, kind=DURATION, min=0, max=3600,
+        doc="with workers: the longest restart delay; a worker that ran this long restarts after worker_restart_delay",
+    )
+    worker_metrics_interval: float = setting(
+        1.0, kind=DURATION, min=0.05, max=60,
+        doc="with workers: seconds between each worker's writes of its hot-path counts to the shared metrics",
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -109,6 +131,8 @@ class Schema:
     sections: Mapping[str, type]
     # service kind -> its config class, in the order services are built and started
     kinds: Mapping[str, type[ServiceConfig]]
+    # checks across sections, run on a config whose sections are each valid: each returns problems
+    checks: Sequence[Callable[[Config], list[str]]] = field(default=())
 
 
 def read_config(path: str | os.PathLike[str], schema: Schema, environ: Mapping[str, str] | None = None) -> Config:
@@ -159,7 +183,12 @@ def config_from_dict(
     if problems:
         raise ConfigError(source, problems)
     built["database"] = database
-    return Config(source=source, services=services, **built)
+    config = Config(source=source, services=services, **built)
+    for check in schema.checks:
+        problems.extend(check(config))
+    if problems:
+        raise ConfigError(source, problems)
+    return config
 
 
 def _services(

@@ -33,3 +33,4 @@ class BuildContext:
     kv: KeyValueStore
     readiness: Readiness
     services: Mapping[str, IService]  # those built so far, by name (built in the order of the kinds)
+    worker: int | None = None  # with [daemon] workers: which worker process this tree is

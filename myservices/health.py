@@ -60,13 +60,13 @@ class Readiness:
         database: Database,
         clock: IReactorTime,
         running: Callable[[], bool],
-        more: Mapping[str, Callable[[], str]] | None = None,
+        extra: Mapping[str, Callable[[], str]] | None = None,
     ) -> None:
         self.listeners = listeners
+        self.extra = dict(extra or {})  # further checks by name, each "ok" or why not (the hub: its lease or its Redis; the workers)
         self.database = database
         self.clock = clock
         self._running = running
-        self._more = dict(more or {})  # name -> "ok" or why not (the hub: its lease or its Redis)
         self._probe_waiters: list[Deferred[None]] | None = None
         self._last_logged: str | None = None
 
@@ -77,7 +77,7 @@ class Readiness:
         unbound = [name for name, service in self.listeners.items() if service.address is None]
         checks["listeners"] = "ok" if not unbound else "not listening: " + ", ".join(unbound)
         checks["database"] = await self._check_database(timeout)
-        for name, check in self._more.items():
+        for name, check in self.extra.items():
             checks[name] = check()
         return ReadinessReport(checks)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import Service
@@ -14,6 +15,7 @@ from twisted.python.failure import Failure
 
 from myservices.errors import BUSY
 from myservices.metrics import ServiceMetrics
+from myservices.workers.sockets import Inherited, adopt_datagram, adopt_stream
 
 
 _log = Logger()
@@ -224,6 +226,13 @@ class ListenerService(Service):
         self.port: IListeningPort | None = None
         self._binding = False
         self._waiters: list[Deferred[IListeningPort]] = []
+        self._adopting = False
+        self._inherited: Inherited | None = None
+
+    def inherit(self, inherited: Inherited | None) -> None:
+        """Listen on a socket the supervisor bound (a worker's; None: it passed none) instead of binding."""
+        self._adopting = True
+        self._inherited = inherited
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
@@ -241,6 +250,19 @@ class ListenerService(Service):
     def _listen(self) -> None:
         """Bind; call L{_bound} with the port, or raise what L{_failed} returns."""
         raise NotImplementedError
+
+    def _adopt(self, adopt: Callable[[Inherited], IListeningPort]) -> None:
+        """Listen on the inherited socket with C{adopt}; its descriptor is used once."""
+        inherited, self._inherited = self._inherited, None
+        if inherited is None:
+            raise self._failed(
+                "the supervisor passed no socket for it (enabled after the daemon started?); restart the daemon"
+            )
+        try:
+            port = adopt(inherited)
+        except Exception as e:
+            raise self._failed(str(e)) from e
+        self._bound(port)
 
     def _bound(self, port: IListeningPort) -> None:
         self.port = port
@@ -312,6 +334,9 @@ class StreamListenerService(ListenerService):
         )
 
     def _listen(self) -> None:
+        if self._adopting:
+            self._adopt(lambda inherited: adopt_stream(self._reactor, inherited, self.factory))
+            return
         try:
             endpoint = serverFromString(self._reactor, self.description)
         except (IndexError, KeyError) as e:
@@ -361,6 +386,9 @@ class UdpListenerService(ListenerService):
         self._reactor = reactor
 
     def _listen(self) -> None:
+        if self._adopting:
+            self._adopt(lambda inherited: adopt_datagram(self._reactor, inherited, self.protocol, self._max_packet_size))
+            return
         try:
             port = self._reactor.listenUDP(
                 self._port_number, self.protocol, interface=self._interface, maxPacketSize=self._max_packet_size

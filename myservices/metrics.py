@@ -2,16 +2,26 @@
 
 Each tree gets its own L{CollectorRegistry} (not prometheus_client's global one),
 so tests can build several trees in one process. The HTTP service exports it.
+
+With workers (``[daemon] workers``), each worker's values live in files in a
+directory the supervisor shares with them (prometheus_client's multiprocess
+mode: C{PROMETHEUS_MULTIPROC_DIR}, set before the worker starts), and the
+HTTP service exports the sum over every worker: counters and histograms
+summed, gauges summed over the live workers (C{myservices_db_ready}: the
+lowest, C{myservices_reactor_lag_last_seconds}: the highest). Gauges
+computed by a function are set at each flush instead.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from prometheus_client import (
-    GC_COLLECTOR, PLATFORM_COLLECTOR, CollectorRegistry, Counter, Gauge, Histogram,
+    GC_COLLECTOR, PLATFORM_COLLECTOR, CollectorRegistry, Counter, Gauge, Histogram, values,
 )
 from prometheus_client.metrics_core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
@@ -31,15 +41,34 @@ class _PendingFlusher(Collector):
         return []
 
 
-class Metrics:
-    """The metric families of one service tree."""
+class _Gauge(Gauge):
+    """A Gauge whose C{set_function} also works across processes: there the function is read at each flush."""
 
-    def __init__(self) -> None:
+    _poll: Callable[[Callable[[], None]], None] | None = None
+
+    def set_function(self, f: Callable[[], float]) -> None:
+        if self._poll is None:
+            super().set_function(f)
+        else:
+            self._poll(lambda: self.set(f()))
+
+
+class Metrics:
+    """The metric families of one service tree.
+
+    C{registry} holds this process's metrics; C{export_registry} is what
+    C{/metrics} serves: the same, or with C{multiprocess_dir}, every worker's.
+    """
+
+    def __init__(self, multiprocess_dir: str | None = None) -> None:
+        if multiprocess_dir is not None and values.ValueClass is values.MutexValue:
+            raise RuntimeError("shared metrics need PROMETHEUS_MULTIPROC_DIR set before prometheus_client is imported")
+        self.multiprocess_dir = multiprocess_dir
         self.registry = CollectorRegistry()
         r = self.registry
         self._flusher = _PendingFlusher()
         r.register(self._flusher)
-        self.connections_open = Gauge(
+        self.connections_open = self._gauge(
             "myservices_connections_open", "Connections open now", ["service"], registry=r
         )
         self.connections = Counter(
@@ -81,8 +110,8 @@ class Metrics:
             ["service"],
             registry=r,
         )
-        self.hub_rooms = Gauge("myservices_hub_rooms", "Rooms and topics with members or subscribers", registry=r)
-        self.hub_sessions = Gauge("myservices_hub_sessions", "Connections attached to the hub", registry=r)
+        self.hub_rooms = self._gauge("myservices_hub_rooms", "Rooms and topics with members or subscribers", registry=r)
+        self.hub_sessions = self._gauge("myservices_hub_sessions", "Connections attached to the hub", registry=r)
         self.hub_publishes = Counter("myservices_hub_publishes", "Messages published", registry=r)
         self.hub_deliveries = Counter("myservices_hub_deliveries", "Events delivered to connections", registry=r)
         self.hub_undeliverable = Counter(
@@ -97,9 +126,9 @@ class Metrics:
         self.history_rejected = Counter(
             "myservices_history_rejected_messages", "Messages the database refused to store (not delivered)", registry=r
         )
-        self.hub_engine_up = Gauge(
+        self.hub_engine_up = self._gauge(
             "myservices_hub_engine_up", "1 while the hub's engine can be reached (always 1 with the memory engine)",
-            registry=r,
+            registry=r, multiprocess_mode="livemin",  # with workers: 1 only while every worker reaches it
         )
         self.hub_engine_up.set(1)
         self.hub_engine_errors = Counter(
@@ -133,7 +162,7 @@ class Metrics:
             "Messages found in Redis only at start (their process stopped before saving them) and saved",
             registry=r,
         )
-        self.hub_members = Gauge(
+        self.hub_members = self._gauge(
             "myservices_hub_members", "Room memberships and topic subscriptions, summed over rooms", registry=r
         )
 
@@ -155,27 +184,58 @@ class Metrics:
             "myservices_db_errors", "Database transactions that failed, by kind (unavailable, timeout, error)",
             ["operation", "kind"], registry=r,
         )
-        self.db_in_flight = Gauge(
+        self.db_in_flight = self._gauge(
             "myservices_db_transactions_in_flight",
             "Transactions running or queued for a pool connection (more than the pool size means waiting)",
             registry=r,
         )
-        self.db_pool_size = Gauge("myservices_db_pool_max_connections", "Most pool connections open at once", registry=r)
-        self.db_pool_open = Gauge("myservices_db_pool_open_connections", "Pool connections open now", registry=r)
-        self.db_ready = Gauge("myservices_db_ready", "1 once the schema is migrated and the pool usable", registry=r)
+        self.db_pool_size = self._gauge(
+            "myservices_db_pool_max_connections", "Most pool connections open at once", registry=r
+        )
+        self.db_pool_open = self._gauge("myservices_db_pool_open_connections", "Pool connections open now", registry=r)
+        self.db_ready = self._gauge(
+            "myservices_db_ready", "1 once the schema is migrated and the pool usable", registry=r,
+            multiprocess_mode="livemin",
+        )
 
         self.reactor_lag = Histogram(
             "myservices_reactor_lag_seconds",
             "How late a periodic timer fired: time the event loop was busy with other work",
             buckets=_LATENCY_BUCKETS, registry=r,
         )
-        self.reactor_lag_last = Gauge(
-            "myservices_reactor_lag_last_seconds", "The most recent reactor lag measurement", registry=r
+        self.reactor_lag_last = self._gauge(
+            "myservices_reactor_lag_last_seconds", "The most recent reactor lag measurement", registry=r,
+            multiprocess_mode="livemax",
         )
-        # the process's CPU, memory and open files, as the default registry would have them
-        ProcessCollector(registry=r)
-        for collector in (PLATFORM_COLLECTOR, GC_COLLECTOR):
-            r.register(collector)
+        if multiprocess_dir is None:
+            # the process's CPU, memory and open files, as the default registry would have them
+            ProcessCollector(registry=r)
+            for collector in (PLATFORM_COLLECTOR, GC_COLLECTOR):
+                r.register(collector)
+            self.export_registry = r
+        else:
+            # every worker's files; process_* and python_gc_* would describe only the worker that answers.
+            # Read in a thread (files): the pending counts are folded in first, on the reactor (flush()).
+            self.export_registry = CollectorRegistry()
+            MultiProcessCollector(self.export_registry, path=multiprocess_dir)
+            self.export_registry.register(PLATFORM_COLLECTOR)
+
+    @property
+    def multiprocess(self) -> bool:
+        return self.multiprocess_dir is not None
+
+    def _gauge(self, *args: Any, **kw: Any) -> _Gauge:
+        """A gauge summed over the live workers unless C{multiprocess_mode} says otherwise."""
+        kw.setdefault("multiprocess_mode", "livesum")
+        gauge = _Gauge(*args, **kw)
+        if self.multiprocess_dir is not None:
+            gauge._poll = self.before_collect
+        return gauge
+
+    def flush(self) -> None:
+        """Fold the pending hot-path counts into the metrics (done before every read of the registry)."""
+        for hook in self._flusher.hooks:
+            hook()
 
     def before_collect(self, hook: Callable[[], None]) -> None:
         """Call C{hook} before every read of the registry.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from twisted.application.service import IService
@@ -26,6 +27,7 @@ from myservices.pb import server as pb
 from myservices.settings import ServiceConfig
 from myservices.web import service as http
 from myservices.websocket import service as websocket
+from myservices.workers.checks import check_workers
 
 
 @dataclass(frozen=True)
@@ -35,17 +37,19 @@ class ServiceKind:
     name: str
     config: type[ServiceConfig]
     build: Callable[[str, Any, BuildContext], IService]
+    # a front end of the hub: with several workers, the hub's engine must be shared between processes
+    uses_hub: bool = False
 
 
 KINDS = (
     ServiceKind("echo", echo.EchoConfig, echo.build),
-    ServiceKind("chat", chat.ChatConfig, chat.build),
+    ServiceKind("chat", chat.ChatConfig, chat.build, uses_hub=True),
     ServiceKind("udp", udp.UdpConfig, udp.build),
     # before http, which may mount its routes under /ws
-    ServiceKind("websocket", websocket.WebSocketConfig, websocket.build),
+    ServiceKind("websocket", websocket.WebSocketConfig, websocket.build, uses_hub=True),
     ServiceKind("http", http.HttpConfig, http.build),
-    ServiceKind("framed", framed.FramedConfig, framed.build),
-    ServiceKind("pb", pb.PBConfig, pb.build),
+    ServiceKind("framed", framed.FramedConfig, framed.build, uses_hub=True),
+    ServiceKind("pb", pb.PBConfig, pb.build, uses_hub=True),
 )
 
 # the top-level sections besides [daemon], [database] and [services.NAME]: fields of Config
@@ -63,7 +67,8 @@ def config_classes() -> dict[str, type[ServiceConfig]]:
 
 def schema() -> Schema:
     """What a config file of this daemon may hold."""
-    return Schema(sections=SECTIONS, kinds=config_classes())
+    hub_kinds = frozenset(kind.name for kind in KINDS if kind.uses_hub)
+    return Schema(sections=SECTIONS, kinds=config_classes(), checks=(partial(check_workers, hub_kinds=hub_kinds),))
 
 
 def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from twisted.application.service import Service
@@ -78,12 +78,19 @@ class Watchdog(Service):
     daemon. L{NotifyService} starts it once the daemon is ready; as a child
     of the tree added first, it stops last: pings go on while the daemon
     drains (a slow drain is not a hung daemon; TimeoutStopSec bounds it).
+    With C{check}, a ping is sent only while it finds no problem (a
+    supervisor's workers all alive and pinging); it names the problem
+    otherwise, which is logged once.
     """
 
     name = "watchdog"  # type: ignore[assignment]  # twisted's Service.name is unannotated (inferred as None)
 
-    def __init__(self, notifier: Notifier, clock: IReactorTime) -> None:
+    def __init__(
+        self, notifier: Notifier, clock: IReactorTime, check: Callable[[], str | None] | None = None
+    ) -> None:
         self.notifier = notifier
+        self._check = check
+        self._withheld: str | None = None
         self._loop: LoopingCall | None = None
         if notifier.watchdog_interval:
             self._loop = LoopingCall(self._ping)
@@ -92,6 +99,13 @@ class Watchdog(Service):
     def _ping(self) -> None:
         # a LoopingCall whose function raises stops for good, and systemd would kill a healthy daemon
         try:
+            problem = self._check() if self._check is not None else None
+            if problem is not None:
+                if problem != self._withheld:  # once per distinct problem, not once per interval
+                    Notifier.log.warn("watchdog: not sending WATCHDOG=1: {problem}", problem=problem)
+                self._withheld = problem
+                return
+            self._withheld = None
             self.notifier.notify(WATCHDOG="1")
         except Exception:
             Notifier.log.failure("watchdog: sending WATCHDOG=1 failed; trying again at the next interval")

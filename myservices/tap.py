@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 from twisted.application.service import IService
@@ -11,6 +12,9 @@ from myservices.config import ENV_ALIASES, ENV_PASSWORD, ENV_PASSWORD_FILE, ENV_
 from myservices.db.config import parse_database_url
 from myservices.registry import load_config
 from myservices.tree import build_service_tree
+from myservices.workers.checks import worker_count
+from myservices.workers.supervisor import Supervisor
+from myservices.workers.worker import WorkerLink, WorkerSpec
 
 
 class Options(usage.Options):
@@ -46,6 +50,10 @@ def describe(config: Config) -> str:
     """What --check prints: the database and each configured service's endpoint."""
     url = parse_database_url(config.database.url, config.daemon.data_dir, config.database.password)
     lines = [f"{config.source}: configuration is valid", f"  data_dir  {config.daemon.data_dir}", f"  database  {url.safe}"]
+    if config.daemon.workers != 1:
+        count = worker_count(config.daemon)
+        per_core = " (one per core)" if config.daemon.workers == 0 else ""
+        lines.append(f"  workers   {count}{per_core}" + (", under a supervisor" if count > 1 else ""))
     for name, cfg in config.services.items():
         endpoint = getattr(cfg, "endpoint", "")
         kind = f"  ({cfg.kind})" if cfg.kind != name else ""
@@ -57,7 +65,15 @@ def describe(config: Config) -> str:
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor  # the plugin wiring is the one place that picks the reactor
 
+    config = options.loaded
+    spec = WorkerSpec.from_environ(os.environ)
+    if spec is not None:  # started by a supervisor: one of its workers
+        link = WorkerLink(spec, reactor, own_signals=True)
+        return build_service_tree(config, reactor, handle_sighup=True, worker=link)
+    count = worker_count(config.daemon)
+    if count > 1:
+        return Supervisor(config, reactor, count, handle_sighup=True)
     # a real process: SIGHUP reloads the configuration
-    return build_service_tree(options.loaded, reactor, handle_sighup=True)
+    return build_service_tree(config, reactor, handle_sighup=True)
 
 

@@ -39,6 +39,7 @@ from myservices.passwords import PasswordHasher
 from myservices.registry import ServiceKind, load_config, service_kinds
 from myservices.reload import Load, ReloadService, daemon_settings, hub_settings
 from myservices.sdnotify import Notifier, NotifyService, Watchdog
+from myservices.workers.worker import MetricsFlush, WorkerLink
 
 
 class OrderedMultiService(MultiService):
@@ -116,6 +117,10 @@ class ServiceTree(OrderedMultiService):
         return address
 
 
+def _always_ok() -> str:
+    return "ok"
+
+
 def build_service_tree(
     config: Config,
     reactor: Any,
@@ -125,21 +130,30 @@ def build_service_tree(
     kinds: Mapping[str, ServiceKind] | None = None,
     load: Load = load_config,
     handle_sighup: bool = False,
+    worker: WorkerLink | None = None,
 ) -> ServiceTree:
     """Build (without starting) the whole daemon from a validated config.
 
     C{kinds} builds each service (default: every kind of L{myservices.registry});
     C{load} rereads the config file on reload; with C{handle_sighup}, SIGHUP reloads.
+    With C{worker}, the tree is one of several worker processes: its
+    listeners adopt the sockets the supervisor passed, it reports to the
+    supervisor instead of systemd, and its metrics are shared.
     """
     kinds = service_kinds() if kinds is None else kinds
+    if worker is not None:
+        notifier = worker.notifier
     notifier = Notifier() if notifier is None else notifier
-    metrics = Metrics()
+    metrics = Metrics(worker.spec.metrics_dir if worker is not None else None)
     d = config.daemon
     log_output = LogOutput(d.log_format, d.log_level) if LogOutput.wanted(d.log_format, d.log_level) else None
     database = Database.from_config(
         config.database, config.daemon.data_dir, reactor, migrations=migrations, metrics=metrics
     )
     tree = ServiceTree(config, database, metrics, log_output)
+    if worker is not None:
+        worker.setServiceParent(tree)  # first in, last out: the supervisor hears from the worker until it has drained
+        MetricsFlush(metrics, d.worker_metrics_interval, reactor).setServiceParent(tree)  # flushes after the drain
     watchdog = Watchdog(notifier, reactor)
     watchdog.setServiceParent(tree)  # first in, last out: pings until everything else has stopped
     database.setServiceParent(tree)  # then the database: it closes after every service that uses it
@@ -157,13 +171,18 @@ def build_service_tree(
         engine = RedisEngine(h, reactor, history=history, metrics=metrics)
         hub_health = engine.health
         node_id = f"{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}"  # unique across processes
-    else:
+    elif any(kinds[cfg.kind or name].uses_hub for name, cfg in config.enabled_services()):
         # the memory engine mints ids in this process: one daemon per database, which the lease enforces.
         # It stops after the hub (its last commits) and before the database.
         lease = HubLease(database, reactor, h.lease_timeout)
         lease.setServiceParent(tree)
         engine = MemoryEngine(h, reactor, history=history, metrics=metrics, lease=lease)
         hub_health = lease.status
+        node_id = "local"
+    else:
+        # no front end of the hub: nothing mints ids, so no lease (workers of an echo/HTTP daemon share one)
+        engine = MemoryEngine(h, reactor, history=history, metrics=metrics)
+        hub_health = _always_ok
         node_id = "local"
     hub = Hub(h, reactor, engine, metrics=metrics, node_id=node_id)
     HubService(hub, engine).setServiceParent(tree)  # stops after the front ends, before the database
@@ -179,22 +198,37 @@ def build_service_tree(
         accounts=AccountStore(database, hasher, a),
         kv=KeyValueStore(database, config.kv),
         # tree.listeners fills as services are built; the checks read it when they run
-        readiness=Readiness(tree.listeners, database, reactor, lambda: bool(tree.running), {"hub": hub_health}),
+        readiness=Readiness(
+            tree.listeners, database, reactor, lambda: bool(tree.running),
+            {"hub": hub_health, **({"workers": worker.workers_check} if worker is not None else {})},
+        ),
         services=tree.listeners,
+        worker=worker.spec.index if worker is not None else None,
     )
     for name, cfg in config.enabled_services():
         service = cast(ListenerService, kinds[cfg.kind or name].build(name, cfg, ctx))  # every kind listens
         if isinstance(service, StreamListenerService):
             service.factory.close_timeout = config.daemon.close_timeout
+        if worker is not None:
+            service.inherit(worker.inherited(name, getattr(cfg, "endpoint", "")))
         service.setServiceParent(tree)
         tree.listeners[name] = service
     # added after the listeners, these two stop before them: STOPPING=1 and the old SIGHUP handler
     # come before the drain
     notify = NotifyService(notifier, reactor, tree.listeners, watchdog)
     notify.setServiceParent(tree)
-    ReloadService(
+
+    def reloaded(ok: bool) -> None:
+        notify.reloaded(ok)
+        if worker is not None:
+            worker.reloaded(ok)
+
+    reload = ReloadService(
         os.path.abspath(config.source), load, config, tree.listeners,
         {"daemon": daemon_settings(tree.listeners, log_output), "hub": hub_settings(hub)},
-        reactor, handle_sighup=handle_sighup, reloaded=notify.reloaded,
-    ).setServiceParent(tree)
+        reactor, handle_sighup=handle_sighup, reloaded=reloaded,
+    )
+    reload.setServiceParent(tree)
+    if worker is not None:
+        worker.on_reload = reload.reload  # the supervisor passes SIGHUP on over the link
     return tree

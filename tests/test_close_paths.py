@@ -354,6 +354,7 @@ ALLOWED_LOSE_CONNECTION = {
     ("echo.py", "_ReadThrottle.stopProducing"): "Twisted calls it once the connection is gone",
     ("framed/client.py", "FramedClient.close"): "the client side",
     ("web/channel.py", "LimitedHTTPChannel.reject"): "LimitedHTTPChannel.loseConnection is close_gracefully",
+    ("workers/link.py", "LinkProtocol.close"): "the supervisor's link to its own worker, a peer that reads",
 }
 
 

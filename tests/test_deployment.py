@@ -143,6 +143,8 @@ class SystemdUnitTests(TestCase):
         self.assertIn("--check", settings["ExecStartPre"])
         self.assertIn("--pidfile= ", settings["ExecStart"])
         self.assertEqual(settings["Restart"], "on-failure")
+        # the stop's SIGTERM to the supervisor alone, which stops its workers (docs/deployment.md, workers)
+        self.assertEqual((settings["KillMode"], settings["NotifyAccess"]), ("mixed", "main"))
         for key in ("WatchdogSec", "DynamicUser", "NoNewPrivileges", "ProtectSystem", "ProtectHome", "PrivateTmp",
                     "StateDirectory", "LimitNOFILE", "ExecReload"):
             self.assertIn(key, settings)

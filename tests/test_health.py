@@ -61,7 +61,7 @@ class ReadinessTests(TestCase):
         stopping = {"value": False}
         readiness = Readiness(
             {"http": _Listener("addr"), "chat": _Listener(None)}, Db(), Clock(), lambda: not stopping["value"],  # type: ignore[arg-type]
-            more={"hub": lambda: "redis unavailable"},
+            extra={"hub": lambda: "redis unavailable"},
         )
         stopping["value"] = True
         report = self.successResultOf(Deferred.fromCoroutine(readiness.check(1.0)))

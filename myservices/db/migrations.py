@@ -131,6 +131,10 @@ def migrate_txn(txn: Txn, migrations: Sequence[Migration]) -> list[int]:
     versions = [m.version for m in migrations]
     if versions != sorted(set(versions)):
         raise ValueError("migration versions must be unique and increasing")
+    if txn.dialect == "sqlite":
+        # several processes (workers) may start on one file at once: the first migrates, the others wait
+        # (busy_timeout) and then find it done; the whole migration is one transaction
+        txn.execute("BEGIN IMMEDIATE")
     txn.execute(
         "CREATE TABLE IF NOT EXISTS schema_version ("
         " version INTEGER NOT NULL PRIMARY KEY,"
@@ -163,6 +167,9 @@ def migrate_txn(txn: Txn, migrations: Sequence[Migration]) -> list[int]:
                 (m.version, m.name, int(time.time())),
             )
             done.append(m.version)
+        if txn.dialect == "mysql":
+            # before the lock goes: a daemon waiting for it must find these versions applied, not apply them again
+            txn.execute("COMMIT")
         return done
     finally:
         if txn.dialect == "mysql":

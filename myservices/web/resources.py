@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
@@ -21,6 +22,7 @@ from myservices.web.request import error_response
 if TYPE_CHECKING:
     from myservices.counter import DurableCounter
     from myservices.health import Readiness
+    from myservices.metrics import Metrics
 
 log = Logger()
 
@@ -127,13 +129,20 @@ class CounterApi(_CounterResource):
 
 
 class Healthz(Resource):
-    """C{GET /healthz}: 200 while the process runs and the reactor turns."""
+    """C{GET /healthz}: 200 while the process runs and the reactor turns; with workers, which one answered."""
 
     isLeaf = True
 
+    def __init__(self, worker: int | None = None) -> None:
+        super().__init__()
+        body: dict[str, Any] = {"status": "ok"}
+        if worker is not None:
+            body.update(worker=worker, pid=os.getpid())
+        self.body = json.dumps(body).encode() + b"\n"
+
     def render_GET(self, request: Request) -> bytes:
         _no_store(request, b"application/json")
-        return b'{"status": "ok"}\n'
+        return self.body
 
 
 class Readyz(Resource):
@@ -164,17 +173,27 @@ class MetricsPage(Resource):
     """C{GET /metrics}: the tree's registry in Prometheus text (or OpenMetrics, if asked for).
 
     Rendered on the reactor thread: some gauges read state the reactor owns,
-    and one scrape of this registry takes about a millisecond.
+    and one scrape of this registry takes about a millisecond. With workers,
+    the page sums every worker's metric files: this worker's pending counts
+    are folded in on the reactor thread, then the files are read in a thread.
     """
 
     isLeaf = True
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, metrics: Metrics, reactor: Any) -> None:
         super().__init__()
-        self.registry = registry
+        self.metrics = metrics
+        self.registry = metrics.export_registry
+        self._reactor = reactor
 
-    def render_GET(self, request: Request) -> bytes:
+    def render_GET(self, request: Request) -> bytes | int:
         accept = (request.getHeader(b"accept") or b"").decode("latin-1")
         encoder, content_type = choose_encoder(accept)
         _no_store(request, content_type.encode())
-        return encoder(self.registry)
+        if not self.metrics.multiprocess:
+            return encoder(self.registry)
+        self.metrics.flush()
+        d = deferToThreadPool(self._reactor, self._reactor.getThreadPool(), encoder, self.registry)
+        d.addCallback(lambda body: None if gone(request) else finish(request, body))
+        d.addErrback(DatabaseErrors(1).respond, request)  # logged with its traceback, answered 500
+        return NOT_DONE_YET

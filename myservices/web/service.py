@@ -74,10 +74,10 @@ def build(name: str, cfg: HttpConfig, ctx: BuildContext) -> IService:
     errors = DatabaseErrors(cfg.retry_after)
     root = JsonRoot()
     root.putChild(b"", CounterPage(counter, errors))
-    root.putChild(b"healthz", Healthz())
+    root.putChild(b"healthz", Healthz(ctx.worker))
     root.putChild(b"readyz", Readyz(ctx.readiness, cfg.ready_timeout))
     if cfg.metrics:
-        root.putChild(b"metrics", MetricsPage(ctx.metrics.registry))
+        root.putChild(b"metrics", MetricsPage(ctx.metrics, ctx.reactor))
     api = JsonRoot()
     api.putChild(b"counter", CounterApi(counter, errors))
     root.putChild(b"api", api)
