@@ -110,9 +110,12 @@ class Redis:
     def cli(self, *args: str) -> str:
         return subprocess.run(["redis-cli", "-p", str(self.port), *args], capture_output=True, text=True).stdout
 
-    def calls(self) -> int:
-        """Commands Redis has run (INFO commandstats), the subscriber's SUBSCRIBEs included."""
-        return sum(int(m) for m in re.findall(r"calls=(\d+)", self.cli("INFO", "commandstats")))
+    def calls(self) -> tuple[int, int]:
+        """Scripts called (one round trip each) and commands run, those inside scripts included (INFO commandstats)."""
+        stats = self.cli("INFO", "commandstats")
+        scripts = sum(int(m) for m in re.findall(r"cmdstat_eval(?:sha)?:calls=(\d+)", stats))
+        commands = sum(int(m) for m in re.findall(r"calls=(\d+)", stats))
+        return scripts, commands - scripts
 
 
 @contextmanager
@@ -193,22 +196,26 @@ def measure_chat(engine: str, workers: int, redis: Redis, args: argparse.Namespa
         fan_out(ports["chat"], 10, args.publishers, 200 * args.publishers, args.window)
         redis_pid = redis.proc.pid
         cpu0, rcpu0, calls0 = tree_cpu_seconds(proc.pid), cpu_seconds(redis_pid), redis.calls()
+        own0 = sum(os.times()[:2])
         delivered, seconds = fan_out(ports["chat"], args.members, args.publishers, args.lines, args.window)
         cpu, rcpu = tree_cpu_seconds(proc.pid) - cpu0, cpu_seconds(redis_pid) - rcpu0
-        calls = redis.calls() - calls0
+        own = sum(os.times()[:2]) - own0
+        scripts, commands = (b - a for a, b in zip(calls0, redis.calls()))
         published = delivered / (args.members + args.publishers)
         return {
             "lines/s": delivered / seconds,
             "daemon us/line": cpu / delivered * 1e6,
-            "redis us/line": rcpu / delivered * 1e6,
-            "total us/line": (cpu + rcpu) / delivered * 1e6,
             "daemon us/publish": cpu / published * 1e6,
-            "redis ops/publish": calls / published,
+            "redis us/publish": rcpu / published * 1e6,
+            "redis scripts/publish": scripts / published,
+            "redis commands/publish": commands / published,
+            # how busy the machine was: daemon + Redis + this load generator, in cores
+            "cores busy": (cpu + rcpu + own) / seconds,
         }
 
 
 def measure_http(workers: int, redis: Redis, args: argparse.Namespace) -> dict[str, float]:
-    with daemon("memory", workers, redis) as (proc, ports):
+    with daemon("redis", workers, redis) as (proc, ports):  # the chat idles; memory would refuse workers
         port = ports["http"]
         subprocess.run(["wrk", "-t1", "-c8", "-d1s", f"http://127.0.0.1:{port}/"], capture_output=True, check=True)
         cpu0 = tree_cpu_seconds(proc.pid)
@@ -260,7 +267,8 @@ def main() -> None:
             print("| engine | workers | " + " | ".join(keys) + " |")
             print("| --- | --- |" + " --- |" * len(keys))
             for (engine, workers), r in results.items():
-                print(f"| {engine} | {workers} | " + " | ".join(f"{r[k]:.1f}" for k in keys) + " |")
+                print(f"| {engine} | {workers} | " + " | ".join(f"{r[k]:.2f}" if r[k] < 10 else f"{r[k]:.0f}"
+                                                             for k in keys) + " |")
             one, two = results[("redis", 1)]["lines/s"], results[("redis", 2)]["lines/s"]
             print(f"\nredis, 2 workers / 1 worker: {two / one:.2f}x delivered lines per second")
         if "http" in args.only:

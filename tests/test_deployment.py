@@ -105,13 +105,16 @@ class ComposeFileTests(TestCase):
         self.assertGreater(grace, d.close_timeout + d.shutdown_timeout)
 
 
+UNITS = ("myservices.service", "myservices.socket", "myservices@.service", "myservices@.socket")
+
+
 class SystemdUnitTests(TestCase):
     def fake_root(self) -> Path:
         """A root with the unit files, stubs for the commands they run, and the system's own units."""
         root = Path(self.mktemp()).resolve()
         units = root / "etc" / "systemd" / "system"
         units.mkdir(parents=True)
-        for name in ("myservices.service", "myservices.socket"):
+        for name in UNITS:
             shutil.copy(REPO / "config" / "systemd" / name, units / name)
         for command in ("opt/myservices/bin/twistd", "bin/kill"):
             stub = root / command
@@ -127,7 +130,9 @@ class SystemdUnitTests(TestCase):
     def test_systemd_analyze_verify(self) -> None:
         analyze = tool("systemd-analyze", "apt-get install systemd")
         root = self.fake_root()
-        units = [str(root / "etc" / "systemd" / "system" / n) for n in ("myservices.service", "myservices.socket")]
+        # the templates by an instance: systemd-analyze finds the template file for it
+        names = [n.replace("@.", "@1.") for n in UNITS]
+        units = [str(root / "etc" / "systemd" / "system" / n) for n in names]
         result = subprocess.run(
             [analyze, "verify", "--man=no", f"--root={root}", *units], capture_output=True, text=True, timeout=120
         )
