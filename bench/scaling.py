@@ -10,7 +10,10 @@ median of several runs:
   delivered lines per second, and CPU-µs per delivered line of the whole
   daemon (supervisor and workers), of Redis, and of both;
 - Redis operations per publish (INFO commandstats over the window);
-- HTTP counter: wrk against `GET /` (the durable counter) with 1 and 2 workers.
+- HTTP counter: wrk against `GET /` (the durable counter) with 1 and 2 workers;
+- Redis alone: how many publishes per second one Redis server runs (the
+  engine's publish script through redis-benchmark), with 0 to 16 processes
+  subscribed to the room: where Redis saturates.
 
 Nothing is pinned: the load generator, Redis and the workers share the
 machine's cores, as they would on a small host; the CPU figures (per
@@ -40,7 +43,12 @@ from typing import Any, Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 from common import CLOCK_TICKS, cpu_seconds, start_myservices, stop  # noqa: E402
+
+from myservices.hub.redis import scripts  # noqa: E402
+from myservices.hub.redis.codec import message_prefix  # noqa: E402
 
 CONFIG = """
 [daemon]
@@ -231,6 +239,38 @@ def measure_http(workers: int, redis: Redis, args: argparse.Namespace) -> dict[s
         return {"requests/s": requests / seconds, "daemon us/request": cpu / requests * 1e6}
 
 
+def redis_saturation(redis: Redis, subscribers: int, requests: int) -> float:
+    """Publishes per second one Redis server runs: the engine's publish script, redis-benchmark, pipelined.
+
+    The room is seeded with ids to spare (as the engine does), so every call takes the full path:
+    next id, XADD to the capped stream, PUBLISH to C{subscribers} listening connections.
+    """
+    prefix, room = "myservices:", "bench"
+    redis.cli("HSET", f"{prefix}room:{room}:meta", "top", "0", "reserved", str(10**15), "base", "0")
+    sha = redis.cli("SCRIPT", "LOAD", scripts.PUBLISH).strip()
+    listeners = [
+        subprocess.Popen(["redis-cli", "-p", str(redis.port), "SUBSCRIBE", f"{prefix}ch:{room}"],
+                         stdout=subprocess.DEVNULL)
+        for _ in range(subscribers)
+    ]
+    try:
+        payload = message_prefix(room, time.time(), "alice", TEXT)
+        out = subprocess.run(
+            ["redis-benchmark", "-p", str(redis.port), "-n", str(requests), "-c", "50", "-P", "16", "-q",
+             "EVALSHA", sha, "0", prefix, room, "50", payload],
+            capture_output=True, text=True, check=True, timeout=300,
+        ).stdout
+    finally:
+        for listener in listeners:
+            listener.terminate()
+            listener.wait()
+        redis.cli("FLUSHALL")
+    m = re.search(r"([\d.]+) requests per second", out)
+    if not m:
+        raise RuntimeError(f"redis-benchmark: {out}")
+    return float(m.group(1))
+
+
 def median_of(runs: list[dict[str, float]]) -> dict[str, float]:
     return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
 
@@ -244,9 +284,13 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=8)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--duration", type=int, default=5)
-    parser.add_argument("--only", default="chat,http")
+    parser.add_argument("--requests", type=int, default=200000, help="redis-benchmark calls per measure")
+    parser.add_argument("--only", default="chat,http,redis")
+    parser.add_argument("--smoke", action="store_true", help="every measure, tiny (a check that the script runs)")
     args = parser.parse_args()
-    for tool in ("redis-server", "redis-cli", "wrk"):
+    if args.smoke:
+        args.runs, args.lines, args.members, args.duration, args.requests = 1, 400, 5, 1, 2000
+    for tool in ("redis-server", "redis-cli", "redis-benchmark", "wrk"):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} is not installed (Debian: apt-get install redis-server wrk)")
     workdir = tempfile.mkdtemp(prefix="myservices-redis-")
@@ -284,6 +328,13 @@ def main() -> None:
             for workers, r in results_http.items():
                 print(f"| {workers} | {r['requests/s']:.0f} | {r['daemon us/request']:.1f} |")
             print(f"\n2 workers / 1 worker: {results_http[2]['requests/s'] / results_http[1]['requests/s']:.2f}x")
+        if "redis" in args.only:
+            print("\n## Redis alone: the publish script, redis-benchmark -c50 -P16 (one Redis core)")
+            print("| processes subscribed to the room | publishes/s |")
+            print("| --- | --- |")
+            for subscribers in (0, 1, 4, 16):
+                rate = statistics.median(redis_saturation(redis, subscribers, args.requests) for _ in range(args.runs))
+                print(f"| {subscribers} | {rate:.0f} |")
     finally:
         redis.proc.terminate()
         redis.proc.wait(timeout=30)

@@ -59,3 +59,18 @@ class BenchSmokeTests(TestCase):
         self.assertIn("](./benchmarks.png)", report)
         with open(f"{out}/benchmarks.png", "rb") as png:
             self.assertEqual(png.read(8), b"\x89PNG\r\n\x1a\n")
+
+
+class ScalingSmokeTests(TestCase):
+    timeout = 600
+
+    def test_the_scale_out_benchmark_runs(self) -> None:
+        for tool, package in (("wrk", "wrk"), ("redis-server", "redis-server"), ("redis-benchmark", "redis-tools")):
+            if shutil.which(tool) is None:
+                missing(f"{tool} is missing: apt-get install {package}")
+        result = subprocess.run(
+            [sys.executable, str(REPO / "bench" / "scaling.py"), "--smoke"], capture_output=True, text=True, timeout=540
+        )
+        self.assertEqual(result.returncode, 0, result.stderr[-3000:])
+        for line in ("| redis | 2 |", "| 2 |", "| 16 |"):
+            self.assertIn(line, result.stdout)
