@@ -55,7 +55,7 @@ CONFIG = """
 data_dir = "state"
 workers = {workers}
 [database]
-url = "sqlite:///bench.sqlite3"
+url = "{database}"
 [hub]
 engine = "{engine}"
 redis_url = "redis://127.0.0.1:{redis_port}/0"
@@ -70,6 +70,7 @@ endpoint = "tcp:0:interface=127.0.0.1"
 max_connections = 100000
 """
 TEXT = "x" * 40
+DATABASE = ["sqlite:///bench.sqlite3"]  # --mysql replaces it
 
 
 def tree_cpu_seconds(pid: int) -> float:
@@ -129,7 +130,8 @@ class Redis:
 @contextmanager
 def daemon(engine: str, workers: int, redis: Redis) -> Iterator[tuple[subprocess.Popen, dict[str, int]]]:
     workdir = tempfile.mkdtemp(prefix="myservices-scaling-")
-    proc, ports = start_myservices(workdir, CONFIG.format(engine=engine, workers=workers, redis_port=redis.port))
+    text = CONFIG.format(engine=engine, workers=workers, redis_port=redis.port, database=DATABASE[0])
+    proc, ports = start_myservices(workdir, text)
     try:
         yield proc, ports
     finally:
@@ -271,6 +273,22 @@ def redis_saturation(redis: Redis, subscribers: int, requests: int) -> float:
     return float(m.group(1))
 
 
+def drop_tables(url: str) -> None:
+    """A fresh schema for the run: the daemon migrates it at start."""
+    import pymysql  # the daemon's own driver
+
+    m = re.match(r"mysql://([^:@/]+)(?::([^@/]*))?@([^:/]+):(\d+)/(\w+)$", url)
+    if not m:
+        sys.exit(f"--mysql: expected mysql://USER[:PASSWORD]@HOST:PORT/DATABASE, got {url}")
+    user, password, host, port, database = m.groups()
+    conn = pymysql.connect(host=host, port=int(port), user=user, password=password or "", database=database)
+    with conn.cursor() as cur:
+        cur.execute("SHOW TABLES")
+        for (table,) in cur.fetchall():
+            cur.execute(f"DROP TABLE `{table}`")
+    conn.close()
+
+
 def median_of(runs: list[dict[str, float]]) -> dict[str, float]:
     return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
 
@@ -284,6 +302,7 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=8)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--duration", type=int, default=5)
+    parser.add_argument("--mysql", metavar="URL", help="use this MySQL database (its tables are dropped first)")
     parser.add_argument("--requests", type=int, default=200000, help="redis-benchmark calls per measure")
     parser.add_argument("--only", default="chat,http,redis")
     parser.add_argument("--smoke", action="store_true", help="every measure, tiny (a check that the script runs)")
@@ -293,6 +312,9 @@ def main() -> None:
     for tool in ("redis-server", "redis-cli", "redis-benchmark", "wrk"):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} is not installed (Debian: apt-get install redis-server wrk)")
+    if args.mysql:
+        DATABASE[0] = args.mysql
+        drop_tables(args.mysql)
     workdir = tempfile.mkdtemp(prefix="myservices-redis-")
     redis = Redis(workdir)
     try:
