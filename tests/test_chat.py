@@ -11,8 +11,10 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import TestCase
 
 from myservices.chat import ChatConfig, ChatFactory, ChatProtocol
+from myservices.db import Txn
 from myservices.errors import ERRORS
 from myservices.hub import HubConfig
+from myservices.hub.history import save_missing_txn, write_messages_txn
 from myservices.metrics import Metrics
 from tests import mysql
 from tests.support import chat_client, load, memory_hub, port_of, start_tree
@@ -32,6 +34,11 @@ url = "{database_url}"
 endpoint = "tcp:0:interface=127.0.0.1"
 {chat if "max_line_length" in chat else chat + chr(10) + "max_line_length = 256"}
 """
+
+
+def _gap_ids_txn(txn: Txn) -> list[int]:
+    txn.execute("SELECT id FROM chat_messages WHERE room = 'gap' ORDER BY id")
+    return [int(r[0]) for r in txn.fetchall()]
 
 
 class ChatTestsMixin:
@@ -68,6 +75,20 @@ class ChatTestsMixin:
         self.assertRegex(history[0][3], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
         self.assertEqual(lines[-1], "OK join lobby")
         self.assertEqual(await carol.command("/who"), ["WHO lobby alice", "WHO lobby bob", "WHO lobby carol", "END who lobby"])
+
+    async def test_history_keeps_its_last_messages_by_count_when_ids_skip(self) -> None:
+        # after Redis lost its data a room's ids skip up to id_block: the messages before the gap are still the last ones
+        tree = await self.start()
+        db = tree.database
+
+        def row(i: int) -> tuple[str, int, float, str, str]:
+            return ("gap", i, float(i), "a", f"m{i}")
+
+        await db.run(write_messages_txn, [row(1), row(2), row(3)], 3)
+        await db.run(write_messages_txn, [row(1001)], 3)
+        self.assertEqual(await db.run(_gap_ids_txn), [2, 3, 1001])
+        self.assertEqual(await db.run(save_missing_txn, [row(1002)], 3), 1)
+        self.assertEqual(await db.run(_gap_ids_txn), [3, 1001, 1002])
 
     async def test_history_survives_a_graceful_restart(self) -> None:
         tree = await self.start()

@@ -103,3 +103,17 @@ class RedisReviewTests(RedisHubs):
         # whoever was told she left is told she is back (she was told of her own PART too)
         await self.until(lambda: bob_sees.presence()[-1:] == [("join", "alice")], "alice's JOIN again")
         await self.until(lambda: alice_sees.presence()[-1:] == [("join", "alice")], "alice's own JOIN again")
+
+    async def test_the_id_gap_after_redis_lost_its_data_does_not_trim_the_history_in_the_database(self) -> None:
+        # Redis restarted empty: the room continues after the ids the database reserved (a gap of up to id_block);
+        # the database still keeps the room's last history_size messages, those before the gap included
+        a, = await self.start(1, history_size=5)
+        alice, _ = await self.session(a, "alice")
+        await a.join(alice, "lobby")
+        before = [await a.publish(alice, "lobby", f"before{i}") for i in range(3)]
+        self.redis.restart()
+        after = await self.publish_retrying(a, alice, "after")
+        self.assertGreater(after.id, before[-1].id + 5)  # past the reserved block: a gap longer than history_size
+        self.assertEqual(await self.stored(), [(m.id, m.text) for m in before] + [(after.id, "after")])
+        history = await a.history("lobby", 5)
+        self.assertEqual([m.text for m in history], ["before0", "before1", "before2", "after"])

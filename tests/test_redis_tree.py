@@ -14,6 +14,7 @@ from tests import redisserver
 from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 
+from tests.wsclient import ws_connect
 from tests.support import HttpClient, LineClient, chat_client, disconnect_at_cleanup, load, port_of, start_tree
 
 
@@ -37,6 +38,8 @@ publish_burst = 100000
 [services.chat]
 endpoint = "tcp:0:interface=127.0.0.1"
 [services.http]
+endpoint = "tcp:0:interface=127.0.0.1"
+[services.websocket]
 endpoint = "tcp:0:interface=127.0.0.1"
 """
 
@@ -79,6 +82,18 @@ class TwoDaemonsTests(TestCase):
         disconnect_at_cleanup(self, client)
         # the shared error code (retry: true), and no traceback: trial fails a test that logs one
         self.assertEqual((await client.read_until("ERR"))[-1].split()[:2], ["ERR", "ENGINE_UNAVAILABLE"])
+
+    async def test_a_websocket_chat_opened_while_redis_is_away_is_closed_try_again_later_not_internal(self) -> None:
+        redis = redisserver.start_redis(self)
+        tree = await start_tree(self, load(self, redis_config(redis.url, Path(self.mktemp()).resolve())))
+        assert tree.hub is not None and isinstance(tree.hub.engine, RedisEngine)
+        await tree.hub.engine.when_connected(timeout=10)
+        redis.kill()
+        client = await ws_connect(self, port_of(tree, "websocket"), "/chat")
+        code, reason = await client.closed
+        # 1013 "try again later" with the shared code; no traceback (trial fails a test that logs one)
+        self.assertEqual(code, 1013)
+        self.assertTrue(str(reason).startswith("ENGINE_UNAVAILABLE: "), reason)
 
     def test_the_redis_password_comes_from_the_environment_and_is_never_shown(self) -> None:
         config = load(self, '[hub]\nengine = "redis"\nredis_url = "redis://:inurl@127.0.0.1:6390/2"\n',

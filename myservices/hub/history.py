@@ -41,8 +41,16 @@ def write_messages_txn(txn: Txn, rows: Sequence[Row], keep: int) -> None:
         txn.executemany(f"{verb} INTO chat_messages (room, id, ts, nick, text) VALUES (?, ?, ?, ?, ?)", rows)
     txn.executemany(_upsert_last_id_sql(txn), sorted(newest.items()))
     if keep:
-        for room, msg_id in newest.items():
-            txn.execute("DELETE FROM chat_messages WHERE room = ? AND id <= ?", (room, msg_id - keep))
+        for room in newest:
+            _trim_txn(txn, room, keep)
+
+
+def _trim_txn(txn: Txn, room: str, keep: int) -> None:
+    """Keep the room's last C{keep} messages: counted, not by id, since ids may skip (Redis lost its data)."""
+    txn.execute("SELECT id FROM chat_messages WHERE room = ? ORDER BY id DESC LIMIT 1 OFFSET ?", (room, keep))
+    row = txn.fetchone()
+    if row is not None:
+        txn.execute("DELETE FROM chat_messages WHERE room = ? AND id <= ?", (room, row[0]))
 
 
 def _upsert_last_id_sql(txn: Txn) -> str:
@@ -76,8 +84,8 @@ def save_missing_txn(txn: Txn, rows: Sequence[Row], keep: int) -> int:
     for room, msg_id, *_ in rows:
         newest[room] = max(msg_id, newest.get(room, 0))
     txn.executemany(_upsert_last_id_sql(txn), sorted(newest.items()))
-    for room, msg_id in newest.items():
-        txn.execute("DELETE FROM chat_messages WHERE room = ? AND id <= ?", (room, msg_id - keep))
+    for room in newest:
+        _trim_txn(txn, room, keep)
     return added
 
 

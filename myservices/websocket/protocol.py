@@ -21,7 +21,9 @@ from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from myservices.errors import INTERNAL, NOT_FOUND, SHUTTING_DOWN, SLOW_CONSUMER, TIMEOUT, ErrorCode
+from myservices.errors import (
+    DATABASE_UNAVAILABLE, ENGINE_UNAVAILABLE, INTERNAL, NOT_FOUND, SHUTTING_DOWN, SLOW_CONSUMER, TIMEOUT, ErrorCode,
+)
 from myservices.flow import IdleTimer, ReadGate
 from myservices.halfclose import HalfCloseableProtocol
 from myservices.listeners import ConnectionTrackingFactory
@@ -35,11 +37,13 @@ CLOSE_GOING_AWAY = 1001  # the server is shutting down
 CLOSE_UNSUPPORTED_DATA = 1003  # a binary message where text (JSON) is expected
 CLOSE_POLICY = 1008
 CLOSE_INTERNAL = 1011
+CLOSE_TRY_AGAIN_LATER = 1013  # a shared resource (Redis, the database) is unavailable now
 CLOSE_IDLE = 4001  # no message within idle_timeout
 CLOSE_SLOW_CONSUMER = 4008  # the client did not read; its unread output passed the hub's max_pending
 
 _CLOSE_CODES = {SLOW_CONSUMER.code: CLOSE_SLOW_CONSUMER, INTERNAL.code: CLOSE_INTERNAL,
-                SHUTTING_DOWN.code: CLOSE_GOING_AWAY, TIMEOUT.code: CLOSE_IDLE}
+                SHUTTING_DOWN.code: CLOSE_GOING_AWAY, TIMEOUT.code: CLOSE_IDLE,
+                ENGINE_UNAVAILABLE.code: CLOSE_TRY_AGAIN_LATER, DATABASE_UNAVAILABLE.code: CLOSE_TRY_AGAIN_LATER}
 
 
 def close_code(error: ErrorCode) -> int:

@@ -19,7 +19,6 @@ from twisted.python.failure import Failure
 from myservices.errors import (
     BAD_ARGUMENTS,
     BAD_REQUEST,
-    INTERNAL,
     RATE_LIMITED,
     UNKNOWN_COMMAND,
     ErrorCode,
@@ -128,8 +127,10 @@ class ChatRoute:
         self._go_on(None)
 
     def _not_opened(self, failure: Failure) -> None:
-        self.log.failure("websocket chat: opening a hub session failed", failure, code=INTERNAL.code)
-        self.conn.close_with(INTERNAL)
+        # the shared rule, as on the line chat: the hub's own answers (ENGINE_UNAVAILABLE while Redis is
+        # away) keep their codes and close with 1013 "try again later"; anything else is a bug, logged
+        error = classify(failure, "websocket", "connect")
+        self.conn.close_with(error.error, error.detail)
 
     def closed(self) -> None:
         self.open = False
