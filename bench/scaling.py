@@ -6,7 +6,8 @@ median of several runs:
 
 - chat fan-out: `--members` line-chat members (spread over the workers by the
   kernel, SO_REUSEPORT) and `--publishers` publishers, each keeping
-  `--window` lines in flight, send `--lines` lines in all; reported:
+  `--window` lines in flight, send `--lines` lines in all (`/pub`: they are
+  not members); reported:
   delivered lines per second, and CPU-µs per delivered line of the whole
   daemon (supervisor and workers), of Redis, and of both;
 - Redis operations per publish (INFO commandstats over the window);
@@ -140,31 +141,35 @@ def daemon(engine: str, workers: int, redis: Redis) -> Iterator[tuple[subprocess
         redis.cli("FLUSHALL")
 
 
-def connect(port: int, n: int) -> list[socket.socket]:
+def connect(port: int, n: int, join: bool) -> list[socket.socket]:
     socks = []
     for _ in range(n):
         s = socket.create_connection(("127.0.0.1", port))
-        s.sendall(b"/join lobby\n")
+        s.sendall(b"/join lobby\n" if join else b"/help\n")
         socks.append(s)
     for s in socks:
         buf = b""
         s.settimeout(30)
-        while b"OK join lobby" not in buf:
+        while (b"OK join lobby" if join else b"END help") not in buf:
             buf += s.recv(65536)
         s.setblocking(False)
     return socks
 
 
 def fan_out(port: int, members: int, publishers: int, lines: int, window: int) -> tuple[int, float]:
-    """Publish C{lines} lines from C{publishers} connections; (deliveries counted everywhere, seconds)."""
-    socks = connect(port, members + publishers)
-    senders = socks[:publishers]
-    payload = f"/msg lobby {TEXT}\r\n".encode()
-    marker = b"MSG lobby"
+    """C{publishers} connections (not members: /pub) send C{lines} lines, C{window} in flight each, to
+    C{members} members; (lines delivered to the members, seconds).
+
+    The line chat answers a connection's commands in order, each once it is stored and delivered,
+    so the rate a publisher reaches is one over a publish's latency: many publishers make the load.
+    """
+    socks = connect(port, members, join=True) + connect(port, publishers, join=False)
+    senders = socks[members:]
+    payload = f"/pub lobby {TEXT}\r\n".encode()
     sel = selectors.DefaultSelector()
     for i, s in enumerate(socks):
         sel.register(s, selectors.EVENT_READ, i)
-    received = [0] * len(socks)
+    received = [0] * members
     acked = [0] * publishers
     sent = [0] * publishers
     tails = [b""] * len(socks)
@@ -185,12 +190,14 @@ def fan_out(port: int, members: int, publishers: int, lines: int, window: int) -
             data = tails[i] + data
             cut = data.rfind(b"\n") + 1
             tails[i] = data[cut:]
-            received[i] += data[:cut].count(marker)
-            if i < publishers:
-                acked[i] += data[:cut].count(b"OK msg")
-                while sent[i] < share and sent[i] - acked[i] < window:
-                    key.fileobj.sendall(payload)
-                    sent[i] += 1
+            if i < members:
+                received[i] += data[:cut].count(b"MSG lobby")
+                continue
+            p = i - members
+            acked[p] += data[:cut].count(b"OK pub")
+            while sent[p] < share and sent[p] - acked[p] < window:
+                key.fileobj.sendall(payload)
+                sent[p] += 1
     elapsed = time.monotonic() - t0
     sel.close()
     for s in socks:
@@ -203,7 +210,7 @@ def fan_out(port: int, members: int, publishers: int, lines: int, window: int) -
 def measure_chat(engine: str, workers: int, redis: Redis, args: argparse.Namespace) -> dict[str, float]:
     with daemon(engine, workers, redis) as (proc, ports):
         # warm-up: every worker has loaded the room and its code paths
-        fan_out(ports["chat"], 10, args.publishers, 200 * args.publishers, args.window)
+        fan_out(ports["chat"], 10, args.publishers, 20 * args.publishers, args.window)
         redis_pid = redis.proc.pid
         cpu0, rcpu0, calls0 = tree_cpu_seconds(proc.pid), cpu_seconds(redis_pid), redis.calls()
         own0 = sum(os.times()[:2])
@@ -211,7 +218,7 @@ def measure_chat(engine: str, workers: int, redis: Redis, args: argparse.Namespa
         cpu, rcpu = tree_cpu_seconds(proc.pid) - cpu0, cpu_seconds(redis_pid) - rcpu0
         own = sum(os.times()[:2]) - own0
         scripts, commands = (b - a for a, b in zip(calls0, redis.calls()))
-        published = delivered / (args.members + args.publishers)
+        published = delivered / args.members
         return {
             "lines/s": delivered / seconds,
             "daemon us/line": cpu / delivered * 1e6,
@@ -221,6 +228,7 @@ def measure_chat(engine: str, workers: int, redis: Redis, args: argparse.Namespa
             "redis commands/publish": commands / published,
             # how busy the machine was: daemon + Redis + this load generator, in cores
             "cores busy": (cpu + rcpu + own) / seconds,
+            "load generator cores": own / seconds,
         }
 
 
@@ -283,6 +291,7 @@ def drop_tables(url: str) -> None:
     user, password, host, port, database = m.groups()
     conn = pymysql.connect(host=host, port=int(port), user=user, password=password or "", database=database)
     with conn.cursor() as cur:
+        cur.execute("SET FOREIGN_KEY_CHECKS = 0")
         cur.execute("SHOW TABLES")
         for (table,) in cur.fetchall():
             cur.execute(f"DROP TABLE `{table}`")
@@ -298,8 +307,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--lines", type=int, default=20000)
     parser.add_argument("--members", type=int, default=100)
-    parser.add_argument("--publishers", type=int, default=4)
-    parser.add_argument("--window", type=int, default=8)
+    parser.add_argument("--publishers", type=int, default=64)
+    parser.add_argument("--window", type=int, default=1)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--duration", type=int, default=5)
     parser.add_argument("--mysql", metavar="URL", help="use this MySQL database (its tables are dropped first)")
