@@ -305,9 +305,9 @@ def median_of(runs: list[dict[str, float]]) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--lines", type=int, default=20000)
+    parser.add_argument("--lines", type=int, default=60000)
     parser.add_argument("--members", type=int, default=100)
-    parser.add_argument("--publishers", type=int, default=64)
+    parser.add_argument("--publishers", type=int, default=256)
     parser.add_argument("--window", type=int, default=1)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--duration", type=int, default=5)
@@ -318,6 +318,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.smoke:
         args.runs, args.lines, args.members, args.duration, args.requests = 1, 400, 5, 1, 2000
+        args.publishers = 8
     for tool in ("redis-server", "redis-cli", "redis-benchmark", "wrk"):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} is not installed (Debian: apt-get install redis-server wrk)")
