@@ -12,14 +12,13 @@ import os
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 
 from myservices.framed.client import FramedError
 from myservices.framed.client import connect as framed_connect
 from myservices.pb.errors import error_code
 from tests.pbclient import Listener, pb_connect
-from tests.support import chat_client
+from tests.support import chat_client, poll_until
 from tests.wsclient import ws_connect
 
 DEADLINE = 20.0  # seconds any one awaited event may take on a loaded machine before the test fails
@@ -36,12 +35,7 @@ class Refused(Exception):
 
 async def until(condition: Any, what: str, timeout: float = DEADLINE) -> float:
     """Poll C{condition} on the reactor until it holds (bounded); the seconds it took."""
-    start = reactor.seconds()
-    while not condition():
-        if reactor.seconds() - start > timeout:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        await deferLater(reactor, 0.01, lambda: None)
-    return float(reactor.seconds() - start)
+    return await poll_until(condition, what, timeout)
 
 
 def children(pid: int) -> set[int]:

@@ -19,6 +19,7 @@ from myservices.hub.redis import RedisEngine
 from myservices.metrics import Metrics
 from tests import redisserver
 from tests.redisserver import RedisServer
+from tests.support import poll_until
 
 TIMEOUT = 0.5  # engine_timeout in these tests: short, so the fault tests are quick
 
@@ -116,12 +117,8 @@ class RedisHubs(TestCase):
         return session, seen
 
     async def until(self, condition: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
-        """Poll C{condition} on the reactor (bounded): events from the other process arrive when they arrive."""
-        deadline = reactor.seconds() + timeout
-        while not condition():
-            if reactor.seconds() > deadline:
-                self.fail(f"timed out waiting for {what}")
-            await deferLater(reactor, 0.005, lambda: None)
+        """Poll C{condition} (bounded): events from the other process arrive when they arrive."""
+        await poll_until(condition, what, timeout, interval=0.005)
 
     async def stored(self, room: str = "lobby") -> list[tuple[int, str]]:
         return await self.db.run(_count_txn, room)

@@ -11,6 +11,7 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol
+from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
@@ -322,3 +323,17 @@ def run_now(coroutine: Any) -> Any:
     if isinstance(results[0], Failure):
         results[0].raiseException()
     return results[0]
+
+
+async def poll_until(condition: Any, what: str, timeout: float, interval: float = 0.01) -> float:
+    """Poll C{condition} on the reactor until it holds, failing after C{timeout} seconds; the seconds it took.
+
+    For state that changes in another process (a worker, a second daemon, Redis), where there is no
+    Deferred to wait on: bounded, so a condition that never holds fails the test instead of hanging it.
+    """
+    start = reactor.seconds()
+    while not condition():
+        if reactor.seconds() - start > timeout:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        await deferLater(reactor, interval, lambda: None)
+    return float(reactor.seconds() - start)
