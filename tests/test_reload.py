@@ -96,6 +96,53 @@ class ReloadTests(TestCase):
         self.assertEqual(warnings, ["services.chat.endpoint"])
         self.assertEqual(tree.hub.config.publish_rate, 5.0)  # live
 
+    async def test_reverting_a_change_that_waits_for_a_restart_asks_for_no_restart(self) -> None:
+        tree, path = await self.start()
+        reload = tree.getServiceNamed("reload")
+        running = tree.config.services["chat"].endpoint
+        self.write(path, endpoint="tcp:0:interface=127.0.0.2")
+        events = self.capture_log()
+        self.assertTrue(reload.reload(environ={}))
+        warnings = [e["key"] for e in events if e.get("log_level") == LogLevel.warn]
+        self.assertEqual(warnings, ["services.chat.endpoint"])
+        # a second SIGHUP with the change still in the file: still waiting, said again
+        del events[:]
+        self.assertTrue(reload.reload(environ={}))
+        self.assertEqual([e["key"] for e in events if e.get("log_level") == LogLevel.warn], ["services.chat.endpoint"])
+        # the file says the running value again, and a live key changes meanwhile
+        self.write(path, endpoint=running, line=128)
+        del events[:]
+        self.assertTrue(reload.reload(environ={}))
+        texts = [e.get("log_format", "").format(**e) for e in events]
+        self.assertEqual([e for e in events if e.get("log_level") == LogLevel.warn], [], texts)
+        self.assertIn("reload: services.chat.max_line_length = 128", texts)
+        self.assertIn(
+            "reload: services.chat.endpoint is back to the value the daemon runs with; no restart needed for it", texts
+        )
+        self.assertIn("1 change(s) applied, 0 waiting for a restart", texts[-1])
+        self.assertEqual(reload.applied_config.services["chat"].endpoint, running)
+        # once back, nothing more is said about it
+        del events[:]
+        self.assertTrue(reload.reload(environ={}))
+        texts = [e.get("log_format", "").format(**e) for e in events]
+        self.assertEqual(len(texts), 1, texts)
+        self.assertIn("0 change(s) applied, 0 waiting for a restart", texts[0])
+
+    async def test_a_service_added_and_removed_again_asks_for_no_restart(self) -> None:
+        tree, path = await self.start()
+        reload = tree.getServiceNamed("reload")
+        original = path.read_text()
+        path.write_text(original + '[services.echo]\nendpoint = "tcp:0:interface=127.0.0.1"\n')
+        events = self.capture_log()
+        self.assertTrue(reload.reload(environ={}))
+        self.assertEqual([e["key"] for e in events if e.get("log_level") == LogLevel.warn], ["services.echo"])
+        self.assertNotIn("echo", reload.applied_config.services)  # not running
+        path.write_text(original)
+        del events[:]
+        self.assertTrue(reload.reload(environ={}))
+        self.assertEqual([e for e in events if e.get("log_level") == LogLevel.warn], [])
+        self.assertIn("services.echo", [e.get("key") for e in events])
+
     async def test_an_invalid_file_changes_nothing(self) -> None:
         tree, path = await self.start()
         path.write_text(path.read_text().replace("max_line_length = 200", "max_line_length = -1"))
