@@ -176,6 +176,77 @@ class LogOutputTests(TestCase):
         self.assertEqual((first["peer"], first["code"], first["log_format"]), ("1.2.3.4", "SLOW_CONSUMER", "shown {peer}"))
         self.assertEqual(json.loads(lines[1])["log_format"], "now shown")
 
+    def test_json_lines_carry_a_message_a_level_name_and_an_iso_time(self) -> None:
+        stream = io.StringIO()
+        observer = LogOutput("json", "info", stream).observer
+        # what Logger.warn emits, at a time of our choosing
+        observer({
+            "log_format": "{service} refused {peer}: {count} connections", "log_level": LogLevel.warn,
+            "log_namespace": "myservices.test", "log_source": None, "log_logger": Logger(), "log_time": 1796310245.1239,
+            "service": "chat", "peer": "1.2.3.4", "count": 3, "code": "BUSY",
+        })
+        (line,) = stream.getvalue().splitlines()
+        event = json.loads(line)
+        self.assertEqual(event["message"], "chat refused 1.2.3.4: 3 connections")
+        self.assertEqual(event["level"], "warn")
+        self.assertEqual(event["time"], "2026-12-03T15:04:05.123Z")
+        self.assertEqual(event["namespace"], "myservices.test")
+        # the structured fields beside them, as they were
+        self.assertEqual((event["service"], event["peer"], event["count"], event["code"]), ("chat", "1.2.3.4", 3, "BUSY"))
+        self.assertEqual(event["log_format"], "{service} refused {peer}: {count} connections")
+        self.assertNotIn("log_level", event)
+        self.assertNotIn("log_time", event)
+
+    def test_a_failure_carries_its_traceback_as_text(self) -> None:
+        stream = io.StringIO()
+        log = Logger(namespace="test", observer=LogOutput("json", "info", stream).observer)
+        try:
+            {}["missing"]
+        except KeyError:
+            log.failure("handling {what} failed", what="a request")
+        event = json.loads(stream.getvalue())
+        self.assertEqual((event["level"], event["message"]), ("critical", "handling a request failed"))
+        self.assertTrue(event["traceback"].startswith("Traceback (most recent call last):"), event["traceback"])
+        self.assertIn("KeyError: 'missing'", event["traceback"])
+        self.assertIn("test_a_failure_carries_its_traceback_as_text", event["traceback"])
+
+    def test_objects_go_in_only_as_the_message_shows_them(self) -> None:
+        class Holder:
+            def __str__(self) -> str:
+                return "shown"
+
+            def __repr__(self) -> str:
+                return "Holder(password='hunter2')"
+
+        stream = io.StringIO()
+        log = Logger(namespace="test", observer=LogOutput("json", "info", stream).observer)
+        log.info("peer {peer}", peer=Holder(), config=Holder(), ratio=float("nan"), nested={"a": [1, "b"]})
+        event = json.loads(stream.getvalue())
+        self.assertEqual((event["message"], event["peer"], event["nested"]), ("peer shown", "shown", {"a": [1, "b"]}))
+        self.assertNotIn("config", event)  # not in the message: not in the line either
+        self.assertNotIn("ratio", event)  # NaN is not JSON
+        self.assertNotIn("hunter2", stream.getvalue())
+
+    def test_legacy_twisted_events_are_lines_like_any_other(self) -> None:
+        from twisted.python import log as legacy
+
+        stream = io.StringIO()
+        observer = LogOutput("json", "info", stream).observer
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        legacy.msg("old style", "message", system="tcp")
+        legacy.err(ValueError("bad"), "while testing")
+        self.flushLoggedErrors(ValueError)
+        lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+        self.assertEqual(len(lines), 2, lines)
+        first, second = lines
+        self.assertEqual((first["message"], first["level"], first["system"]), ("old style message", "info", "tcp"))
+        self.assertEqual(second["level"], "critical")
+        self.assertIn("while testing", second["message"])
+        self.assertIn("ValueError: bad", second["traceback"])
+        for line in lines:
+            self.assertFalse({"isError", "why", "failure", "format"} & set(line), line)
+
     def test_only_non_default_settings_replace_twistds_observer(self) -> None:
         self.assertFalse(LogOutput.wanted("text", "info"))
         self.assertTrue(LogOutput.wanted("json", "info"))
