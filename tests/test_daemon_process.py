@@ -1,4 +1,5 @@
-"""`twistd myservices` as a real process, as operators meet it: its JSON log.
+"""`twistd myservices` as a real process, as operators meet it: its JSON log, a data directory it may
+not write.
 
 Each test spawns the daemon with the JSON log on standard output and waits for log events, never
 for time: L{Daemon.event} fires when a line matching a predicate arrives.
@@ -207,3 +208,54 @@ class JsonLogTests(TestCase):
         # twistd's and Twisted's own events too
         self.assertIn("Main loop terminated.", [e["message"] for e in daemon.events])
         self.assertNotIn("hunter2", daemon.log())
+
+
+class DataDirectoryTests(TestCase):
+    """A data directory the daemon may not write: a root-owned Docker volume under the image's uid 10001."""
+
+    timeout = 60
+
+    async def test_the_log_says_which_directory_which_uid_and_what_to_do_and_a_fix_needs_no_restart(self) -> None:
+        directory = shareable_dir(self)
+        data = directory / "data"
+        data.mkdir()
+        if os.geteuid() == 0:
+            # as in the container: root owns the directory (mode 0755) and the daemon runs as uid 10001
+            uid, as_user = IMAGE_UID, IMAGE_UID
+            data.chmod(0o755)
+        else:
+            uid, as_user = os.geteuid(), None
+            data.chmod(0o555)
+            self.addCleanup(data.chmod, 0o755)
+        config = f"""
+            [daemon]
+            log_format = "json"
+            data_dir = "{data}"
+            [services.http]
+            endpoint = "tcp:0:interface=127.0.0.1"
+        """
+        daemon = start(self, directory, config, as_user=as_user)
+        error = await daemon.event(lambda e: e.get("level") == "error" and "SQLite" in e.get("message", ""))
+        message = error["message"]
+        for words in (
+            f"cannot open the SQLite database {data}/myservices.sqlite3",
+            f"the directory {data} is not writable by this process (uid {uid}, gid {uid})",
+            f"chown {uid}:{uid} {data}",
+            "[daemon] data_dir",
+        ):
+            self.assertIn(words, message)
+        await daemon.event(listening("http"))
+        http = daemon.address("http")
+        self.assertEqual(await fetch(http, "/readyz"), 503)
+        self.assertEqual(await fetch(http, "/"), 503)
+        self.assertEqual(await fetch(http, "/healthz"), 200)  # alive; the image's HEALTHCHECK asks /readyz
+        # what the message says to do, while it runs: the next retry opens the database
+        if as_user is not None:
+            os.chown(data, uid, uid)
+        else:
+            data.chmod(0o755)
+        await daemon.event(lambda e: "schema ready" in e.get("message", ""))
+        self.assertEqual(await fetch(http, "/readyz"), 200)
+        self.assertTrue(stat.S_ISREG((data / "myservices.sqlite3").stat().st_mode))
+        daemon.transport.signalProcess("TERM")
+        await daemon.ended
