@@ -1,5 +1,5 @@
 """`twistd myservices` as a real process, as operators meet it: its JSON log, a data directory it may
-not write.
+not write, and its exit status on SIGTERM in a shell and as PID 1 (a container's).
 
 Each test spawns the daemon with the JSON log on standard output and waits for log events, never
 for time: L{Daemon.event} fires when a line matching a predicate arrives.
@@ -259,3 +259,45 @@ class DataDirectoryTests(TestCase):
         self.assertTrue(stat.S_ISREG((data / "myservices.sqlite3").stat().st_mode))
         daemon.transport.signalProcess("TERM")
         await daemon.ended
+
+
+class StopStatusTests(TestCase):
+    """What SIGTERM ends with (docs/deployment.md, Stopping): twistd re-raises it after a clean stop."""
+
+    timeout = 60
+    CONFIG = """
+        [daemon]
+        log_format = "json"
+        data_dir = "data"
+        [services.echo]
+        endpoint = "tcp:0:interface=127.0.0.1"
+    """
+
+    async def test_in_a_shell_or_under_systemd_the_process_ends_by_sigterm(self) -> None:
+        daemon = start(self, shareable_dir(self), self.CONFIG)
+        await daemon.event(serving)  # a SIGTERM before the reactor runs would kill it at once
+        daemon.transport.signalProcess("TERM")
+        reason = await daemon.ended
+        # killed by SIGTERM (a shell says 143; systemd counts it as a clean stop), after the drain
+        self.assertEqual((reason.exitCode, reason.signal), (None, signal.SIGTERM))
+        self.assertIn("pool closed", daemon.log())
+
+    async def test_as_pid_1_in_a_container_the_exit_status_is_0(self) -> None:
+        unshare = shutil.which("unshare")
+        if unshare is None:
+            raise SkipTest("unshare (util-linux) is missing: needed for a PID namespace")
+        userns = [] if os.geteuid() == 0 else ["--user", "--map-root-user"]
+        daemon = start(self, shareable_dir(self), self.CONFIG, prefix=[unshare, *userns, "--pid", "--fork", "--kill-child", "--mount-proc"])
+        try:
+            await daemon.event(serving)
+        except AssertionError as e:
+            raise SkipTest(f"cannot make a PID namespace here: {e}") from None
+        unshare_pid = daemon.transport.pid
+        children = Path(f"/proc/{unshare_pid}/task/{unshare_pid}/children").read_text().split()
+        (pid_1,) = children  # twistd, PID 1 in its namespace
+        self.assertIn("\t1\n", Path(f"/proc/{pid_1}/status").read_text().split("NSpid:")[1].split("\n")[0] + "\n")
+        os.kill(int(pid_1), signal.SIGTERM)
+        reason = await daemon.ended
+        # twistd's re-raised SIGTERM is ignored by the kernel for PID 1: it returns and exits 0
+        self.assertEqual((reason.exitCode, reason.signal), (0, None))
+        self.assertIn("pool closed", daemon.log())
