@@ -29,6 +29,8 @@ from twisted.internet.threads import deferToThread
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, TestCase
 
+from tests.support import ci
+
 TWISTD = str(Path(sys.executable).parent / "twistd")
 # the image's user (Dockerfile: USER 10001:10001)
 IMAGE_UID = 10001
@@ -100,6 +102,17 @@ def listening(service: str) -> Callable[[Event], bool]:
     return lambda e: e.get("service") == service and "address" in e and "bound to" in e.get("message", "")
 
 
+def util_linux(name: str) -> str:
+    """The path of a util-linux command; a skip saying so when it is missing (a failure under CI=true)."""
+    found = shutil.which(name)
+    if found is None:
+        message = f"{name} is missing: apt-get install util-linux"
+        if ci():
+            raise AssertionError(message)
+        raise SkipTest(message)
+    return found
+
+
 def shareable_dir(testcase: TestCase) -> Path:
     """A fresh directory every user can enter and read (for a daemon that runs as another user)."""
     directory = Path(tempfile.mkdtemp(prefix="myservices-"))
@@ -119,9 +132,7 @@ def start(testcase: TestCase, directory: Path, config: str, prefix: list[str] | 
         # root drops to the user for the daemon alone, keeping only CAP_DAC_READ_SEARCH so that it can
         # read the interpreter wherever it is installed (pyenv's under /root, say): writing a directory
         # it does not own is refused, as in the container
-        setpriv = shutil.which("setpriv")
-        if setpriv is None:
-            raise SkipTest("setpriv (util-linux) is missing: needed to run the daemon as another user")
+        setpriv = util_linux("setpriv")
         argv = [setpriv, f"--reuid={as_user}", f"--regid={as_user}", "--clear-groups",
                 "--inh-caps=-all,+dac_read_search", "--ambient-caps=+dac_read_search", *argv]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MYSERVICES", "NOTIFY_SOCKET", "LISTEN_"))}
@@ -283,9 +294,7 @@ class StopStatusTests(TestCase):
         self.assertIn("pool closed", daemon.log())
 
     async def test_as_pid_1_in_a_container_the_exit_status_is_0(self) -> None:
-        unshare = shutil.which("unshare")
-        if unshare is None:
-            raise SkipTest("unshare (util-linux) is missing: needed for a PID namespace")
+        unshare = util_linux("unshare")
         userns = [] if os.geteuid() == 0 else ["--user", "--map-root-user"]
         daemon = start(self, shareable_dir(self), self.CONFIG, prefix=[unshare, *userns, "--pid", "--fork", "--kill-child", "--mount-proc"])
         try:
