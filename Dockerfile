@@ -28,8 +28,12 @@ USER 10001:10001
 VOLUME ["/var/lib/myservices"]
 # echo, chat, UDP echo, HTTP, WebSocket, framed JSON, PB
 EXPOSE 1234 1025 10004/udp 8080 18000 8000 8800
-HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
-    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=4)"]
+# healthy = serving: /readyz (every listener bound, the database and the hub answer); unhealthy after
+# 3 failed checks in a row, 30 s, once the start period (migrations, a crashed daemon's hub lease) is over.
+# See docs/deployment.md#health-checks.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/readyz', timeout=4)"]
+# SIGTERM drains (docs/deployment.md); as PID 1, twistd then exits with status 0 (#exit-status there)
 STOPSIGNAL SIGTERM
 # --pidfile= always: a stale pid file blocks start-up, and in a restarted container it names PID 1
 CMD ["twistd", "--nodaemon", "--pidfile=", "myservices", "--config", "/etc/myservices/myservices.toml"]

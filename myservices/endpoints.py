@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from twisted.internet.endpoints import serverFromString
@@ -42,6 +44,78 @@ def split_description(description: str) -> tuple[list[str], dict[str, str]]:
         else:
             args.append(part)
     return args, kwargs
+
+
+# the server endpoint kinds whose options name files: their parameters in Twisted's positional order
+# (twisted.internet.endpoints._parseSSL, _parseUNIX), and which of them are paths
+_PARAMETERS = {
+    "ssl": ("port", "privateKey", "certKey", "sslmethod", "interface", "backlog", "extraCertChain", "dhParameters"),
+    "unix": ("address", "mode", "backlog", "lockfile"),
+}
+_PATHS = {"ssl": ("privateKey", "certKey", "extraCertChain", "dhParameters"), "unix": ("address",)}
+# what Twisted's ssl: endpoint reads when no privateKey is given (relative, like any other)
+_SSL_DEFAULT_KEY = "server.pem"
+
+
+def _raw_parts(description: str) -> list[str]:
+    """The parts of C{description} between unescaped colons, escapes kept."""
+    parts: list[str] = []
+    current: list[str] = []
+    chars = iter(description)
+    for ch in chars:
+        if ch == "\\":
+            current += [ch, next(chars, "")]
+        elif ch == ":":
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(ch)
+    parts.append("".join(current))
+    return parts
+
+
+def _unescape(part: str) -> str:
+    return re.sub(r"\\(.)", r"\1", part)
+
+
+def _escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace(":", "\\:")
+
+
+def resolve_endpoint_paths(description: str, base_dir: Path) -> str:
+    """C{description} with every relative file path in it made absolute against C{base_dir}.
+
+    The files an ``ssl:`` endpoint reads (``privateKey``, ``certKey``,
+    ``extraCertChain``, ``dhParameters``; Twisted's default ``server.pem``
+    when no ``privateKey`` is given) and a ``unix:`` socket's path, as
+    keywords or positionally. Twisted would resolve them against the working
+    directory; the configuration's relative paths are relative to the config
+    file. Anything else, and every part without a relative path, is kept as
+    written.
+    """
+    if not isinstance(description, str):
+        return description
+    parts = _raw_parts(description)
+    kind = _unescape(parts[0]).lower()
+    if kind not in _PATHS:
+        return description
+    parameters, paths = _PARAMETERS[kind], _PATHS[kind]
+    seen: set[str] = set()
+    position = 0
+    for i, part in enumerate(parts[1:], 1):
+        text = _unescape(part)
+        if "=" in text:
+            key, value = text.split("=", 1)
+        else:
+            key, value = (parameters[position] if position < len(parameters) else ""), text
+            position += 1
+        seen.add(key)
+        if key in paths and value and not os.path.isabs(value):
+            resolved = str(base_dir / value)
+            parts[i] = _escape(f"{key}={resolved}" if "=" in text else resolved)
+    if kind == "ssl" and "privateKey" not in seen:
+        parts.append(_escape(f"privateKey={base_dir / _SSL_DEFAULT_KEY}"))
+    return ":".join(parts)
 
 
 class _NoReactor:
@@ -93,6 +167,8 @@ def _check_systemd(args: list[str], kwargs: dict[str, str]) -> None:
 
 
 def _describe(error: Exception) -> str:
+    if isinstance(error, OSError) and error.filename:  # a key or certificate of ssl:
+        return f"cannot read {error.filename}: {error.strerror}"
     text = str(error) or type(error).__name__
     unexpected = re.search(r"unexpected keyword argument '([^']*)'", text)
     if unexpected:

@@ -78,7 +78,10 @@ class ReloadService(Service):
     ) -> None:
         self.path = path
         self._load = load
-        self.applied_config = config  # what reloads compare with: the configuration as last applied
+        # what reloads compare with: the configuration in effect (the file as last applied, except the keys
+        # that wait for a restart, at the values the daemon runs with)
+        self.applied_config = config
+        self.waiting: list[str] = []  # keys (or whole services) changed in the file that wait for a restart
         self.listeners = listeners
         self.sections = sections
         self._reactor = reactor
@@ -130,9 +133,13 @@ class ReloadService(Service):
         for f in dataclasses.fields(new):
             if f.name not in self.sections and f.name not in ("source", "services"):
                 restart += [f"{f.name}.{key}" for key in changed_keys(getattr(old, f.name), getattr(new, f.name))]
-        self.applied_config = new
+        back = [key for key in self.waiting if not _covered(key, restart)]
+        self.applied_config = in_effect(old, new, restart)
+        self.waiting = restart
         for key in applied:
             log.info("reload: {key} = {value}", key=key, value=_value_of(new, key))
+        for key in back:
+            log.info("reload: {key} is back to the value the daemon runs with; no restart needed for it", key=key)
         for key in restart:
             log.warn("reload: {key} changed; restart the daemon to apply it", key=key)
         log.info(
@@ -158,6 +165,44 @@ class ReloadService(Service):
             later = service.reconfigure(cfg, changed)
             restart += [f"services.{name}.{key}" for key in later]
             applied += [f"services.{name}.{key}" for key in changed if key not in later]
+
+
+def _covered(key: str, restart: Sequence[str]) -> bool:
+    """Whether C{key} (``section.key`` or ``services.NAME[.key]``) is among C{restart}, or inside one of them."""
+    return any(key == r or key.startswith(r + ".") or r.startswith(key + ".") for r in restart)
+
+
+def in_effect(old: Config, new: Config, restart: Sequence[str]) -> Config:
+    """C{new}, with each key of C{restart} at its value in C{old}: the configuration the daemon runs with.
+
+    C{restart} holds ``section.key``, ``services.NAME.key`` and, for a
+    service added, removed or of another kind, ``services.NAME``.
+    """
+    kept: dict[str, list[str]] = {}
+    whole: set[str] = set()
+    for key in restart:
+        parts = key.split(".")
+        if parts[0] == "services" and len(parts) == 2:
+            whole.add(parts[1])
+        else:
+            kept.setdefault(".".join(parts[:-1]), []).append(parts[-1])
+
+    def merged(where: str, old_section: Any, new_section: Any) -> Any:
+        keys = kept.get(where)
+        return dataclasses.replace(new_section, **{k: getattr(old_section, k) for k in keys}) if keys else new_section
+
+    sections = {
+        f.name: merged(f.name, getattr(old, f.name), getattr(new, f.name))
+        for f in dataclasses.fields(new) if f.name not in ("source", "services")
+    }
+    services: dict[str, Any] = {}
+    for name in [*new.services, *(n for n in old.services if n not in new.services)]:
+        if name in whole:
+            if name in old.services:  # still running; one added in the file is not
+                services[name] = old.services[name]
+        else:
+            services[name] = merged(f"services.{name}", old.services.get(name), new.services[name])
+    return dataclasses.replace(new, services=services, **sections)
 
 
 def _value_of(config: Config, key: str) -> str:

@@ -12,7 +12,7 @@ import typing
 from pathlib import Path
 from typing import Any, Literal
 
-from myservices.endpoints import EndpointSyntaxError, check_stream_endpoint, parse_udp_endpoint
+from myservices.endpoints import EndpointSyntaxError, check_stream_endpoint, parse_udp_endpoint, resolve_endpoint_paths
 from myservices.settings import DURATION, PATH, SIZE, STREAM_ENDPOINT, STRINGS, UDP_ENDPOINT, parse_size
 
 
@@ -65,6 +65,8 @@ class Validator:
             except ValueError:
                 raise ValueError(f"expected {expected}, got {_toml_type(value)}") from None
         elif kind == STREAM_ENDPOINT:
+            # the files of ssl: and the path of unix:, like every relative path, are relative to the config file
+            value = resolve_endpoint_paths(value, self.base_dir)
             try:
                 check_stream_endpoint(value)
             except EndpointSyntaxError as e:

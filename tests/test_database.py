@@ -160,6 +160,29 @@ class SQLiteDatabaseTests(DatabaseTestsMixin, TestCase):
         db = self.start("sqlite:///:memory:")
         self.assertEqual(await db.run(insert_item_txn, "m"), 1)
 
+    async def test_a_data_dir_that_cannot_be_created_is_explained_and_retried(self) -> None:
+        # a file where the data directory's parent should be: real for every user, root included
+        # (tests/test_daemon_process.py has the directory another user owns, with a real daemon)
+        in_the_way = Path(self.mktemp()).resolve()
+        in_the_way.parent.mkdir(parents=True, exist_ok=True)
+        in_the_way.write_text("not a directory")
+        data_dir = in_the_way / "data"
+        db = Database.from_config(DatabaseConfig(url="sqlite:///x.sqlite3"), data_dir, reactor, migrations=MIGRATIONS)
+        db.startService()  # does not raise: the directory is made in the pool's thread, and retried
+        self.addCleanup(db.stopService)
+        with self.assertRaises(DatabaseUnavailable) as caught:
+            await db.run(insert_item_txn, "x")
+        message = str(caught.exception)
+        self.assertIn(f"cannot open the SQLite database {data_dir / 'x.sqlite3'}", message)
+        self.assertIn(f"{in_the_way} is not a directory", message)
+        self.assertIn("[daemon] data_dir", message)
+        self.assertIsNotNone(db._retry)  # fixing it needs no restart
+        in_the_way.unlink()
+        in_the_way.mkdir()
+        db._retry.reset(0)
+        await db.when_ready()
+        self.assertEqual(await db.run(insert_item_txn, "x"), 1)
+
 
 @pytest.mark.mysql
 class MySQLDatabaseTests(DatabaseTestsMixin, TestCase):

@@ -57,6 +57,18 @@ class DockerfileTests(TestCase):
         for port in ("1234", "1025", "10004/udp", "8080", "18000", "8000", "8800"):
             self.assertRegex(text, rf"\nEXPOSE .*\b{re.escape(port)}\b")
 
+    def test_the_health_check_is_readiness_with_a_start_period(self) -> None:
+        # healthy means serving: a database the daemon cannot open makes the container unhealthy
+        (line,) = re.findall(r"^HEALTHCHECK (.+?)\\\n\s+CMD (.+)$", (REPO / "Dockerfile").read_text(), re.M)
+        options = dict(option.lstrip("-").split("=") for option in line[0].split())
+        self.assertIn("'http://127.0.0.1:8080/readyz'", line[1])
+        self.assertEqual(options["start-period"], "30s")
+        self.assertGreater(float(options["timeout"].rstrip("s")), 4)  # more than the probe's own timeout
+        http = load(self, (REPO / "config" / "docker" / "myservices.toml").read_text()).services["http"]
+        self.assertTrue(http.endpoint.startswith("tcp:8080:"), http.endpoint)
+        # /readyz answers within the database's ready_timeout, well inside the probe's 4 s
+        self.assertLess(http.ready_timeout, 4)
+
     def test_the_image_config_is_the_default_config_on_every_interface(self) -> None:
         default = (REPO / "config" / "myservices.toml").read_text()
         image = (REPO / "config" / "docker" / "myservices.toml").read_text()

@@ -469,7 +469,10 @@ class OperationsEndToEndTests(DaemonTestCase):
         self.assertTrue(events)
         applied = [e for e in events if e.get("log_format") == "reload: {key} = {value}"]
         self.assertEqual([(e["key"], e["value"]) for e in applied], [("services.chat.max_line_length", "64")])
-        self.assertTrue(any(e.get("log_namespace", "").startswith("myservices.db") for e in events))
+        self.assertTrue(any(e["namespace"].startswith("myservices.db") for e in events))
+        for e in events:  # what log shippers need: a message, a level by name, an ISO-8601 time
+            self.assertEqual(sorted(e.keys() & {"time", "level", "message"}), ["level", "message", "time"], e)
+            self.assertRegex(e["time"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
 
 CRASH_CONFIG = """

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import io
+import os
+import shutil
 import socket
 import sys
+import tempfile
 from pathlib import Path
 
 from twisted.application.service import IService
@@ -15,7 +18,9 @@ from twisted.plugin import getPlugins
 from twisted.trial.unittest import TestCase
 
 from myservices import tap
+from myservices.config import ConfigError
 from myservices.listeners import ListenError, format_address
+from myservices.registry import load_config
 from myservices.tree import OrderedMultiService, build_service_tree
 from tests.support import LOCAL_SERVICES, REPO, load, start_tree, write_config
 
@@ -130,7 +135,9 @@ class TreeTests(TestCase):
         self.assertNotEqual(tree.address("echo").port, 0)
 
     async def test_unix_socket_endpoint(self) -> None:
-        path = self.mktemp() + ".sock"
+        directory = tempfile.mkdtemp(prefix="ms-")  # AF_UNIX paths are short
+        self.addCleanup(shutil.rmtree, directory, True)
+        path = os.path.join(directory, "echo.sock")
         tree = await start_tree(self, load(self, f'[services.echo]\nendpoint = "unix:{path}"\n'))
         from twisted.internet.endpoints import UNIXClientEndpoint, connectProtocol
         from tests.support import Collector
@@ -191,6 +198,60 @@ class TlsTests(TestCase):
         self.assertEqual(await client.receive(60000), b"secret" * 10000)
         client.transport.loseConnection()
         await client.closed
+
+
+class RelativeEndpointPathTests(TestCase):
+    """Paths inside endpoint strings are relative to the config file, whatever the working directory."""
+
+    def elsewhere(self) -> None:
+        cwd = Path(self.mktemp()).resolve()
+        cwd.mkdir(parents=True)
+        self.addCleanup(os.chdir, os.getcwd())
+        os.chdir(cwd)
+
+    async def test_ssl_files_relative_to_the_config_file(self) -> None:
+        from twisted.internet.endpoints import SSL4ClientEndpoint, connectProtocol
+        from twisted.internet.ssl import Certificate, optionsForClientTLS
+
+        from tests.support import Collector
+
+        config_dir = Path(self.mktemp()).resolve()
+        key, cert = write_self_signed_certificate(config_dir / "tls")
+        path = config_dir / "myservices.toml"
+        path.write_text(
+            '[database]\nurl = "sqlite:///:memory:"\n'
+            '[services.echo]\nendpoint = "ssl:0:interface=127.0.0.1:privateKey=tls/key.pem:certKey=tls/cert.pem"\n'
+        )
+        self.elsewhere()  # no tls/ here: the daemon must not look in the working directory
+        config = load_config(path, environ={})
+        self.assertEqual(
+            config.services["echo"].endpoint, f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}"
+        )
+        tree = await start_tree(self, config)
+        client = Collector()
+        options = optionsForClientTLS("127.0.0.1", trustRoot=Certificate.loadPEM(cert.read_bytes()))
+        await connectProtocol(SSL4ClientEndpoint(reactor, "127.0.0.1", tree.address("echo").port, options), client)
+        client.transport.write(b"over tls")
+        self.assertEqual(await client.receive(8), b"over tls")
+        client.transport.loseConnection()
+        await client.closed
+
+    async def test_a_unix_socket_relative_to_the_config_file(self) -> None:
+        config_dir = Path(tempfile.mkdtemp(prefix="ms-"))  # AF_UNIX paths are short
+        self.addCleanup(shutil.rmtree, config_dir, True)
+        path = config_dir / "myservices.toml"
+        path.write_text('[database]\nurl = "sqlite:///:memory:"\n[services.echo]\nendpoint = "unix:echo.sock:mode=600"\n')
+        self.elsewhere()
+        tree = await start_tree(self, load_config(path, environ={}))
+        self.assertEqual(format_address(tree.address("echo")), str(config_dir / "echo.sock"))
+        self.assertTrue((config_dir / "echo.sock").exists())
+
+    def test_a_missing_relative_key_is_reported_at_its_resolved_path(self) -> None:
+        path = write_config(self, '[services.echo]\nendpoint = "ssl:1234:privateKey=tls/key.pem"\n').resolve()
+        self.elsewhere()
+        with self.assertRaises(ConfigError) as caught:
+            load_config(path, environ={})
+        self.assertIn(f"cannot read {path.parent / 'tls' / 'key.pem'}: No such file", caught.exception.problems[0])
 
 
 class OrderedStopTests(TestCase):

@@ -18,6 +18,7 @@ from twisted.python.failure import Failure
 from myservices.db.config import DatabaseConfig, DatabaseUrl, parse_database_url
 from myservices.db.migrations import MIGRATIONS, Migration, SchemaTooNew, migrate_txn
 from myservices.db.pool import Dialect, Pool, Ticket, Txn, is_connection_error, is_transient_conflict, make_pool
+from myservices.db.sqlite_files import DatabaseFileError
 from myservices.errors import DatabaseTimeout, DatabaseUnavailable
 from myservices.metrics import Metrics
 
@@ -83,8 +84,6 @@ class Database(Service):
 
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]  # twisted's Service is unannotated
-        if self.url.scheme == "sqlite" and self.url.path != ":memory:":
-            os.makedirs(os.path.dirname(self.url.path), exist_ok=True)
         self.pool, self.dialect = make_pool(self.url, self.cfg, self._reactor)
         self.metrics.db_pool_size.set(self.pool.max)
         self.metrics.db_pool_open.set_function(lambda: len(self.pool.connections) if self.pool is not None else 0)
@@ -156,10 +155,17 @@ class Database(Service):
             # retrying cannot help; stay unready so readiness checks say why
             self.log.critical("database {url}: {error}", url=self.url.safe, error=self.last_error)
         else:
-            self.log.error(
-                "database {url}: schema migration failed, retrying in {delay}s: {error}",
-                url=self.url.safe, delay=self._delay, error=self.last_error,
-            )
+            if failure.check(DatabaseFileError):
+                # the deployment (the directory's owner, a mount): retried, so that fixing it needs no restart
+                self.log.error(
+                    "database {url}: {error}; retrying in {delay}s",
+                    url=self.url.safe, error=self.last_error, delay=self._delay,
+                )
+            else:
+                self.log.error(
+                    "database {url}: schema migration failed, retrying in {delay}s: {error}",
+                    url=self.url.safe, delay=self._delay, error=self.last_error,
+                )
             self._retry = self._clock.callLater(self._delay, self._attempt_migration)
             self._delay = min(self._delay * 2, self.retry_max)
         self._fire_waiters()

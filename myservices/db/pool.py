@@ -19,6 +19,7 @@ from twisted.internet import threads
 from twisted.internet.defer import Deferred
 
 from myservices.db.config import DatabaseConfig, DatabaseUrl
+from myservices.db.sqlite_files import DatabaseFileError, explain, is_file_error, prepare_directory
 
 Dialect = Literal["sqlite", "mysql"]
 
@@ -125,6 +126,38 @@ class Pool(adbapi.ConnectionPool):
         return self._runInteraction(interaction, *args)  # type: ignore[no-untyped-call]  # adbapi is unannotated
 
 
+class SQLitePool(Pool):
+    """The pool of one SQLite file: its directory is created, and a file it cannot use is explained.
+
+    Both happen in the pool's thread (file system calls block). SQLite's
+    "unable to open database file" becomes a L{DatabaseFileError} that names
+    the path, this process's uid and gid, and what to do.
+    """
+
+    def __init__(self, path: str, **kw: Any) -> None:
+        super().__init__("sqlite3", path, **kw)
+        self.path = path
+        self._directory_ready = path == ":memory:"
+
+    def _run_transaction(self, ticket: Ticket, interaction: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+        try:
+            if not self._directory_ready:
+                prepare_directory(self.path)
+                self._directory_ready = True
+            return super()._run_transaction(ticket, interaction, args)
+        except DatabaseFileError:
+            raise
+        except sqlite3.OperationalError as e:
+            if not is_file_error(e):
+                raise
+            # a file opened read-only stays so: open it again next time (the owner may have been fixed)
+            conn = self.connections.pop(self.threadID(), None)
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    conn.close()
+            raise DatabaseFileError(explain(self.path, e)) from e
+
+
 @contextlib.contextmanager
 def _io_timeout(conn: pymysql.connections.Connection, seconds: float) -> Iterator[None]:
     # pymysql applies _read_timeout / _write_timeout to the socket before each read and write
@@ -209,8 +242,7 @@ def make_pool(url: DatabaseUrl, cfg: DatabaseConfig, reactor: Any) -> tuple[Pool
     """Create (but do not start) the pool for C{url}."""
     if url.scheme == "sqlite":
         # exactly one connection: with several, a file database lost updates silently
-        pool = Pool(
-            "sqlite3",
+        sqlite_pool = SQLitePool(
             url.path,
             check_same_thread=False,  # the pool closes it from the reactor thread
             cp_min=1,
@@ -219,7 +251,7 @@ def make_pool(url: DatabaseUrl, cfg: DatabaseConfig, reactor: Any) -> tuple[Pool
             cp_reactor=reactor,
             cp_noisy=False,
         )
-        return pool, "sqlite"
+        return sqlite_pool, "sqlite"
     pool = MySQLPool(
         "pymysql",
         host=url.host,
@@ -265,5 +297,5 @@ def is_connection_error(error: BaseException) -> bool:
         code = error.args[0] if error.args else None
         return code in (1040, 1053, 2003, 2006, 2013, 2055)
     if isinstance(error, sqlite3.OperationalError):
-        return "unable to open" in str(error) or "locked" in str(error)
+        return is_file_error(error) or "locked" in str(error)
     return False

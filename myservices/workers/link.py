@@ -55,7 +55,7 @@ class LinkProtocol(LineOnlyReceiver):
         try:
             self.on_message(message)
         except Exception:
-            self.log.failure("control connection: handling {message!r} failed", message=message)
+            self.log.failure("control connection: handling {control!r} failed", control=message)
 
     def lineLengthExceeded(self, line: bytes) -> None:
         self.log.error("control connection: a line over {limit} bytes; closing it", limit=self.MAX_LENGTH)
