@@ -16,13 +16,14 @@ from twisted.python.failure import Failure
 from myservices.endpoints import missing_inherited_socket
 from myservices.errors import BUSY
 from myservices.metrics import ServiceMetrics
+from myservices.startup import StartupError
 from myservices.workers.sockets import Inherited, adopt_datagram, adopt_stream
 
 
 _log = Logger()
 
 
-class ListenError(Exception):
+class ListenError(StartupError):
     """A service could not bind its endpoint; startup is aborted."""
 
 

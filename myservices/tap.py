@@ -12,8 +12,8 @@ from twisted.python import usage
 from myservices.config import ENV_ALIASES, ENV_PASSWORD, ENV_PASSWORD_FILE, ENV_PREFIX, Config, ConfigError
 from myservices.db.config import parse_database_url
 from myservices.endpoints import host_problem
-from myservices.listeners import ListenError
 from myservices.registry import load_config
+from myservices.startup import StartupError
 from myservices.tree import build_service_tree
 from myservices.workers.checks import worker_count
 from myservices.workers.supervisor import Supervisor
@@ -77,7 +77,7 @@ def _quiet_start_up_errors() -> None:
     previous = sys.excepthook
 
     def hook(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
-        if not isinstance(value, ListenError):
+        if not isinstance(value, StartupError):
             previous(kind, value, tb)
 
     sys.excepthook = hook

@@ -46,8 +46,9 @@ class StartupFailureTests(TestCase):
         self.assertNotIn("Traceback", output)
         lines = [line for line in output.splitlines() if message in line]
         self.assertEqual(len(lines), 1, output)
-        # the log's own lines and that one: nothing else (twistd's two start-up lines)
-        self.assertLessEqual(len(output.splitlines()), 3, output)
+        # nothing else went wrong: no other error or critical line
+        others = [line for line in output.splitlines() if ("#critical]" in line or "#error]" in line) and message not in line]
+        self.assertEqual(others, [], output)
 
     def test_port_in_use_is_one_line_without_a_traceback(self) -> None:
         blocker = socket.socket()
@@ -74,6 +75,18 @@ class StartupFailureTests(TestCase):
             MYSERVICES__DAEMON__WORKERS="2",
         )
         self.assert_one_line_and_no_traceback(result, "services.echo: cannot listen on systemd:domain=INET:name=web: ")
+
+    def test_a_data_directory_that_cannot_be_made_is_one_line_without_a_traceback(self) -> None:
+        blocker = Path(self.mktemp()).resolve()
+        blocker.write_text("a file, not a directory\n")
+        result = self.twistd(
+            '[services.echo]\nendpoint = "tcp:0:interface=127.0.0.1"\n', "-n", "--pidfile=",
+            MYSERVICES_DATA_DIR=str(blocker / "data"),
+        )
+        self.assert_one_line_and_no_traceback(
+            result, f"database sqlite:///{blocker}/data/startup.sqlite3: cannot create its directory {blocker}/data: "
+            "Not a directory"
+        )
 
     def test_check_refuses_a_unix_socket_in_a_missing_directory(self) -> None:
         missing = Path(self.mktemp()).resolve() / "absent"

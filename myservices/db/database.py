@@ -20,6 +20,7 @@ from myservices.db.migrations import MIGRATIONS, Migration, SchemaTooNew, migrat
 from myservices.db.pool import Dialect, Pool, Ticket, Txn, is_connection_error, is_transient_conflict, make_pool
 from myservices.errors import DatabaseTimeout, DatabaseUnavailable
 from myservices.metrics import Metrics
+from myservices.startup import StartupError
 
 T = TypeVar("T")
 
@@ -84,7 +85,15 @@ class Database(Service):
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]  # twisted's Service is unannotated
         if self.url.scheme == "sqlite" and self.url.path != ":memory:":
-            os.makedirs(os.path.dirname(self.url.path), exist_ok=True)
+            directory = os.path.dirname(self.url.path)
+            try:
+                os.makedirs(directory, exist_ok=True)
+            except OSError as e:
+                self.log.critical(
+                    "database {url}: cannot create its directory {directory}: {reason}",
+                    url=self.url.safe, directory=directory, reason=e.strerror,
+                )
+                raise StartupError(f"database {self.url.safe}: cannot create its directory {directory}") from None
         self.pool, self.dialect = make_pool(self.url, self.cfg, self._reactor)
         self.metrics.db_pool_size.set(self.pool.max)
         self.metrics.db_pool_open.set_function(lambda: len(self.pool.connections) if self.pool is not None else 0)
