@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -39,6 +40,7 @@ from myservices.cli_usage import (
 from myservices.framed.client import ConnectionClosed, FramedClient, FramedError, connect
 
 __all__ = ["EXIT_STATUS", "main", "run_framed"]
+
 
 class Output:
     """Prints results as text or JSON lines."""
@@ -234,6 +236,8 @@ def _run(reactor: Any, args: argparse.Namespace, out: TextIO, password: str | No
     finished = Deferred.fromCoroutine(run())
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
+        if signals:  # a second Ctrl-C while the connection closes: leave now
+            os._exit(128 + signum)
         signals.append(signum)
         reactor.callFromThread(finished.cancel)
 
