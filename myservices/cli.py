@@ -8,84 +8,38 @@
 
 Passwords are read from $MYSERVICES_PASSWORD, a file (--password-file) or a
 prompt; never from the command line, where other users could see them.
-Exit status: 0 done, 1 the server answered with an error, 2 bad usage,
-3 the connection failed or closed.
+The framed options (--server, --user, --json, ...) may come before or after
+the command. Exit status: see L{EXIT_STATUS}.
 """
 
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
 import os
+import signal
 import sys
 from collections.abc import Sequence
+from types import FrameType
 from typing import Any, TextIO
 
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ConnectError
+from twisted.internet.error import ConnectError, DNSLookupError
 from twisted.internet.task import react
 
-from myservices.framed.catalog import COMMANDS
+from myservices.cli_usage import (
+    EXIT_CONNECTION,
+    EXIT_SERVER_ERROR,
+    EXIT_STATUS,
+    EXIT_USAGE,
+    UsageError,
+    check_usage,
+    make_parser,
+    read_password,
+)
 from myservices.framed.client import ConnectionClosed, FramedClient, FramedError, connect
 
-PASSWORD_ENV = "MYSERVICES_PASSWORD"
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="myservices-client", description="A client for the myservices daemon.")
-    protocols = parser.add_subparsers(dest="protocol", required=True, metavar="PROTOCOL")
-    framed = protocols.add_parser("framed", help="the framed JSON service (default 127.0.0.1:8000)")
-    framed.add_argument("--server", default="127.0.0.1:8000", metavar="HOST:PORT", help="default: %(default)s")
-    framed.add_argument(
-        "--endpoint", metavar="STRING", help='a Twisted client endpoint instead of --server, e.g. "tls:example.com:8000"'
-    )
-    framed.add_argument("--user", metavar="NAME", help="log in as NAME first (password: see --password-file)")
-    framed.add_argument(
-        "--password-file", metavar="PATH", help=f"read the password from PATH (else ${PASSWORD_ENV}, else a prompt)"
-    )
-    framed.add_argument("--json", action="store_true", help="print results and pushes as JSON, one per line")
-    framed.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS", help="connect timeout")
-    commands = framed.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    commands.add_parser("ping", help="check that the server answers")
-    register = commands.add_parser("register", help="create an account (asks for its password)")
-    register.add_argument("username")
-    commands.add_parser("login", help="check --user's password")
-    commands.add_parser("whoami", help="the account and nick of this connection")
-    publish = commands.add_parser("publish", help="publish TEXT to ROOM (no need to join)")
-    publish.add_argument("room")
-    publish.add_argument("text", nargs="+")
-    listen = commands.add_parser("listen", help="print what is published to the rooms until interrupted")
-    listen.add_argument("rooms", nargs="+", metavar="ROOM")
-    listen.add_argument("--join", action="store_true", help="join as a member (others see you) instead of subscribing")
-    listen.add_argument("--nick", help="the nick to use (with --join)")
-    listen.add_argument("--count", type=int, metavar="N", help="exit after N messages")
-    listen.add_argument("--since", type=int, metavar="ID",
-                        help="first print what was published after message ID (the last one you saw; one ROOM only)")
-    listen.add_argument("--ping-interval", type=float, default=60.0, metavar="SECONDS",
-                        help="keep the connection open with a ping this often (default: %(default)s)")
-    history = commands.add_parser("history", help="recent messages of ROOM")
-    history.add_argument("room")
-    history.add_argument("-n", "--limit", type=int)
-    who = commands.add_parser("who", help="members of ROOM")
-    who.add_argument("room")
-    commands.add_parser("rooms", help="rooms in use")
-    counter = commands.add_parser("counter", help="take the next number of the request counter")
-    counter.add_argument("--get", action="store_true", help="read it without taking a number")
-    kv = commands.add_parser("kv", help="the key-value store of --user's account")
-    kv_commands = kv.add_subparsers(dest="kv_command", required=True, metavar="ACTION")
-    kv_commands.add_parser("get", help="print the value of KEY").add_argument("key")
-    kv_set = kv_commands.add_parser("set", help="store VALUE (JSON; anything else is taken as a string) under KEY")
-    kv_set.add_argument("key")
-    kv_set.add_argument("value")
-    kv_commands.add_parser("delete", help="remove KEY").add_argument("key")
-    kv_list = kv_commands.add_parser("list", help="keys starting with PREFIX")
-    kv_list.add_argument("prefix", nargs="?", default="")
-    call = commands.add_parser("call", help="any command by name or id, with JSON arguments")
-    call.add_argument("name", metavar="COMMAND", help=f"e.g. {', '.join(list(COMMANDS)[:4])}, ... or a number")
-    call.add_argument("args", nargs="?", default="{}", metavar="JSON", help="arguments object (default: {})")
-    return parser
+__all__ = ["EXIT_STATUS", "main", "run_framed"]
 
 
 class Output:
@@ -123,17 +77,6 @@ class Output:
             print("server: shutting down", file=sys.stderr, flush=True)
 
 
-def read_password(args: argparse.Namespace, prompt: str) -> str:
-    if args.password_file:
-        with open(args.password_file, encoding="utf-8") as f:
-            return f.read().rstrip("\r\n")
-    if PASSWORD_ENV in os.environ:
-        return os.environ[PASSWORD_ENV]
-    if not sys.stdin.isatty():
-        raise SystemExit(f"myservices-client: no password: set ${PASSWORD_ENV}, use --password-file, or run in a terminal")
-    return getpass.getpass(prompt)
-
-
 def _json_or_text(text: str) -> Any:
     try:
         return json.loads(text)
@@ -141,7 +84,8 @@ def _json_or_text(text: str) -> Any:
         return text
 
 
-async def run_framed(reactor: Any, args: argparse.Namespace, out: TextIO) -> None:
+async def run_framed(reactor: Any, args: argparse.Namespace, out: TextIO, password: str | None = None) -> None:
+    """Connect to C{args.endpoint}, log in as C{args.user} with C{password}, run the command."""
     output = Output(args.json, out)
     messages: Deferred[None] = Deferred()
     seen = 0
@@ -154,33 +98,33 @@ async def run_framed(reactor: Any, args: argparse.Namespace, out: TextIO) -> Non
             if args.command == "listen" and args.count is not None and seen >= args.count and not messages.called:
                 messages.callback(None)
 
-    endpoint = args.endpoint
-    if endpoint is None:
-        host, _, port = args.server.rpartition(":")
-        endpoint = f"tcp:host={host.strip('[]') or '127.0.0.1'}:port={port}:timeout={args.timeout:g}"
-    client: FramedClient = await connect(reactor, endpoint, on_push)
     try:
-        if args.user:
-            password = read_password(args, f"password for {args.user}: ")
+        client: FramedClient = await connect(reactor, args.endpoint, on_push)
+    except (ConnectError, DNSLookupError, OSError) as e:
+        raise CannotConnect(str(e)) from None
+    try:
+        if args.user and password is not None:
             await client.call("login", username=args.user, password=password)
-        await _command(reactor, client, args, output, messages)
+        await _command(reactor, client, args, output, messages, password)
     finally:
         await client.close()
 
 
+class CannotConnect(Exception):
+    """The connection could not be made (exit status 3)."""
+
+
 async def _command(
-    reactor: Any, client: FramedClient, args: argparse.Namespace, output: Output, messages: Deferred[None]
+    reactor: Any, client: FramedClient, args: argparse.Namespace, output: Output, messages: Deferred[None],
+    password: str | None,
 ) -> None:
     c = args.command
     if c == "ping":
         output.result(await client.call("ping"), "pong")
     elif c == "register":
-        password = read_password(args, f"new password for {args.username}: ")
         result = await client.call("register", username=args.username, password=password)
         output.result(result, f"registered {result['username']}")
     elif c == "login":
-        if not args.user:
-            raise SystemExit("myservices-client: login needs --user")
         output.result(await client.call("whoami"), f"logged in as {args.user}")
     elif c == "whoami":
         result = await client.call("whoami")
@@ -227,13 +171,7 @@ async def _command(
         await _kv(client, args, output)
     elif c == "call":
         name: str | int = int(args.name) if args.name.isdigit() else args.name
-        if isinstance(name, str) and name not in COMMANDS:
-            raise SystemExit(f"myservices-client: unknown command {name!r} (known: {', '.join(COMMANDS)})")
-        try:
-            call_args = json.loads(args.args)
-        except ValueError as e:
-            raise SystemExit(f"myservices-client: arguments are not JSON: {e}") from None
-        output.result(await client.call(name, call_args))
+        output.result(await client.call(name, args.call_args))
 
 
 async def _kv(client: FramedClient, args: argparse.Namespace, output: Output) -> None:
@@ -261,26 +199,65 @@ def _closed(client: FramedClient, done: Deferred[None]) -> None:
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> None:
-    """The console script."""
-    parser = _parser()
+    """The console script; exits with one of the statuses of L{EXIT_STATUS}."""
+    from twisted.internet import reactor  # the console script is the one place that picks the reactor
+
+    parser = make_parser()
     args = parser.parse_args(argv)
-    if getattr(args, "since", None) is not None and (args.since < 0 or len(args.rooms) != 1):
-        parser.error("--since takes the last message id you saw (0 or more) in one ROOM: ids are per room")
+    password = None
+    try:
+        check_usage(args, reactor)
+        if args.command == "register":
+            password = read_password(args, f"new password for {args.username}: ")
+        elif args.user:
+            password = read_password(args, f"password for {args.user}: ")
+    except UsageError as e:
+        parser.exit(EXIT_USAGE, f"myservices-client: {e}\n")
+    except (KeyboardInterrupt, EOFError):  # at the password prompt
+        print(file=sys.stderr)
+        raise SystemExit(128 + signal.SIGINT) from None
+    react(lambda reactor: _run(reactor, args, out, password))
 
-    async def run(reactor: Any) -> None:
+
+def _run(reactor: Any, args: argparse.Namespace, out: TextIO, password: str | None) -> Deferred[None]:
+    """Run the command; Ctrl-C or SIGTERM cancel it, which closes the connection and exits 128+N quietly."""
+    signals: list[int] = []
+
+    async def run() -> None:
         try:
-            await run_framed(reactor, args, out)
-        except ConnectionClosed as e:
-            print(f"myservices-client: connection closed: {e.message}", file=sys.stderr)
-            raise SystemExit(3) from None
-        except FramedError as e:
-            print(f"myservices-client: {e.code}: {e.message}", file=sys.stderr)
-            raise SystemExit(1) from None
-        except ConnectError as e:
-            print(f"myservices-client: cannot connect: {e}", file=sys.stderr)
-            raise SystemExit(3) from None
+            await run_framed(reactor, args, out, password)
+        except Exception as e:
+            if signals:
+                raise SystemExit(128 + signals[0]) from None
+            code, message = _exit_for(e)
+            print(f"myservices-client: {message}", file=sys.stderr)
+            raise SystemExit(code) from None
 
-    react(lambda reactor: Deferred.fromCoroutine(run(reactor)))
+    finished = Deferred.fromCoroutine(run())
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        if signals:  # a second Ctrl-C while the connection closes: leave now
+            os._exit(128 + signum)
+        signals.append(signum)
+        reactor.callFromThread(finished.cancel)
+
+    def install() -> None:  # after the reactor's own handlers, which would just stop it
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, on_signal)
+
+    reactor.callWhenRunning(install)
+    return finished
+
+
+def _exit_for(error: Exception) -> tuple[int, str]:
+    """The exit status and the line to print for what ended the command; anything else is a bug, re-raised."""
+    if isinstance(error, ConnectionClosed):
+        return EXIT_CONNECTION, f"connection closed: {error.message}"
+    if isinstance(error, FramedError):
+        return EXIT_SERVER_ERROR, f"{error.code}: {error.message}"
+    if isinstance(error, CannotConnect):
+        return EXIT_CONNECTION, f"cannot connect: {error}"
+    raise error
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ the file, the declared defaults.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
@@ -48,13 +49,21 @@ ENV_REDIS_PASSWORD = "MYSERVICES_REDIS_PASSWORD"
 ENV_REDIS_PASSWORD_FILE = "MYSERVICES_REDIS_PASSWORD_FILE"
 
 
+# a problem that comes from an environment variable, not the file, starts with this and the variable's name
+ENV_PROBLEM = "environment variable "
+
+
 class ConfigError(Exception):
-    """The configuration cannot be used; C{problems} lists every reason found."""
+    """The configuration cannot be used; C{problems} lists every reason found.
+
+    Each line of the message names where the problem is: the file, or the
+    environment variable (L{ENV_PROBLEM}) that set the key.
+    """
 
     def __init__(self, source: str, problems: list[str]) -> None:
         self.source = source
         self.problems = problems
-        super().__init__("\n".join(f"{source}: {p}" for p in problems))
+        super().__init__("\n".join(p if p.startswith(ENV_PROBLEM) else f"{source}: {p}" for p in problems))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -161,10 +170,25 @@ def config_from_dict(
     """Validate an already parsed TOML document (see L{read_config})."""
     environ = os.environ if environ is None else environ
     problems: list[str] = []
-    _apply_environment(raw, environ, problems)
-    validator = Validator(base_dir, problems)
-
     sections: dict[str, type] = {"daemon": DaemonConfig, "database": DatabaseConfig, **schema.sections}
+    overridden = _apply_environment(raw, environ, problems, _known_keys(raw, sections, schema.kinds))
+    try:
+        return _validate(raw, source, base_dir, schema, sections, environ, problems)
+    except ConfigError as e:
+        e.problems[:] = [_attribute(p, overridden) for p in e.problems]
+        raise ConfigError(source, e.problems) from None
+
+
+def _validate(
+    raw: dict[str, Any],
+    source: str,
+    base_dir: Path,
+    schema: Schema,
+    sections: dict[str, type],
+    environ: Mapping[str, str],
+    problems: list[str],
+) -> Config:
+    validator = Validator(base_dir, problems)
     unknown = set(raw) - set(sections) - {"services"}
     for key in sorted(unknown):
         problems.append(f"{key}: unknown key (expected {', '.join(sections)} or services)")
@@ -236,24 +260,75 @@ def _kind_of(name: str, section: Any, kinds: Mapping[str, type[ServiceConfig]], 
     return kind
 
 
-def _apply_environment(raw: dict[str, Any], environ: Mapping[str, str], problems: list[str]) -> None:
+def _known_keys(raw: dict[str, Any], sections: Mapping[str, type], kinds: Mapping[str, type]) -> list[str]:
+    """Every key path an environment variable may set ("services.echo.max_connections"), for its check."""
+    keys = [f"{name}.{f.name}" for name, cls in sections.items() for f in dataclasses.fields(cls)]
+    services = raw.get("services")
+    named: dict[str, Any] = {kind: kind for kind in kinds}
+    if isinstance(services, dict):
+        named.update((name, s.get("kind", name)) for name, s in services.items() if isinstance(s, dict))
+    for name, kind in named.items():
+        if isinstance(kind, str) and kind in kinds:
+            keys += [f"services.{name}.{f.name}" for f in dataclasses.fields(kinds[kind])]
+    return keys
+
+
+def env_name(path: str) -> str:
+    """The generic environment variable that sets the key C{path} ("services.echo.endpoint")."""
+    return ENV_PREFIX + "__".join(part.upper() for part in path.split("."))
+
+
+def _apply_environment(
+    raw: dict[str, Any], environ: Mapping[str, str], problems: list[str], known: list[str]
+) -> dict[str, str]:
+    """Apply the overrides to C{raw}; return the variable that set each key path.
+
+    A generic variable that names no known key is reported as that variable,
+    with the closest known one, and not applied.
+    """
     overrides: list[tuple[tuple[str, ...], str, str]] = []
     for name, value in environ.items():
         if name.startswith(ENV_PREFIX) and len(name) > len(ENV_PREFIX):
             keys = tuple(k.lower() for k in name[len(ENV_PREFIX):].split("__"))
+            path = ".".join(keys)
+            # a new [services.NAME] of a kind that is not its name: its kind comes from a variable too
+            kind = str(_env_value(environ.get(env_name(".".join(keys[:2] + ("kind",))), ""))) if len(keys) == 3 else ""
+            if path not in known and not (len(keys) == 3 and kind and keys[2] in _kind_keys(kind, known)):
+                close = difflib.get_close_matches(path, known, n=1, cutoff=0.6)
+                hint = f"did you mean {env_name(close[0])}?" if close else "see docs/configuration.md"
+                problems.append(f"{ENV_PROBLEM}{name}: no such key {path} ({hint})")
+                continue
             overrides.append((keys, value, name))
     overrides.sort()
     # the named aliases win over the generic form, so they are applied last
     overrides += [(keys, environ[name], name) for name, keys in ENV_ALIASES.items() if name in environ]
+    overridden: dict[str, str] = {}
     for keys, value, name in overrides:
         table = raw
         for key in keys[:-1]:
             table = table.setdefault(key, {})
             if not isinstance(table, dict):
-                problems.append(f"{name}: {'.'.join(keys)} does not name a key in a table")
+                problems.append(f"{ENV_PROBLEM}{name}: {'.'.join(keys)} does not name a key in a table")
                 break
         else:
             table[keys[-1]] = _env_value(value)
+            overridden[".".join(keys)] = name
+    return overridden
+
+
+def _kind_keys(kind: str, known: list[str]) -> set[str]:
+    """The keys of a service of C{kind}, as the section named after the kind has them."""
+    prefix = f"services.{kind}."
+    return {path[len(prefix):] for path in known if path.startswith(prefix)}
+
+
+def _attribute(problem: str, overridden: Mapping[str, str]) -> str:
+    """A problem with a key an environment variable set names that variable."""
+    if problem.startswith(ENV_PROBLEM):
+        return problem
+    path = problem.split(":", 1)[0]
+    name = overridden.get(path)
+    return f"{ENV_PROBLEM}{name}: {problem}" if name else problem
 
 
 def _env_value(text: str) -> Any:
@@ -274,7 +349,7 @@ def _secret_from_environment(
         try:
             value = Path(environ[file_variable]).read_text().rstrip("\r\n")
         except OSError as e:
-            problems.append(f"{file_variable}: cannot read {environ[file_variable]}: {e.strerror}")
+            problems.append(f"{ENV_PROBLEM}{file_variable}: cannot read {environ[file_variable]}: {e.strerror}")
     return value
 
 

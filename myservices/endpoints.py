@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import socket
@@ -150,6 +151,57 @@ def check_stream_endpoint(description: str) -> None:
         serverFromString(_NoReactor(), description)
     except Exception as e:  # Twisted's parsers raise ValueError, KeyError, TypeError, OSError...
         raise EndpointSyntaxError(f"expected {_STREAM_EXAMPLE} ({_describe(e)})") from e
+
+
+def host_problem(description: str) -> str | None:
+    """Why this host cannot listen on C{description} (a valid stream or ``udp:`` endpoint), or None.
+
+    For C{--check}: an interface address the host does not have, or a UNIX
+    socket in a directory that does not exist. The configured port is never
+    bound: the interface is probed with port 0. Whether the port is free is
+    known only when the daemon binds it.
+    """
+    args, kwargs = split_description(description)
+    kind = args[0].lower() if args else ""
+    if kind == "unix":
+        address = args[1] if len(args) > 1 else kwargs.get("address", "")
+        directory = os.path.dirname(os.path.abspath(address))
+        if address and not address.startswith("\0") and not os.path.isdir(directory):
+            return f"cannot listen on {description}: the directory {directory} does not exist"
+        return None
+    if kind in ("tcp", "tcp6", "ssl"):
+        interface = kwargs.get("interface", args[2] if len(args) > 2 else "")
+        family = socket.AF_INET6 if kind == "tcp6" or ":" in interface else socket.AF_INET
+        return _probe(description, interface, family, socket.SOCK_STREAM)
+    if kind == "udp":
+        udp = parse_udp_endpoint(description)
+        return _probe(description, udp.interface, udp.family, socket.SOCK_DGRAM)
+    return None  # systemd: the sockets are inherited
+
+
+def _probe(description: str, interface: str, family: int, kind: int) -> str | None:
+    """Bind port 0 on C{interface}: fails when the host has no such address."""
+    if not interface:
+        return None  # every interface
+    try:
+        with socket.socket(family, kind) as probe:
+            probe.bind((interface, 0))
+    except OSError as e:
+        reason = e.strerror or str(e)
+        if e.errno == errno.EADDRNOTAVAIL:
+            reason = "this host has no such address"
+        return f"cannot listen on {description}: interface {interface}: {reason}"
+    return None
+
+
+def missing_inherited_socket(description: str) -> str:
+    """Why a ``systemd:`` endpoint found no socket: which one it wanted and how many were passed."""
+    _, kwargs = split_description(description)
+    wanted = f"name={kwargs['name']}" if "name" in kwargs else f"index={kwargs.get('index', '0')}"
+    passed = os.environ.get("LISTEN_FDS", "")
+    names = os.environ.get("LISTEN_FDNAMES", "")
+    got = f"LISTEN_FDS={passed}" + (f", LISTEN_FDNAMES={names}" if names else "") if passed else "LISTEN_FDS is not set"
+    return f"no inherited socket {wanted} ({got}); is a systemd socket unit passing it?"
 
 
 def _check_systemd(args: list[str], kwargs: dict[str, str]) -> None:

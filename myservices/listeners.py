@@ -13,15 +13,17 @@ from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from myservices.endpoints import missing_inherited_socket
 from myservices.errors import BUSY
 from myservices.metrics import ServiceMetrics
+from myservices.startup import StartupError
 from myservices.workers.sockets import Inherited, adopt_datagram, adopt_stream
 
 
 _log = Logger()
 
 
-class ListenError(Exception):
+class ListenError(StartupError):
     """A service could not bind its endpoint; startup is aborted."""
 
 
@@ -339,11 +341,9 @@ class StreamListenerService(ListenerService):
             return
         try:
             endpoint = serverFromString(self._reactor, self.description)
-        except (IndexError, KeyError) as e:
+        except (IndexError, KeyError):
             # only systemd: endpoints look sockets up at this point
-            raise self._failed(
-                f"no inherited socket {e} in LISTEN_FDS/LISTEN_FDNAMES; is a systemd socket unit passing it?"
-            ) from None
+            raise self._failed(missing_inherited_socket(self.description)) from None
         except Exception as e:
             raise self._failed(str(e)) from e
         failures: list[ListenError] = []

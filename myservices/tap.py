@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import os
 import sys
+from types import TracebackType
 
 from twisted.application.service import IService
 from twisted.python import usage
 
 from myservices.config import ENV_ALIASES, ENV_PASSWORD, ENV_PASSWORD_FILE, ENV_PREFIX, Config, ConfigError
 from myservices.db.config import parse_database_url
+from myservices.endpoints import host_problem
 from myservices.registry import load_config
+from myservices.startup import StartupError
 from myservices.tree import build_service_tree
 from myservices.workers.checks import worker_count
 from myservices.workers.supervisor import Supervisor
@@ -42,8 +45,42 @@ class Options(usage.Options):
             sys.stderr.write(f"{e.source}: configuration is invalid ({len(e.problems)} problem(s))\n")
             raise SystemExit(1) from None
         if self["check"]:
+            problems = host_problems(self.loaded)
+            if problems:
+                sys.stderr.write("".join(f"{self.loaded.source}: {p}\n" for p in problems))
+                sys.stderr.write(f"{self.loaded.source}: cannot listen as configured on this host "
+                                 f"({len(problems)} problem(s))\n")
+                raise SystemExit(1)
             sys.stdout.write(describe(self.loaded))
             raise SystemExit(0)
+        _quiet_start_up_errors()
+
+
+def host_problems(config: Config) -> list[str]:
+    """What --check finds on this host: interfaces it does not have, UNIX sockets in missing directories."""
+    problems = []
+    for name, cfg in config.enabled_services():
+        endpoint = getattr(cfg, "endpoint", "")
+        problem = host_problem(endpoint) if endpoint else None
+        if problem:
+            problems.append(f"services.{name}.endpoint: {problem}")
+    return problems
+
+
+def _quiet_start_up_errors() -> None:
+    """A start-up failure is the one line the service logged (critical): no traceback after it.
+
+    twistd lets the exception out of C{privilegedStartService} (after telling
+    a daemonizing parent through its status pipe), and Python would print its
+    traceback; the exit status stays 1.
+    """
+    previous = sys.excepthook
+
+    def hook(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
+        if not isinstance(value, StartupError):
+            previous(kind, value, tb)
+
+    sys.excepthook = hook
 
 
 def describe(config: Config) -> str:

@@ -271,6 +271,34 @@ class EnvironmentTests(TestCase):
             load_config(path, environ={"MYSERVICES__SERVICES__ECHO__IDLE_TIMEOUT": "never"})
         self.assertIn("services.echo.idle_timeout: expected a number of seconds", caught.exception.problems[0])
 
+    def test_unknown_override_is_reported_as_the_variable_with_the_closest_key(self) -> None:
+        path = write_config(self, self.TEXT)
+        environ = {
+            "MYSERVICES__SERVICES__ECHO__MAX_CONECTIONS": "5",
+            "MYSERVICES__SERVCES__ECHO__ENDPOINT": "tcp:1",
+            "MYSERVICES__NOTHING_LIKE_IT": "1",
+            "MYSERVICES__SERVICES__ECHO__IDLE_TIMEOUT": "never",
+        }
+        with self.assertRaises(ConfigError) as caught:
+            load_config(path, environ=environ)
+        self.assertEqual(str(caught.exception).splitlines(), [
+            "environment variable MYSERVICES__SERVICES__ECHO__MAX_CONECTIONS: no such key services.echo.max_conections"
+            " (did you mean MYSERVICES__SERVICES__ECHO__MAX_CONNECTIONS?)",
+            "environment variable MYSERVICES__SERVCES__ECHO__ENDPOINT: no such key servces.echo.endpoint"
+            " (did you mean MYSERVICES__SERVICES__ECHO__ENDPOINT?)",
+            "environment variable MYSERVICES__NOTHING_LIKE_IT: no such key nothing_like_it (see docs/configuration.md)",
+            "environment variable MYSERVICES__SERVICES__ECHO__IDLE_TIMEOUT: services.echo.idle_timeout: expected a"
+            " number of seconds from 0 to 86400, got string 'never'",
+        ])
+
+    def test_overrides_may_add_a_service_of_a_kind_named_by_a_variable(self) -> None:
+        config = load(self, self.TEXT, {
+            "MYSERVICES__SERVICES__ECHO2__KIND": "echo",
+            "MYSERVICES__SERVICES__ECHO2__ENDPOINT": "tcp:0:interface=127.0.0.1",
+            "MYSERVICES__SERVICES__ECHO2__MAX_CONNECTIONS": "3",
+        })
+        self.assertEqual(config.services["echo2"].max_connections, 3)
+
     def test_password_precedence(self) -> None:
         """The password file wins, then the variable, then database.password, then the URL."""
 

@@ -40,7 +40,7 @@ from twisted.python.components import Componentized
 from twisted.python.failure import Failure
 
 from myservices.config import Config
-from myservices.endpoints import parse_udp_endpoint
+from myservices.endpoints import missing_inherited_socket, parse_udp_endpoint
 from myservices.listeners import ListenError
 from myservices.logs import LogOutput
 from myservices.sdnotify import Notifier, Watchdog
@@ -116,12 +116,9 @@ class Supervisor(Service):
                     self.sockets.bind_datagram(name, parse_udp_endpoint(description), description)
                 else:
                     self.sockets.bind_stream(name, description)
-            except (IndexError, KeyError) as e:  # systemd: endpoints look sockets up at this point
+            except (IndexError, KeyError):  # systemd: endpoints look sockets up at this point
                 self.sockets.close()
-                raise self._failed(
-                    name, description, f"no inherited socket {e} in LISTEN_FDS/LISTEN_FDNAMES; "
-                    "is a systemd socket unit passing it?",
-                ) from None
+                raise self._failed(name, description, missing_inherited_socket(description)) from None
             except Exception as e:
                 self.sockets.close()
                 raise self._failed(name, description, str(e)) from e
