@@ -79,6 +79,7 @@ def other_stacks(rows: list[dict[str, Any]]) -> str:
     lines = ["| workload | other server | its CPU-µs per op | myservices' CPU per op over it | "
              "myservices' ops/s over its | minimal Twisted baseline's CPU per op over it |",
              "| --- | --- | --- | --- | --- | --- |"]
+    compared: list[tuple[float, str]] = []
     for r in rows:
         if r.get("stack", "twisted") == "twisted" or "kib_per_conn" in r:
             continue
@@ -88,7 +89,14 @@ def other_stacks(rows: list[dict[str, Any]]) -> str:
             continue
         lines.append(f"| {r['workload']} | {r['server']} | {r['cpu_us']:.2f} | {m['cpu_us'] / r['cpu_us']:.2f}x | "
                      f"{m['ops_s'] / r['ops_s']:.2f}x | {base['cpu_us'] / r['cpu_us']:.2f}x |")
-    return "\n".join(lines)
+        compared.append((m["cpu_us"] / r["cpu_us"], f"{r['server']}, {r['workload']}"))
+    if not compared:
+        return "(no server on another stack in this run)"
+    low, high = min(compared), max(compared)
+    more = sum(ratio > 1 for ratio, _ in compared)
+    return "\n".join(lines) + (
+        f"\n\nIn this run myservices spends more CPU per operation than the other stack's server in {more} of "
+        f"{len(compared)} comparisons: from {low[0]:.2f}x ({low[1]}) to {high[0]:.2f}x ({high[1]}).")
 
 
 def chart(rows: list[dict[str, Any]], path: Path) -> None:
