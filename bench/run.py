@@ -1,7 +1,7 @@
 """Every benchmark in one run: each workload against myservices and its minimal baselines, the same load,
 the same invocation; a table, a chart and BENCHMARKS.md.
 
-    .venv/bin/python bench/run.py                    # full: median of 3 runs, about 17 minutes
+    .venv/bin/python bench/run.py                    # full: median of 3 runs, about 20 minutes
     .venv/bin/python bench/run.py --runs 5 --only echo-64,udp
     .venv/bin/python bench/run.py --smoke --output /tmp/bench   # each workload for a second (CI)
 
