@@ -45,9 +45,11 @@ def connect_all(port: int, members: int, joins: bool) -> list[socket.socket]:
         if joins:
             s.sendall(b"/join lobby\n")
         socks.append(s)
-    # wait until the server serves every member: its "OK join" line, or a first line through the seed chat
+    # wait until the server serves every member: its "OK join" line, or a first line through the seed chat,
+    # sent by the last to connect: the server accepts in connection order, so it reads that line only once
+    # it has accepted every member (a server still busy with the connections of a warm-up may not have)
     if not joins:
-        socks[0].sendall(b"warm-up\r\n")
+        socks[-1].sendall(b"warm-up\r\n")
     for s in socks:
         buf = b""
         s.settimeout(30)

@@ -54,9 +54,14 @@ class BenchSmokeTests(TestCase):
             self.assertTrue(any(r["server"].startswith("myservices") for r in mine), name)
             for r in mine:
                 self.assertGreater(r.get("kib_per_conn", r["ops_s"]), 0, r)
+                # each server was warmed up before it was measured (tests/test_bench_warmup.py tests how)
+                self.assertEqual(r["warmup_touches"], 1, r)
+                self.assertEqual(r["warmup_seconds"] > 0, not name.startswith("idle-"), r)
         report = open(f"{out}/BENCHMARKS.md").read()
         self.assertIn("| echo-64 | myservices echo |", report)
         self.assertIn("](./benchmarks.png)", report)
+        self.assertIn("| echo-64 | asyncio echo | ", report.split("## Against asyncio")[1])  # computed from the rows
+        self.assertNotIn("{", report)  # every placeholder of the template filled
         with open(f"{out}/benchmarks.png", "rb") as png:
             self.assertEqual(png.read(8), b"\x89PNG\r\n\x1a\n")
 
