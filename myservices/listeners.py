@@ -7,14 +7,15 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IAddress, IDelayedCall, IListeningPort, IReactorTime
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from myservices.coalesce import WriteCoalescer
 from myservices.errors import BUSY
 from myservices.metrics import ServiceMetrics
+from myservices.ports import ListenOptions, listen_endpoint
 from myservices.workers.sockets import Inherited, adopt_datagram, adopt_stream
 
 
@@ -226,13 +227,12 @@ class ListenerService(Service):
         self.port: IListeningPort | None = None
         self._binding = False
         self._waiters: list[Deferred[IListeningPort]] = []
-        self._adopting = False
-        self._inherited: Inherited | None = None
+        # None: bind; (socket,): adopt the socket the supervisor passed (None: it passed none), used once
+        self._inherited: tuple[Inherited | None] | None = None
 
     def inherit(self, inherited: Inherited | None) -> None:
         """Listen on a socket the supervisor bound (a worker's; None: it passed none) instead of binding."""
-        self._adopting = True
-        self._inherited = inherited
+        self._inherited = (inherited,)
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
@@ -253,7 +253,7 @@ class ListenerService(Service):
 
     def _adopt(self, adopt: Callable[[Inherited], IListeningPort]) -> None:
         """Listen on the inherited socket with C{adopt}; its descriptor is used once."""
-        inherited, self._inherited = self._inherited, None
+        (inherited,), self._inherited = self._inherited or (None,), (None,)
         if inherited is None:
             raise self._failed(
                 "the supervisor passed no socket for it (enabled after the daemon started?); restart the daemon"
@@ -312,7 +312,10 @@ class ListenerService(Service):
 
 
 class StreamListenerService(ListenerService):
-    """Listens on a Twisted endpoint string and closes its connections on stop."""
+    """Listens on a Twisted endpoint string through our ports (L{myservices.ports}); closes its connections on stop.
+
+    C{listen_options}: set by the tree from C{[daemon]}; unset, writes are coalesced with the default backlog.
+    """
 
     def __init__(
         self,
@@ -327,6 +330,7 @@ class StreamListenerService(ListenerService):
         self._reactor = reactor
         self.shutdown_timeout = shutdown_timeout
         self._listening: Deferred[None] | None = None
+        self.listen_options: ListenOptions | None = None
 
     def reconfigure(self, cfg: Any, changed: list[str]) -> list[str]:
         return self.factory.reconfigure(cfg, [key for key in changed if key != "endpoint"]) + (
@@ -334,11 +338,12 @@ class StreamListenerService(ListenerService):
         )
 
     def _listen(self) -> None:
-        if self._adopting:
-            self._adopt(lambda inherited: adopt_stream(self._reactor, inherited, self.factory))
+        options = self.listen_options or ListenOptions(WriteCoalescer(self._reactor))
+        if self._inherited is not None:
+            self._adopt(lambda inherited: adopt_stream(self._reactor, inherited, self.factory, options))
             return
         try:
-            endpoint = serverFromString(self._reactor, self.description)
+            listening = listen_endpoint(self._reactor, self.description, self.factory, options)
         except (IndexError, KeyError) as e:
             # only systemd: endpoints look sockets up at this point
             raise self._failed(
@@ -347,7 +352,7 @@ class StreamListenerService(ListenerService):
         except Exception as e:
             raise self._failed(str(e)) from e
         failures: list[ListenError] = []
-        self._listening = endpoint.listen(self.factory)
+        self._listening = listening
         self._listening.addCallbacks(self._bound, lambda f: failures.append(self._failed(f.getErrorMessage())))
         # TCP, UNIX and SSL endpoints bind synchronously: a failure is known now
         if failures:
@@ -386,7 +391,7 @@ class UdpListenerService(ListenerService):
         self._reactor = reactor
 
     def _listen(self) -> None:
-        if self._adopting:
+        if self._inherited is not None:
             self._adopt(lambda inherited: adopt_datagram(self._reactor, inherited, self.protocol, self._max_packet_size))
             return
         try:
