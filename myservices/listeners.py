@@ -109,9 +109,7 @@ class TrackedProtocol(Protocol):
 class _Refusal(Protocol):
     """Sent to a connection over the limit: one short line, then close."""
 
-    # a stream transport (TCP or TLS): ITCPTransport, IPushProducer and IConsumer at once, which
-    # twisted's annotation (Optional[ITransport]) does not say; set before connectionMade
-    transport: Any
+    transport: Any  # as TrackedProtocol's
 
     def __init__(self, message: bytes) -> None:
         self.message = message
@@ -227,8 +225,7 @@ class ListenerService(Service):
         self.port: IListeningPort | None = None
         self._binding = False
         self._waiters: list[Deferred[IListeningPort]] = []
-        # None: bind; (socket,): adopt the socket the supervisor passed (None: it passed none), used once
-        self._inherited: tuple[Inherited | None] | None = None
+        self._inherited: tuple[Inherited | None] | None = None  # None: bind; else adopt it (once)
 
     def inherit(self, inherited: Inherited | None) -> None:
         """Listen on a socket the supervisor bound (a worker's; None: it passed none) instead of binding."""

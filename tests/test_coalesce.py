@@ -26,8 +26,10 @@ from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
 from myservices.coalesce import CoalescingTCPServer, WriteCoalescer
+from myservices.config import ConfigError
 from myservices.ports import DEFAULT_BACKLOG, ListenOptions, TCPPort, listen_endpoint
 from myservices.workers.sockets import stream_plan
+from tests.support import connect, load, port_of, start_tree
 from tests.test_tree import write_self_signed_certificate
 
 
@@ -401,3 +403,40 @@ class BacklogTests(TestCase):
         self.assertEqual(stream_plan("tcp:0", 2048).backlog, 2048)
         self.assertEqual(stream_plan("tcp:0:backlog=64", 2048).backlog, 64)
         self.assertEqual(stream_plan("tcp:0").backlog, DEFAULT_BACKLOG)
+
+
+TWO_SERVICES = """
+    [services.echo]
+    endpoint = "tcp:0:interface=127.0.0.1"
+    [services.chat]
+    endpoint = "tcp:0:interface=127.0.0.1:backlog=64"
+"""
+
+
+class DaemonSettingsTests(TestCase):
+    """[daemon] write_coalescing and listen_backlog reach every stream listener of the tree."""
+
+    async def test_by_default_every_listener_coalesces_through_one_coalescer_with_a_backlog_of_1024(self) -> None:
+        tree = await start_tree(self, load(self, TWO_SERVICES))
+        echo, chat = tree.listeners["echo"].port, tree.listeners["chat"].port
+        self.assertIsInstance(echo, TCPPort)
+        self.assertIs(echo.coalescer, chat.coalescer)  # type: ignore[union-attr]  # one flush per turn
+        self.assertEqual((echo.backlog, chat.backlog), (1024, 64))  # type: ignore[union-attr]
+        client = await connect(self, port_of(tree, "echo"))
+        client.transport.write(b"ping")
+        self.assertEqual(await client.receive(4), b"ping")
+
+    async def test_switched_off_and_another_backlog(self) -> None:
+        config = load(self, "[daemon]\nwrite_coalescing = false\nlisten_backlog = 300\n" + TWO_SERVICES)
+        tree = await start_tree(self, config)
+        echo = tree.listeners["echo"].port
+        self.assertIs(type(echo), tcp.Port)
+        self.assertEqual(echo.backlog, 300)  # type: ignore[union-attr]
+        client = await connect(self, port_of(tree, "echo"))
+        client.transport.write(b"ping")
+        self.assertEqual(await client.receive(4), b"ping")
+
+    def test_a_backlog_out_of_range_is_refused(self) -> None:
+        with self.assertRaises(ConfigError) as caught:
+            load(self, "[daemon]\nlisten_backlog = 0\n" + TWO_SERVICES)
+        self.assertIn("daemon.listen_backlog", str(caught.exception))
