@@ -27,7 +27,7 @@ from zope.interface import implementer
 
 from myservices.coalesce import CoalescingTCPServer, WriteCoalescer
 from myservices.config import ConfigError
-from myservices.ports import DEFAULT_BACKLOG, ListenOptions, TCPPort, listen_endpoint
+from myservices.ports import DEFAULT_BACKLOG, ListeningReactor, ListenOptions, TCPPort, listen_endpoint
 from myservices.workers.sockets import stream_plan
 from tests.support import connect, load, port_of, start_tree
 from tests.test_tree import write_self_signed_certificate
@@ -376,6 +376,32 @@ class CoalescedConnectionTests(TestCase):
         server.transport.write(b"stock")
         self.assertIn(server.transport, reactor.getWriters())  # Twisted's way: a writable event sends
         self.assertEqual(await client.receive(5), b"stock")
+
+
+class AdoptedSocketTests(TestCase):
+    """A listening socket bound elsewhere (systemd:, a worker's inherited socket) is adopted by our ports."""
+
+    async def test_an_adopted_tcp_socket_coalesces_too(self) -> None:
+        sock = socket.socket()
+        self.addCleanup(sock.close)  # the port holds its own copy
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(5)
+        sock.setblocking(False)
+        coalescer = WriteCoalescer(reactor)
+        factory = _ServerFactory()
+        listener = ListeningReactor(reactor, "systemd:domain=INET:index=0", ListenOptions(coalescer))
+        port = listener.adoptStreamPort(sock.fileno(), socket.AF_INET, factory)
+        self.addCleanup(port.stopListening)
+        self.assertIsInstance(port, TCPPort)
+        client = Peer()
+        await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", sock.getsockname()[1]), client)
+        server = await factory.accepted.get()
+        self.assertIsInstance(server.transport, CoalescingTCPServer)
+        server.transport.write(b"adopted")
+        self.assertEqual(coalescer.queued, 1)
+        self.assertEqual(await client.receive(7), b"adopted")
+        client.transport.loseConnection()
+        await server.closed
 
 
 class BacklogTests(TestCase):
