@@ -77,6 +77,7 @@ class CoalescingTransport:
 
     coalescer: WriteCoalescer
     _queued = False  # waiting in the coalescer
+    _send_directly = False  # send_queued may call socket.send itself (a plain socket: no sendmsg queue)
     _writing = False  # registered with the reactor for writability
 
     # FileDescriptor's, set by the transport this is mixed into
@@ -91,6 +92,11 @@ class CoalescingTransport:
     offset: int
     TLS: bool
     reactor: Any
+    socket: Any
+    producer: Any
+    producerPaused: bool
+    streamingProducer: bool
+    SEND_LIMIT: int
 
     def __init__(self, sock: Any, protocol: Any, client: Any, server: Any, sessionno: int, reactor: Any) -> None:
         super().__init__(sock, protocol, client, server, sessionno, reactor)  # type: ignore[call-arg]
@@ -154,6 +160,8 @@ class CoalescingTransport:
             # sends it, then closes
             self.startWriting()
             return
+        if self._send_directly and self._send_one():
+            return
         try:
             why = self.doWrite()  # type: ignore[attr-defined]
         except Exception as e:
@@ -169,6 +177,30 @@ class CoalescingTransport:
         elif not self._writing and (self._tempDataLen or self.offset < len(self.dataBuffer)):
             self.startWriting()  # the kernel took less than everything: the rest on writable events
 
+    def _send_one(self) -> bool:
+        """The common case, one chunk and nothing older: one send, without doWrite's bookkeeping; True if done.
+
+        Not with a producer doWrite would have to resume (a pull producer, a paused one): False, and
+        doWrite sends (a send that fails is retried there, and fails as the reactor would see it).
+        """
+        if self.dataBuffer or len(self._tempDataBuffer) != 1 or self.producerPaused:
+            return False
+        if self.producer is not None and not self.streamingProducer:
+            return False
+        data = self._tempDataBuffer[0]
+        if len(data) > self.SEND_LIMIT:
+            return False
+        try:
+            sent = self.socket.send(data)
+        except OSError:
+            return False
+        self._tempDataBuffer = []
+        self._tempDataLen = 0
+        if sent < len(data):
+            self.dataBuffer, self.offset = data, sent
+            self.startWriting()  # the kernel took less than everything: the rest on writable events
+        return True
+
     def connectionLost(self, reason: Failure) -> None:
         if self._queued:
             self._queued = False
@@ -178,6 +210,8 @@ class CoalescingTransport:
 
 class CoalescingTCPServer(CoalescingTransport, tcp.Server):
     """A TCP connection accepted by a coalescing port."""
+
+    _send_directly = True
 
 
 class CoalescingUNIXServer(CoalescingTransport, unix.Server):

@@ -194,13 +194,23 @@ class CoalescedConnectionTests(TestCase):
         self.assertEqual(await client.receive(len(expected)), bytes(expected))
 
     async def test_a_write_larger_than_the_socket_buffers_registers_for_writability_and_completes(self) -> None:
-        client, server = await self.connect(read=False, rcvbuf=64 * 1024)
-        server.transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
-        payload = _payload(4 * 1024 * 1024)
+        await self.partial_send(_payload(4 * 1024 * 1024), [], 64 * 1024)  # sends of SEND_LIMIT: doWrite's
+
+    async def test_a_single_write_the_kernel_takes_part_of_registers_for_writability_and_completes(self) -> None:
+        # below SEND_LIMIT, one chunk: the direct send, whose rest goes to Twisted's path
+        await self.partial_send(_payload(100 * 1024), [b"and more"], 4096)
+
+    async def partial_send(self, payload: bytes, more: list[bytes], buffers: int) -> None:
+        client, server = await self.connect(read=False, rcvbuf=buffers)
+        server.transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, buffers)
         server.transport.write(payload)
         await deferLater(reactor, 0, lambda: None)  # the end of the turn: a partial send
         self.assertIn(server.transport, reactor.getWriters())
         self.assertEqual(self.coalescer.queued, 0)
+        for chunk in more:
+            server.transport.write(chunk)  # registered: no queueing, Twisted's path sends it after the rest
+            self.assertEqual(self.coalescer.queued, 0)
+        payload += b"".join(more)
         client.start_reading()
         self.assertEqual(await client.receive(len(payload)), payload)
         await deferLater(reactor, 0, lambda: None)
