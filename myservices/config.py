@@ -92,6 +92,16 @@ class DaemonConfig:
     log_level: Literal["debug", "info", "warn", "error", "critical"] = setting(
         "info", doc="the least severe events that are logged"
     )
+    write_coalescing: bool = setting(
+        True,
+        doc="stream connections send what they wrote during a reactor turn in one send at its end, registering "
+        "for writability only when the kernel takes less; false: Twisted's stock transports",
+    )
+    listen_backlog: int = setting(
+        1024, min=1, max=65535,
+        doc="the listen backlog of every stream listener whose endpoint names none (tcp:8000:backlog=4096 does); "
+        "the kernel caps it at net.core.somaxconn",
+    )
     workers: int = setting(
         1, min=0, max=256,
         doc="processes serving every listener (sharing each port); 1: the daemon is one process; "

@@ -7,15 +7,16 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IAddress, IDelayedCall, IListeningPort, IReactorTime
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from myservices.coalesce import WriteCoalescer
 from myservices.endpoints import missing_inherited_socket
 from myservices.errors import BUSY
 from myservices.metrics import ServiceMetrics
+from myservices.ports import ListenOptions, listen_endpoint
 from myservices.startup import StartupError
 from myservices.workers.sockets import Inherited, adopt_datagram, adopt_stream
 
@@ -110,9 +111,7 @@ class TrackedProtocol(Protocol):
 class _Refusal(Protocol):
     """Sent to a connection over the limit: one short line, then close."""
 
-    # a stream transport (TCP or TLS): ITCPTransport, IPushProducer and IConsumer at once, which
-    # twisted's annotation (Optional[ITransport]) does not say; set before connectionMade
-    transport: Any
+    transport: Any  # as TrackedProtocol's
 
     def __init__(self, message: bytes) -> None:
         self.message = message
@@ -228,13 +227,11 @@ class ListenerService(Service):
         self.port: IListeningPort | None = None
         self._binding = False
         self._waiters: list[Deferred[IListeningPort]] = []
-        self._adopting = False
-        self._inherited: Inherited | None = None
+        self._inherited: tuple[Inherited | None] | None = None  # None: bind; else adopt it (once)
 
     def inherit(self, inherited: Inherited | None) -> None:
         """Listen on a socket the supervisor bound (a worker's; None: it passed none) instead of binding."""
-        self._adopting = True
-        self._inherited = inherited
+        self._inherited = (inherited,)
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
@@ -255,7 +252,7 @@ class ListenerService(Service):
 
     def _adopt(self, adopt: Callable[[Inherited], IListeningPort]) -> None:
         """Listen on the inherited socket with C{adopt}; its descriptor is used once."""
-        inherited, self._inherited = self._inherited, None
+        (inherited,), self._inherited = self._inherited or (None,), (None,)
         if inherited is None:
             raise self._failed(
                 "the supervisor passed no socket for it (enabled after the daemon started?); restart the daemon"
@@ -314,7 +311,10 @@ class ListenerService(Service):
 
 
 class StreamListenerService(ListenerService):
-    """Listens on a Twisted endpoint string and closes its connections on stop."""
+    """Listens on a Twisted endpoint string through our ports (L{myservices.ports}); closes its connections on stop.
+
+    C{listen_options}: set by the tree from C{[daemon]}; unset, writes are coalesced with the default backlog.
+    """
 
     def __init__(
         self,
@@ -329,6 +329,7 @@ class StreamListenerService(ListenerService):
         self._reactor = reactor
         self.shutdown_timeout = shutdown_timeout
         self._listening: Deferred[None] | None = None
+        self.listen_options: ListenOptions | None = None
 
     def reconfigure(self, cfg: Any, changed: list[str]) -> list[str]:
         return self.factory.reconfigure(cfg, [key for key in changed if key != "endpoint"]) + (
@@ -336,18 +337,19 @@ class StreamListenerService(ListenerService):
         )
 
     def _listen(self) -> None:
-        if self._adopting:
-            self._adopt(lambda inherited: adopt_stream(self._reactor, inherited, self.factory))
+        options = self.listen_options or ListenOptions(WriteCoalescer(self._reactor))
+        if self._inherited is not None:
+            self._adopt(lambda inherited: adopt_stream(self._reactor, inherited, self.factory, options))
             return
         try:
-            endpoint = serverFromString(self._reactor, self.description)
+            listening = listen_endpoint(self._reactor, self.description, self.factory, options)
         except (IndexError, KeyError):
             # only systemd: endpoints look sockets up at this point
             raise self._failed(missing_inherited_socket(self.description)) from None
         except Exception as e:
             raise self._failed(str(e)) from e
         failures: list[ListenError] = []
-        self._listening = endpoint.listen(self.factory)
+        self._listening = listening
         self._listening.addCallbacks(self._bound, lambda f: failures.append(self._failed(f.getErrorMessage())))
         # TCP, UNIX and SSL endpoints bind synchronously: a failure is known now
         if failures:
@@ -386,7 +388,7 @@ class UdpListenerService(ListenerService):
         self._reactor = reactor
 
     def _listen(self) -> None:
-        if self._adopting:
+        if self._inherited is not None:
             self._adopt(lambda inherited: adopt_datagram(self._reactor, inherited, self.protocol, self._max_packet_size))
             return
         try:

@@ -34,7 +34,7 @@ class Outbound:
     and resumes it when the buffer drains. Past C{max_pending} queued bytes,
     C{on_overflow} is called once; the caller disconnects the slow consumer.
     Memory per connection stays at about the transport's buffer plus
-    C{max_pending}. Writes are not flushed one by one: Twisted batches them.
+    C{max_pending}. Writes are not flushed one by one: the transport sends a turn's writes at once.
     C{on_drained} is called when the peer has caught up (the queue is empty).
     With C{metrics}, every front end counts the same events the same way: each
     pause (the peer stopped reading) in C{backpressure_pauses}, an overflow as a

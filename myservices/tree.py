@@ -22,6 +22,7 @@ from twisted.logger import ILogObserver, Logger
 from twisted.python.components import Componentized
 
 from myservices.accounts import AccountStore
+from myservices.coalesce import WriteCoalescer
 from myservices.config import Config
 from myservices.context import BuildContext
 from myservices.counter import DurableCounter
@@ -36,6 +37,7 @@ from myservices.listeners import ListenerService, StreamListenerService
 from myservices.logs import LogOutput
 from myservices.metrics import Metrics
 from myservices.passwords import PasswordHasher
+from myservices.ports import ListenOptions
 from myservices.registry import ServiceKind, load_config, service_kinds
 from myservices.reload import Load, ReloadService, daemon_settings, hub_settings
 from myservices.sdnotify import Notifier, NotifyService, Watchdog
@@ -205,10 +207,13 @@ def build_service_tree(
         services=tree.listeners,
         worker=worker.spec.index if worker is not None else None,
     )
+    # one coalescer for every stream listener: one flush per reactor turn
+    listen_options = ListenOptions(WriteCoalescer(reactor) if d.write_coalescing else None, d.listen_backlog)
     for name, cfg in config.enabled_services():
         service = cast(ListenerService, kinds[cfg.kind or name].build(name, cfg, ctx))  # every kind listens
         if isinstance(service, StreamListenerService):
-            service.factory.close_timeout = config.daemon.close_timeout
+            service.factory.close_timeout = d.close_timeout
+            service.listen_options = listen_options
         if worker is not None:
             service.inherit(worker.inherited(name, getattr(cfg, "endpoint", "")))
         service.setServiceParent(tree)

@@ -76,7 +76,12 @@ class EchoHalfCloseTests(HalfCloseTestsMixin, TestCase):
             self.assertEqual(await self.finished(tree, "echo", client), f"hi {i}\n".encode())
 
     async def test_a_client_that_reads_late_gets_everything_through_backpressure(self) -> None:
-        """4 MiB, more than the socket buffers hold: the server stops reading until the client reads."""
+        """16 MiB, more than the socket buffers hold: the server stops reading until the client reads.
+
+        The server's user-space buffer fills only once its send buffer (autotuned up to tcp_wmem's
+        maximum, 4 MiB on Linux by default) and the client's receive buffer are full: the server
+        sends at the end of every turn, so the payload must be larger than those.
+        """
         paused: Deferred[None] = Deferred()
         pause = _ReadThrottle.pauseProducing
 
@@ -87,7 +92,7 @@ class EchoHalfCloseTests(HalfCloseTestsMixin, TestCase):
 
         self.patch(_ReadThrottle, "pauseProducing", pause_and_tell)  # type: ignore[attr-defined]
         tree = await self.start("echo")
-        payload = os.urandom(4 * 1024 * 1024)
+        payload = os.urandom(16 * 1024 * 1024)
         client = await half_close(self, port_of(tree, "echo"), payload, read=False)
         await paused
         client.start_reading()

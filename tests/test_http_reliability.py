@@ -157,6 +157,15 @@ class PipeliningTests(TestCase):
                 reactor.callLater(0, held.callback, channel)  # type: ignore[attr-defined]
 
         self.patch(LimitedHTTPChannel, "_hold", hold)
+        # a small send buffer, as on a busy link: Linux's autotuning would otherwise let the kernel take
+        # the responses of a whole turn, and the drain would resume the channel (and count a second pause)
+        opened = site.connection_opened
+
+        def small_send_buffer(proto: Any) -> None:
+            opened(proto)
+            proto.transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16 * 1024)
+
+        self.patch(site, "connection_opened", small_send_buffer)
 
         def request(i: int) -> bytes:
             return b"GET /%s HTTP/1.1\r\nHost: x\r\n\r\n" % (b"nope" if i % 10 == 9 else b"healthz")

@@ -15,6 +15,7 @@ records what an endpoint's C{listen} would bind (L{stream_plan}).
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import socket
@@ -23,7 +24,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet import tcp, unix
 from twisted.internet.abstract import isIPv6Address
 from twisted.internet.endpoints import AdoptedStreamServerEndpoint, serverFromString
 from twisted.internet.interfaces import IListeningPort
@@ -32,7 +32,8 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.python.lockfile import FilesystemLock
 
-from myservices.endpoints import UdpEndpoint
+from myservices.endpoints import UdpEndpoint, split_description
+from myservices.ports import DEFAULT_BACKLOG, ListenOptions, adopt_port
 
 STREAM = "stream"
 DATAGRAM = "datagram"
@@ -99,8 +100,11 @@ class _Recorder:
         )
 
 
-def stream_plan(description: str) -> StreamPlan:
-    """What C{description} would bind, read by Twisted's parser; raises ValueError for what cannot be shared."""
+def stream_plan(description: str, backlog: int = DEFAULT_BACKLOG) -> StreamPlan:
+    """What C{description} would bind, read by Twisted's parser; raises ValueError for what cannot be shared.
+
+    C{backlog} is the listen backlog unless the description names one.
+    """
     recorder = _Recorder()
     endpoint = serverFromString(recorder, description)
     if isinstance(endpoint, AdoptedStreamServerEndpoint):
@@ -111,6 +115,8 @@ def stream_plan(description: str) -> StreamPlan:
     if failures or recorder.plan is None:
         reason = failures[0].getErrorMessage() if failures else "not a TCP, TLS, unix or systemd endpoint"
         raise ValueError(f"cannot be shared by workers: {reason}")
+    if "backlog" not in split_description(description)[1]:
+        return dataclasses.replace(recorder.plan, backlog=backlog)
     return recorder.plan
 
 
@@ -145,9 +151,9 @@ class SharedSockets:
         self.count = count
         self._groups: dict[str, _Group] = {}
 
-    def bind_stream(self, name: str, description: str) -> None:
-        """Bind service C{name}'s stream endpoint; raises OSError or ValueError."""
-        plan = stream_plan(description)
+    def bind_stream(self, name: str, description: str, backlog: int = DEFAULT_BACKLOG) -> None:
+        """Bind service C{name}'s stream endpoint (C{backlog} unless it names one); raises OSError or ValueError."""
+        plan = stream_plan(description, backlog)
         if plan.kind == "tcp":
             sockets = _bind_reuseport(plan.family, socket.SOCK_STREAM, plan.interface, plan.port, self.count, plan.backlog)
             group = _Group(sockets, STREAM, description, tls=plan.context_factory is not None)
@@ -277,26 +283,16 @@ def _is_socket(path: str) -> bool:
         return False
 
 
-class _SharedUnixPort(unix.Port):
-    """A unix port adopted from the supervisor: its path outlives one worker's stop; the supervisor removes it."""
-
-    def connectionLost(self, reason: Failure) -> None:
-        tcp.Port.connectionLost(self, reason)
-
-
-def adopt_stream(reactor: Any, inherited: Inherited, factory: Factory[Any]) -> IListeningPort:
-    """Listen with C{factory} on an inherited stream socket (the descriptor is closed: the port holds a copy)."""
+def adopt_stream(reactor: Any, inherited: Inherited, factory: Factory[Any], options: ListenOptions) -> IListeningPort:
+    """Listen with C{factory} on an inherited stream socket, through our ports (the descriptor is closed: the port
+    holds a copy). A unix socket's path is left to the supervisor."""
     if inherited.type != STREAM:
         os.close(inherited.fd)
         raise ValueError(f"the supervisor passed a {inherited.type} socket for a stream service")
     try:
         if inherited.tls:
             factory = TLSMemoryBIOFactory(stream_plan(inherited.endpoint).context_factory, False, factory)
-        if inherited.family == socket.AF_UNIX:
-            port = _SharedUnixPort._fromListeningDescriptor(reactor, inherited.fd, factory)
-            port.startListening()
-            return port
-        return reactor.adoptStreamPort(inherited.fd, inherited.family, factory)
+        return adopt_port(reactor, inherited.fd, inherited.family, factory, options, shared_path=True)
     finally:
         os.close(inherited.fd)
 

@@ -115,7 +115,7 @@ class Supervisor(Service):
                 if _endpoint_kind(cfg) == UDP_ENDPOINT:
                     self.sockets.bind_datagram(name, parse_udp_endpoint(description), description)
                 else:
-                    self.sockets.bind_stream(name, description)
+                    self.sockets.bind_stream(name, description, self.config.daemon.listen_backlog)
             except (IndexError, KeyError):  # systemd: endpoints look sockets up at this point
                 self.sockets.close()
                 raise self._failed(name, description, missing_inherited_socket(description)) from None
