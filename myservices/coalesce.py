@@ -22,12 +22,27 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from twisted.internet import tcp, unix
+from twisted.internet import abstract, tcp, unix
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 _log = Logger()
+
+
+def coalescing_supported(reactor: Any) -> str | None:
+    """None if this Twisted has the internals L{CoalescingTransport} builds on; else what is missing.
+
+    Written against Twisted 26.10: C{FileDescriptor}'s write buffers and the
+    reactor's C{_disconnectSelectable} are private, so a release that changes
+    them gets Twisted's stock transports (and a warning) rather than a
+    transport that loses bytes.
+    """
+    probe = abstract.FileDescriptor(reactor)
+    wanted: list[tuple[str, object]] = [("FileDescriptor." + name, probe) for name in ("_tempDataBuffer", "_tempDataLen", "dataBuffer", "offset")]
+    wanted += [("tcp.Server.doWrite", tcp.Server), ("reactor._disconnectSelectable", reactor)]
+    missing = [label for label, owner in wanted if not hasattr(owner, label.rsplit(".", 1)[1])]
+    return ", ".join(missing) or None
 
 
 class WriteCoalescer:

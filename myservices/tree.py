@@ -22,7 +22,7 @@ from twisted.logger import ILogObserver, Logger
 from twisted.python.components import Componentized
 
 from myservices.accounts import AccountStore
-from myservices.coalesce import WriteCoalescer
+from myservices.coalesce import WriteCoalescer, coalescing_supported
 from myservices.config import Config
 from myservices.context import BuildContext
 from myservices.counter import DurableCounter
@@ -123,6 +123,17 @@ def _always_ok() -> str:
     return "ok"
 
 
+def _coalescer(reactor: Any) -> WriteCoalescer | None:
+    """The reactor's write coalescer, or None (Twisted's stock transports) if this Twisted lacks what it needs."""
+    missing = coalescing_supported(reactor)
+    if missing is None:
+        return WriteCoalescer(reactor)
+    ServiceTree.log.warn(
+        "write_coalescing: this Twisted lacks {missing}; using its stock transports", missing=missing
+    )
+    return None
+
+
 def build_service_tree(
     config: Config,
     reactor: Any,
@@ -208,7 +219,7 @@ def build_service_tree(
         worker=worker.spec.index if worker is not None else None,
     )
     # one coalescer for every stream listener: one flush per reactor turn
-    listen_options = ListenOptions(WriteCoalescer(reactor) if d.write_coalescing else None, d.listen_backlog)
+    listen_options = ListenOptions(_coalescer(reactor) if d.write_coalescing else None, d.listen_backlog)
     for name, cfg in config.enabled_services():
         service = cast(ListenerService, kinds[cfg.kind or name].build(name, cfg, ctx))  # every kind listens
         if isinstance(service, StreamListenerService):

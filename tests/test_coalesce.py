@@ -25,7 +25,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
-from myservices.coalesce import CoalescingTCPServer, WriteCoalescer
+from myservices.coalesce import CoalescingTCPServer, WriteCoalescer, coalescing_supported
 from myservices.config import ConfigError
 from myservices.ports import DEFAULT_BACKLOG, ListeningReactor, ListenOptions, TCPPort, listen_endpoint
 from myservices.workers.sockets import stream_plan
@@ -476,3 +476,13 @@ class DaemonSettingsTests(TestCase):
         with self.assertRaises(ConfigError) as caught:
             load(self, "[daemon]\nlisten_backlog = 0\n" + TWO_SERVICES)
         self.assertIn("daemon.listen_backlog", str(caught.exception))
+
+
+class SupportTests(TestCase):
+    """The coalescer builds on Twisted internals; a Twisted without them gets stock transports."""
+
+    def test_this_twisted_is_supported(self) -> None:
+        self.assertIsNone(coalescing_supported(reactor))
+
+    def test_a_reactor_without_disconnect_selectable_is_not(self) -> None:
+        self.assertEqual(coalescing_supported(object()), "reactor._disconnectSelectable")
