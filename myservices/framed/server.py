@@ -246,7 +246,8 @@ class FramedProtocol(HalfCloseableProtocol):
             self._reply_error(command_id, request_id, e.error, e.detail)
             return
         result = call(command, self.state, kwargs)
-        if isinstance(result, Deferred):
+        # most results are dicts: that test is much cheaper than isinstance with Deferred (an ABC)
+        if type(result) is not dict and isinstance(result, Deferred):
             self._await(result, command, command_id, request_id)
         else:
             self._reply(result, command, command_id, request_id)  # a synchronous handler: no Deferred at all
@@ -283,7 +284,7 @@ class FramedProtocol(HalfCloseableProtocol):
             self._reply_error(command_id, request_id, INTERNAL)
             return
         factory = self.factory
-        factory.count(command.name, "ok")
+        factory.count_ok(command.name)
         factory.messages_out += 1
         self.outbound.write(frame)
 

@@ -24,6 +24,11 @@ class Arg:
     min: int | None = None  # for integers
     max: int | None = None  # for integers
     type_name: str | None = None  # for other types: what the error message calls it
+    takes_anything: bool = field(init=False, repr=False, compare=False)  # any JSON value, no limit: nothing to check
+
+    def __post_init__(self) -> None:
+        anything = self.type is ANY and self.max_length is None and self.min is None and self.max is None
+        object.__setattr__(self, "takes_anything", anything)
 
     def check(self, value: Any) -> Any:
         t = self.type
@@ -95,7 +100,8 @@ class Command:
         kwargs = {}
         for a in self.args:
             if a.name in args:
-                kwargs[a.name] = a.check(args[a.name])
+                value = args[a.name]
+                kwargs[a.name] = value if a.takes_anything else a.check(value)
             elif a.required:
                 raise RequestError(BAD_ARGUMENTS, f'{label or self.name}: missing argument "{a.name}"')
         return kwargs

@@ -234,7 +234,7 @@ class PBConnection(HalfCloseableProtocol, pb.Broker):
         C{kw} are still serialized (unserializing may fail, too).
         """
         result = self._call(label, command, target, args, kw)
-        if not self._answer_required and isinstance(result, Deferred):
+        if not self._answer_required and type(result) is not dict and isinstance(result, Deferred):
             # the broker drops the result of such a call; its failure is counted, not left unhandled
             result.addErrback(lambda _: None)
         return result
@@ -265,8 +265,8 @@ class PBConnection(HalfCloseableProtocol, pb.Broker):
         except RequestError as e:
             return self._error(command, e)
         d = call(command, target, kwargs)
-        if not isinstance(d, Deferred):
-            self.factory.count(command.name, "ok")
+        if type(d) is dict or not isinstance(d, Deferred):  # the dict test first: Deferred is an ABC
+            self.factory.count_ok(command.name)
             return d
         if not d.called:
             self._started()
