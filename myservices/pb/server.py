@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from io import BytesIO
 from typing import Any
 
 from twisted.application.service import IService
@@ -44,6 +43,7 @@ from myservices.handlers.router import Command
 from myservices.listeners import ConnectionTrackingFactory, StreamListenerService
 from myservices.metrics import Metrics, RequestCounts
 from myservices.outbound import Outbound
+from myservices.pb.banana import encode as banana_encode
 from myservices.pb.errors import RequestFailed
 from myservices.pb.login import GatewayRoot, make_portal
 from myservices.ratelimit import TokenBucket
@@ -209,10 +209,9 @@ class PBConnection(HalfCloseableProtocol, pb.Broker):
 
     def sendEncoded(self, obj: Any) -> None:
         # through the bounded queue, so a client that does not read cannot grow server memory
-        buffer = BytesIO()
-        self._encode(obj, buffer.write)
+        data = banana_encode(self, obj)
         self.factory.messages_out += 1
-        self.outbound.write(buffer.getvalue())
+        self.outbound.write(data)
 
     def _slow_consumer(self) -> None:
         _log.info("pb: dropping slow consumer {peer}", peer=self.peer, code="SLOW_CONSUMER")
