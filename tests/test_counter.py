@@ -54,6 +54,8 @@ class BlockTests(TestCase):
         counter = DurableCounter(db, "tests", reactor, block=4)
         self.assertEqual(await gatherResults([counter.next() for _ in range(9)]), list(range(1, 10)))
         self.assertEqual(increments(db), 1)
+        await counter.settled()  # the next block, reserved ahead since none is left
+        self.assertEqual(counter.take_now(), 10)
 
     async def test_close_gives_back_the_unused_end_of_the_block(self) -> None:
         db = await self.database()
