@@ -24,6 +24,7 @@ from zope.interface import implementer
 from myservices.errors import BAD_REQUEST, TIMEOUT, TOO_LARGE, ErrorCode
 from myservices.listeners import TrackedProtocol
 from myservices.flow import ReadGate
+from myservices.web.idle import MovedIdleTimeout
 from myservices.web.request import LimitedRequest, error_body
 
 if TYPE_CHECKING:
@@ -65,7 +66,7 @@ def _head_size(version: bytes, code: bytes, reason: bytes, headers: Any) -> int:
 
 
 @implementer(IHalfCloseableProtocol)
-class LimitedHTTPChannel(TrackedProtocol, HTTPChannel):
+class LimitedHTTPChannel(TrackedProtocol, MovedIdleTimeout, HTTPChannel):
     """HTTPChannel plus limits, flow control, half-close, connection tracking and a graceful close on shutdown.
 
     The header limits are HTTPChannel's own (C{totalHeadersSize},
@@ -89,9 +90,6 @@ class LimitedHTTPChannel(TrackedProtocol, HTTPChannel):
     _held = False  # answering and reading wait until the client has read its responses
     _read_ahead = 0  # bytes of later requests read while one is answered
     _read_closed = False  # the client half-closed: answer what it sent, then close
-    _idle_call: IDelayedCall | None = None  # the idle timer (TimeoutMixin's, see setTimeout)
-    _idle_paused = False  # a request is being answered: the idle timer does nothing if it fires
-    _request_starts = False  # the next setTimeout(None) is twisted.web's at the start of a request
 
     def connectionMade(self) -> None:
         self.limits: HttpLimits = self.factory.limits
@@ -184,6 +182,7 @@ class LimitedHTTPChannel(TrackedProtocol, HTTPChannel):
             self.requests[-1].received_at = self.factory.clock.seconds()
         self._request_starts = True
         super().allContentReceived()
+        self._request_starts = False  # consumed, or no idle timeout is set
 
     def requestDone(self, request: Any) -> None:
         if self._held and self._buffer:
@@ -268,47 +267,6 @@ class LimitedHTTPChannel(TrackedProtocol, HTTPChannel):
             self._handlingRequest or self._held or self._busyReceiving or self.transport.disconnecting
         ):
             self.loseConnection()
-
-    # --- the idle timeout: one timer per connection -------------------------------------
-
-    def setTimeout(self, period: float | None) -> float | None:
-        """TimeoutMixin's, moving one timer instead of replacing it around every request.
-
-        twisted.web cancels the idle timer as each request starts and creates
-        a new one once it is answered; here the start only pauses it (if it
-        fires meanwhile it does nothing), and setting it again moves the same
-        timer. Any other C{setTimeout(None)} (connection lost, handed over)
-        cancels it.
-        """
-        previous: float | None = self.timeOut
-        self.timeOut = period  # type: ignore[assignment]  # TimeoutMixin says int; the Site passes floats
-        call = self._idle_call
-        if period is None:
-            if self._request_starts:
-                self._request_starts = False
-                self._idle_paused = True
-                return previous
-            self._idle_paused = False
-            if call is not None and call.active():
-                call.cancel()
-            self._idle_call = None
-            return previous
-        self._idle_paused = False
-        if call is not None and call.active():
-            call.reset(period)
-        else:
-            self._idle_call = self.callLater(period, self._idle_fired)
-        return previous
-
-    def resetTimeout(self) -> None:
-        call = self._idle_call
-        if call is not None and self.timeOut is not None and not self._idle_paused:
-            call.reset(self.timeOut)
-
-    def _idle_fired(self) -> None:
-        self._idle_call = None
-        if not self._idle_paused:
-            self.timeoutConnection()
 
     # --- the request timeout ----------------------------------------------------
 
