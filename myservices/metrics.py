@@ -296,6 +296,7 @@ class RequestCounts:
         """Call from C{__init__}."""
         self.messages_in = self.messages_out = self.bytes_in = 0
         self._results: dict[tuple[str, str], int] = {}
+        self._ok: dict[str, int] = {}
         self._counted = service
         self._requests = metrics.requests
         metrics.before_collect(self._fold_counts)
@@ -305,6 +306,11 @@ class RequestCounts:
         key = (command, result)
         self._results[key] = self._results.get(key, 0) + 1
 
+    def count_ok(self, command: str) -> None:
+        """One request answered "ok" (the hot path: no key to build)."""
+        ok = self._ok
+        ok[command] = ok.get(command, 0) + 1
+
     def _fold_counts(self) -> None:
         m = self._counted
         m.messages_in.inc(self.messages_in)
@@ -312,5 +318,8 @@ class RequestCounts:
         m.bytes_in.inc(self.bytes_in)
         self.messages_in = self.messages_out = self.bytes_in = 0
         results, self._results = self._results, {}
+        ok, self._ok = self._ok, {}
+        for command, n in ok.items():
+            results[(command, "ok")] = results.get((command, "ok"), 0) + n
         for (command, result), n in results.items():
             self._requests.labels(m.service, command, result).inc(n)

@@ -12,15 +12,19 @@ class TokenBucket:
         self.rate = rate
         self.burst = burst
         self._clock = clock
+        self._seconds = clock.seconds  # looked up once: allow() runs for every request
         self._tokens = float(burst)
         self._stamp = clock.seconds()
 
     def allow(self) -> bool:
         """Take one token if there is one."""
-        now = self._clock.seconds()
-        self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+        now = self._seconds()
+        tokens = self._tokens + (now - self._stamp) * self.rate
+        if tokens > self.burst:
+            tokens = self.burst
         self._stamp = now
-        if self._tokens >= 1:
-            self._tokens -= 1
+        if tokens >= 1:
+            self._tokens = tokens - 1
             return True
+        self._tokens = tokens
         return False

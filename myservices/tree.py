@@ -25,7 +25,7 @@ from myservices.accounts import AccountStore
 from myservices.coalesce import WriteCoalescer, coalescing_supported
 from myservices.config import Config
 from myservices.context import BuildContext
-from myservices.counter import DurableCounter
+from myservices.counter import CounterService, DurableCounter
 from myservices.db import MIGRATIONS, Database, Migration
 from myservices.health import Readiness
 from myservices.hub import HistoryStore, Hub, HubService, MemoryEngine
@@ -82,7 +82,7 @@ class ServiceTree(OrderedMultiService):
 
     Children, in the order they start (and the reverse of the order they
     stop): the watchdog, the database, the reactor lag probe, the hub's
-    lease (memory engine), the hub, the password hasher, the listeners
+    lease (memory engine), the hub, the password hasher, the counter, the listeners
     (stopped together), then notify and reload. C{log_output}, when the
     configuration asks for one, is handed to twistd as the log observer
     (L{setServiceParent}).
@@ -205,9 +205,11 @@ def build_service_tree(
         reactor, 2**a.scrypt_cost, concurrency=a.hash_concurrency, max_waiting=a.max_hash_queue
     )
     hasher.setServiceParent(tree)  # its threads stop after the front ends
+    counter = DurableCounter(database, "http_requests", reactor, block=config.database.counter_block)
+    CounterService(counter).setServiceParent(tree)  # gives back the unused numbers after the front ends stop
     ctx = BuildContext(
         reactor=reactor, config=config, database=database, metrics=metrics, hub=hub,
-        counter=DurableCounter(database, "http_requests", reactor),
+        counter=counter,
         accounts=AccountStore(database, hasher, a),
         kv=KeyValueStore(database, config.kv),
         # tree.listeners fills as services are built; the checks read it when they run

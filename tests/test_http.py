@@ -105,13 +105,27 @@ class MySQLCounterTests(CounterTestsMixin, TestCase):
         return mysql.create_database(self)
 
     async def test_two_daemons_sharing_one_database_hand_out_disjoint_numbers(self) -> None:
-        first = await self.start()
-        second = await self.start()
+        # small blocks: the two daemons reserve many, interleaved
+        first = await self.start(database="counter_block = 7")
+        second = await self.start(database="counter_block = 7")
         a = HttpClient(self, port_of(first, "http"))
         b = HttpClient(self, port_of(second, "http"))
         responses = await gatherResults([c.get("/") for _ in range(150) for c in (a, b)])
         numbers = [number(r.body) for r in responses]
-        self.assertEqual(sorted(numbers), list(range(1, 301)))
+        self.assertEqual(len(set(numbers)), 300)
+        # each daemon's blocks lie above the other's earlier ones: nothing is far beyond what was taken
+        self.assertLessEqual(max(numbers), 300 + 2 * 7)
+
+    async def test_two_daemons_with_blocks_of_one_number_hand_out_one_sequence(self) -> None:
+        first = await self.start(database="counter_block = 1")
+        second = await self.start(database="counter_block = 1")
+        a = HttpClient(self, port_of(first, "http"))
+        b = HttpClient(self, port_of(second, "http"))
+        responses = await gatherResults([c.get("/") for _ in range(50) for c in (a, b)])
+        self.assertEqual(sorted(number(r.body) for r in responses), list(range(1, 101)))
+        # strictly ordered across daemons: a request sent after another's answer gets a greater number
+        seen = [number((await c.get("/")).body) for _ in range(5) for c in (a, b)]
+        self.assertEqual(seen, list(range(101, 111)))
 
     async def test_database_outage_gives_503_and_not_ready_then_recovers(self) -> None:
         server = mysql.server()
@@ -119,12 +133,17 @@ class MySQLCounterTests(CounterTestsMixin, TestCase):
         proxy = CuttableProxy(server.host, server.port)
         proxy_port = await proxy.start(self)
         proxied = url.replace(f"@{server.host}:{server.port}/", f"@127.0.0.1:{proxy_port}/")
-        tree = await self.start(url=proxied, http="retry_after = 7\nready_timeout = 5", database="connect_timeout = 2")
+        tree = await self.start(
+            url=proxied, http="retry_after = 7\nready_timeout = 5", database="connect_timeout = 2\ncounter_block = 5"
+        )
         client = HttpClient(self, port_of(tree, "http"))
         self.assertEqual(number((await client.get("/")).body), 1)
         self.assertEqual((await client.get("/readyz")).code, 200)
 
         await proxy.cut()
+        # the rest of the block reserved (committed) before the outage is still handed out ...
+        self.assertEqual([number((await client.get("/")).body) for _ in range(4)], [2, 3, 4, 5])
+        # ... then a request that needs a new block gets the error
         down = await client.get("/")
         self.assertEqual((down.code, down.header("retry-after")), (503, "7"))
         self.assertEqual(down.json()["error"]["code"], "DATABASE_UNAVAILABLE")
@@ -137,7 +156,7 @@ class MySQLCounterTests(CounterTestsMixin, TestCase):
 
         proxy.restore()
         self.assertEqual((await client.get("/readyz")).code, 200)
-        self.assertGreater(number((await client.get("/")).body), 1)
+        self.assertGreater(number((await client.get("/")).body), 5)  # none handed out again
 
 
 class HttpServiceTests(TestCase):
@@ -195,7 +214,8 @@ class HttpServiceTests(TestCase):
         self.assertEqual(after[ok], before[ok] + 2)  # the first scrape and one counter request
         self.assertEqual(after[("myservices_http_requests_total", (("service", "http"), ("status", "404")))], 1)
         increments = ("myservices_db_query_seconds_count", (("operation", "increment"),))
-        self.assertEqual(after[increments], before[increments] + 1)
+        self.assertEqual(before[increments], 1)  # the first request reserved a block ...
+        self.assertEqual(after[increments], 1)  # ... which served the later ones without a transaction
 
     async def test_oversize_body_gets_413_before_it_is_sent(self) -> None:
         tree = await self.start('max_body_size = "1 KiB"')

@@ -462,6 +462,25 @@ class FlowTests(TestCase):
         slow.waiting.pop().finish()
         self.assertEqual(transport.value().count(b"200 OK"), 4)
 
+    def test_one_idle_timer_is_moved_around_requests_and_never_ends_one_being_answered(self) -> None:
+        slow = Slow()
+        transport, channel, clock = memory_channel(slow, request_timeout=0)
+        timers = set(clock.getDelayedCalls())
+        self.assertEqual(len(timers), 1)  # the idle timer
+        channel.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        clock.advance(61)  # a slow answer outlives the idle timeout: it is not idle
+        self.assertFalse(transport.disconnecting)
+        slow.waiting.pop().finish()
+        clock.advance(59)
+        channel.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        slow.waiting.pop().finish()
+        self.assertEqual(transport.value().count(b"200 OK"), 2)
+        self.assertLessEqual(len(clock.getDelayedCalls()), 1)  # moved, not one per request
+        clock.advance(59)
+        self.assertFalse(transport.disconnecting)
+        clock.advance(1)  # idle for idle_timeout after the last answer
+        self.assertTrue(transport.disconnecting)
+
     def test_a_client_that_never_reads_is_closed_by_the_idle_timeout(self) -> None:
         slow = Slow()
         transport, channel, clock = memory_channel(slow, max_pending_output=0)

@@ -173,14 +173,25 @@ def config(workers: int = 2, echo: str = "") -> str:
 
 
 def count_concurrently(daemon: Daemon, clients: int, requests: int) -> list[list[int]]:
-    """C{clients} threads each take C{requests} numbers from the counter page, each on a new connection."""
+    """C{clients} threads each take C{requests} numbers from the counter page, each on its own connection.
+
+    A connection is served by one worker, and each worker hands out numbers
+    from its own blocks in increasing order: so each client's numbers
+    increase, while the workers' numbers interleave by block.
+    """
 
     def client(_: int) -> list[int]:
         numbers = []
-        for _ in range(requests):
-            status, body = daemon.get("/")
-            assert status == 200, (status, body)
-            numbers.append(int(re.fullmatch(rb"I am request #(\d+)\n", body).group(1)))  # type: ignore[union-attr]
+        conn = http.client.HTTPConnection("127.0.0.1", daemon.port("http"), timeout=TIMEOUT)
+        try:
+            for _ in range(requests):
+                conn.request("GET", "/")
+                response = conn.getresponse()
+                status, body = response.status, response.read()
+                assert status == 200, (status, body)
+                numbers.append(int(re.fullmatch(rb"I am request #(\d+)\n", body).group(1)))  # type: ignore[union-attr]
+        finally:
+            conn.close()
         return numbers
 
     with ThreadPoolExecutor(clients) as pool:
@@ -205,7 +216,7 @@ class SupervisorTests(TestCase):
                 udp.sendto(b"datagram %d" % i, ("127.0.0.1", daemon.port("udp")))
                 self.assertEqual(udp.recvfrom(100)[0], b"datagram %d" % i)
 
-        # SQLite, several processes: every number once, each client's numbers increasing
+        # SQLite, several processes: every number once, each client's numbers increasing (one worker each)
         taken = count_concurrently(daemon, clients=6, requests=15)
         numbers = [n for client in taken for n in client]
         self.assertEqual(len(set(numbers)), len(numbers))

@@ -37,6 +37,11 @@ class DatabaseConfig:
         doc="seconds a request waits for the database in all (a pool thread, reconnecting, retries);"
         " then it fails with DATABASE_UNAVAILABLE",
     )
+    counter_block: int = setting(
+        1000, min=1, max=1_000_000,
+        doc="numbers of the request counter a process reserves in one transaction; a crash skips at most this many"
+        " (1: one transaction per batch of requests, numbers ordered across processes)",
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

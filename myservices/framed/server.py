@@ -36,12 +36,12 @@ from myservices.errors import (
     RequestError,
 )
 from myservices.framed.catalog import COMMAND_NAMES, COMMANDS, PUSHES
-from myservices.framed.wire import MAX_ID, Frame, FrameDecoder, FrameError, encode_json, error_object
+from myservices.framed.wire import MAX_ID, Frame, FrameDecoder, FrameError, encode_json, encode_reply, error_object
 from myservices.flow import IdleTimer, ReadGate
 from myservices.halfclose import HalfCloseableProtocol
 from myservices.handlers import values
 from myservices.handlers.commands import CommandState, SharedServices, router
-from myservices.handlers.pipeline import classify, event_body, invoke
+from myservices.handlers.pipeline import call, classify, event_body
 from myservices.handlers.router import Command, Router
 from myservices.hub import Event, Subscriber
 from myservices.listeners import ConnectionTrackingFactory, StreamListenerService
@@ -142,6 +142,7 @@ class FramedProtocol(HalfCloseableProtocol):
         if self._processing:
             return  # a reply written from inside the loop below; the loop goes on by itself
         self._processing = True
+        taken = 0
         try:
             while not self.closing:
                 if not self.stopping and (
@@ -158,6 +159,7 @@ class FramedProtocol(HalfCloseableProtocol):
                     if not self.stopping:
                         self._resume_reading()
                     return
+                taken += 1
                 try:
                     self._request(frame)
                 except Exception:
@@ -166,6 +168,8 @@ class FramedProtocol(HalfCloseableProtocol):
                     self._reply_error(frame.command, 0, INTERNAL)
         finally:
             self._processing = False
+            if taken:
+                self._idle.touch()  # once per batch of requests: they arrived together
 
     def _pause_reading(self) -> None:
         self._gate.hold("busy")
@@ -181,7 +185,6 @@ class FramedProtocol(HalfCloseableProtocol):
         self.close_gracefully()
 
     def _request(self, frame: Frame) -> None:
-        self._idle.touch()
         self.factory.messages_in += 1
         command_id = frame.command
         try:
@@ -242,17 +245,23 @@ class FramedProtocol(HalfCloseableProtocol):
         except RequestError as e:
             self._reply_error(command_id, request_id, e.error, e.detail)
             return
-        self._await(invoke(command, self.state, kwargs), command, request_id)
+        result = call(command, self.state, kwargs)
+        # most results are dicts: that test is much cheaper than isinstance with Deferred (an ABC)
+        if type(result) is not dict and isinstance(result, Deferred):
+            self._await(result, command, command_id, request_id)
+        else:
+            self._reply(result, command, command_id, request_id)  # a synchronous handler: no Deferred at all
 
-    def _await(self, d: Deferred[Any], command: Command, request_id: int) -> None:
+    def _await(self, d: Deferred[Any], command: Command, command_id: int, request_id: int) -> None:
+        args = (command, command_id, request_id)
         if d.called:
             # finished without waiting (a loaded room, an error found early)
-            d.addCallbacks(self._reply, self._failed_f, (command, request_id), errbackArgs=(command, request_id))
+            d.addCallbacks(self._reply, self._failed_f, args, errbackArgs=args)
             return
         self.in_flight.add(request_id)
         if command.barrier:
             self.barrier = True
-        d.addCallbacks(self._reply, self._failed_f, (command, request_id), errbackArgs=(command, request_id))
+        d.addCallbacks(self._reply, self._failed_f, args, errbackArgs=args)
         d.addBoth(self._finished, command, request_id)
 
     def _finished(self, _: object, command: Command, request_id: int) -> None:
@@ -267,20 +276,21 @@ class FramedProtocol(HalfCloseableProtocol):
 
     # --- output --------------------------------------------------------------
 
-    def _reply(self, result: Any, command: Command, request_id: int) -> None:
+    def _reply(self, result: Any, command: Command, command_id: int, request_id: int) -> None:
         try:
-            frame = encode_json(self.factory.command_ids[command.name], {"id": request_id, "ok": True, "result": result})
-        except (TypeError, ValueError):
+            frame = encode_reply(command_id, request_id, result)
+        except (TypeError, ValueError, RecursionError):
             self.log.failure("framed: {command} returned a result that is not JSON", command=command.name, code="INTERNAL")
-            self._reply_error(self.factory.command_ids[command.name], request_id, INTERNAL)
+            self._reply_error(command_id, request_id, INTERNAL)
             return
-        self.factory.count(command.name, "ok")
-        self.factory.messages_out += 1
+        factory = self.factory
+        factory.count_ok(command.name)
+        factory.messages_out += 1
         self.outbound.write(frame)
 
-    def _failed_f(self, failure: Failure, command: Command, request_id: int) -> None:
+    def _failed_f(self, failure: Failure, command: Command, command_id: int, request_id: int) -> None:
         error = classify(failure, self.factory.service_name, command.name)
-        self._reply_error(self.factory.command_ids[command.name], request_id, error.error, error.detail)
+        self._reply_error(command_id, request_id, error.error, error.detail)
 
     def _reply_error(self, command_id: int, request_id: int, error: ErrorCode, detail: str | None = None) -> None:
         self.factory.count(COMMAND_NAMES.get(command_id, "unknown"), error.code)

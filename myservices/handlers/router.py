@@ -24,6 +24,11 @@ class Arg:
     min: int | None = None  # for integers
     max: int | None = None  # for integers
     type_name: str | None = None  # for other types: what the error message calls it
+    takes_anything: bool = field(init=False, repr=False, compare=False)  # any JSON value, no limit: nothing to check
+
+    def __post_init__(self) -> None:
+        anything = self.type is ANY and self.max_length is None and self.min is None and self.max is None
+        object.__setattr__(self, "takes_anything", anything)
 
     def check(self, value: Any) -> Any:
         t = self.type
@@ -69,28 +74,36 @@ class Command:
     login: bool = False
     barrier: bool = False
     is_async: bool = field(init=False)
+    arg_names: tuple[str, ...] = field(init=False, repr=False, compare=False)  # in order
+    any_args: tuple[str, ...] = field(init=False, repr=False, compare=False)  # those taking any JSON value
+    _known: dict[str, Arg] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # decided once here, not per request
         object.__setattr__(self, "is_async", inspect.iscoroutinefunction(self.handler))
+        object.__setattr__(self, "arg_names", tuple(a.name for a in self.args))
+        object.__setattr__(self, "any_args", tuple(a.name for a in self.args if a.type is ANY))
+        object.__setattr__(self, "_known", {a.name: a for a in self.args})
 
     def bind(self, args: Mapping[str, Any], label: str | None = None) -> dict[str, Any]:
         """Checked keyword arguments for the handler, or RequestError(BAD_ARGUMENTS).
 
         C{label} names the command in error messages as the client called it (default: its name).
         """
-        label = label or self.name
-        known = {a.name: a for a in self.args}
+        if not args and not self.args:
+            return {}
+        known = self._known
         for name in args:
             if name not in known:
                 expected = ", ".join(known) or "none"
-                raise RequestError(BAD_ARGUMENTS, f'{label}: unknown argument "{name}" (expected {expected})')
+                raise RequestError(BAD_ARGUMENTS, f'{label or self.name}: unknown argument "{name}" (expected {expected})')
         kwargs = {}
         for a in self.args:
             if a.name in args:
-                kwargs[a.name] = a.check(args[a.name])
+                value = args[a.name]
+                kwargs[a.name] = value if a.takes_anything else a.check(value)
             elif a.required:
-                raise RequestError(BAD_ARGUMENTS, f'{label}: missing argument "{a.name}"')
+                raise RequestError(BAD_ARGUMENTS, f'{label or self.name}: missing argument "{a.name}"')
         return kwargs
 
 

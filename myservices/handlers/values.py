@@ -42,6 +42,9 @@ def _finite(text: str) -> float:
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abcdefABCDEF]")
 
 
+_decode = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite).decode
+
+
 def loads(text: str | bytes) -> Any:
     """Parse strict JSON: L{InvalidJSON} for text that is not JSON, L{InvalidValue} for values outside it.
 
@@ -49,7 +52,8 @@ def loads(text: str | bytes) -> Any:
     unpaired ones are refused.
     """
     try:
-        value = json.loads(text, parse_constant=_no_constant, parse_float=_finite)
+        # one decoder for every request: json.loads with options would build a new one each time
+        value = _decode(text) if type(text) is str else json.loads(text, parse_constant=_no_constant, parse_float=_finite)
     except InvalidValue:
         raise
     except RecursionError:

@@ -23,6 +23,7 @@ from myservices.handlers.commands import CommandState
 from myservices.handlers.pipeline import event_body
 from myservices.handlers.router import Arg, Command, Router
 from myservices.hub import Event, NickChange, Subscriber
+from myservices.pb.plain import serialize
 
 if TYPE_CHECKING:
     from myservices.accounts import Account
@@ -180,7 +181,7 @@ class Avatar(pb.Avatar):
                 return broker.serialize(conn.refuse(USER_METHODS[name][0].name, error), self)
             return broker.serialize(conn.unknown(name, self.methods), self)
         command, takes_state = entry
-        return broker.serialize(conn.call(name, command, self.state if takes_state else self, args, kw), self)
+        return serialize(broker, conn.call(name, command, self.state if takes_state else self, args, kw), self)
 
     # --- the hub's Subscriber interface ---------------------------------------------------
 
@@ -238,7 +239,7 @@ class RoomHandle(pb.Referenceable):
         command = ROOM_METHODS.get(name)
         if command is None:
             return broker.serialize(conn.unknown(name, ROOM_METHODS))
-        return broker.serialize(conn.call(name, command, self, args, kw))
+        return serialize(broker, conn.call(name, command, self, args, kw))
 
     def check_active(self) -> None:
         if not self.active:

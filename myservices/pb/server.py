@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from io import BytesIO
 from typing import Any
 
 from twisted.application.service import IService
@@ -39,11 +38,12 @@ from myservices.flow import IdleTimer, ReadGate
 from myservices.halfclose import HalfCloseableProtocol
 from myservices.handlers import values
 from myservices.handlers.commands import SharedServices
-from myservices.handlers.pipeline import classify, invoke
-from myservices.handlers.router import ANY, Command
+from myservices.handlers.pipeline import call, classify
+from myservices.handlers.router import Command
 from myservices.listeners import ConnectionTrackingFactory, StreamListenerService
 from myservices.metrics import Metrics, RequestCounts
 from myservices.outbound import Outbound
+from myservices.pb.banana import encode as banana_encode
 from myservices.pb.errors import RequestFailed
 from myservices.pb.login import GatewayRoot, make_portal
 from myservices.ratelimit import TokenBucket
@@ -101,7 +101,7 @@ def bind_call(command: Command, label: str, args: Any, kw: Any) -> dict[str, Any
     """Map a PB call's positional and keyword arguments onto C{command}'s arguments and check them."""
     if not isinstance(args, (list, tuple)) or not isinstance(kw, dict):
         raise RequestError(BAD_ARGUMENTS, f"{label}: malformed arguments")
-    names = [a.name for a in command.args]
+    names = command.arg_names
     if len(args) > len(names):
         raise RequestError(
             BAD_ARGUMENTS, f"{label} takes at most {len(names)} arguments ({', '.join(names) or 'none'}), got {len(args)}"
@@ -113,9 +113,9 @@ def bind_call(command: Command, label: str, args: Any, kw: Any) -> dict[str, Any
             raise RequestError(BAD_ARGUMENTS, f'{label}: argument "{key}" given twice')
         given[key] = value
     kwargs = command.bind(given, label=label)
-    for a in command.args:
-        if a.type is ANY and a.name in kwargs:
-            check_json(a.name, kwargs[a.name])
+    for name in command.any_args:
+        if name in kwargs:
+            check_json(name, kwargs[name])
     return kwargs
 
 
@@ -209,10 +209,9 @@ class PBConnection(HalfCloseableProtocol, pb.Broker):
 
     def sendEncoded(self, obj: Any) -> None:
         # through the bounded queue, so a client that does not read cannot grow server memory
-        buffer = BytesIO()
-        self._encode(obj, buffer.write)
+        data = banana_encode(self, obj)
         self.factory.messages_out += 1
-        self.outbound.write(buffer.getvalue())
+        self.outbound.write(data)
 
     def _slow_consumer(self) -> None:
         _log.info("pb: dropping slow consumer {peer}", peer=self.peer, code="SLOW_CONSUMER")
@@ -225,19 +224,21 @@ class PBConnection(HalfCloseableProtocol, pb.Broker):
 
     # --- calls -------------------------------------------------------------------
 
-    def call(self, label: str, command: Command, target: Any, args: Any, kw: Any) -> Deferred[Any]:
+    def call(self, label: str, command: Command, target: Any, args: Any, kw: Any) -> Any:
         """Run one remote call: unserialize, check, rate-limit, run C{command.handler(target, ...)}.
 
-        Always returns a Deferred; its failure is a L{RequestFailed}. C{args}
-        and C{kw} are still serialized (unserializing may fail, too).
+        Returns the result, or a Deferred of it; a failure is always a
+        Deferred failing with a L{RequestFailed}. (The broker answers a plain
+        result at once: a synchronous command costs no Deferred.) C{args} and
+        C{kw} are still serialized (unserializing may fail, too).
         """
-        d = self._call(label, command, target, args, kw)
-        if not self._answer_required:
+        result = self._call(label, command, target, args, kw)
+        if not self._answer_required and type(result) is not dict and isinstance(result, Deferred):
             # the broker drops the result of such a call; its failure is counted, not left unhandled
-            d.addErrback(lambda _: None)
-        return d
+            result.addErrback(lambda _: None)
+        return result
 
-    def _call(self, label: str, command: Command, target: Any, args: Any, kw: Any) -> Deferred[Any]:
+    def _call(self, label: str, command: Command, target: Any, args: Any, kw: Any) -> Any:
         if self.outbound.paused:
             # the client is not reading its answers: take no more calls until it does (see _drained)
             self._pause_reading()
@@ -262,7 +263,10 @@ class PBConnection(HalfCloseableProtocol, pb.Broker):
             kwargs = bind_call(command, label, args, kw)
         except RequestError as e:
             return self._error(command, e)
-        d = invoke(command, target, kwargs)
+        d = call(command, target, kwargs)
+        if type(d) is dict or not isinstance(d, Deferred):  # the dict test first: Deferred is an ABC
+            self.factory.count_ok(command.name)
+            return d
         if not d.called:
             self._started()
             # runs before the broker writes the answer; when stopping, that write still goes out,

@@ -24,6 +24,7 @@ from zope.interface import implementer
 from myservices.errors import BAD_REQUEST, TIMEOUT, TOO_LARGE, ErrorCode
 from myservices.listeners import TrackedProtocol
 from myservices.flow import ReadGate
+from myservices.web.idle import MovedIdleTimeout
 from myservices.web.request import LimitedRequest, error_body
 
 if TYPE_CHECKING:
@@ -65,7 +66,7 @@ def _head_size(version: bytes, code: bytes, reason: bytes, headers: Any) -> int:
 
 
 @implementer(IHalfCloseableProtocol)
-class LimitedHTTPChannel(TrackedProtocol, HTTPChannel):
+class LimitedHTTPChannel(TrackedProtocol, MovedIdleTimeout, HTTPChannel):
     """HTTPChannel plus limits, flow control, half-close, connection tracking and a graceful close on shutdown.
 
     The header limits are HTTPChannel's own (C{totalHeadersSize},
@@ -179,7 +180,9 @@ class LimitedHTTPChannel(TrackedProtocol, HTTPChannel):
         self._timing = False  # the timer may stay: it does nothing when it fires between requests
         if self.factory.access_log:
             self.requests[-1].received_at = self.factory.clock.seconds()
+        self._request_starts = True
         super().allContentReceived()
+        self._request_starts = False  # consumed, or no idle timeout is set
 
     def requestDone(self, request: Any) -> None:
         if self._held and self._buffer:

@@ -99,7 +99,12 @@ class _CounterResource(Resource):
 class CounterPage(_CounterResource):
     """C{GET /}: C{I am request #N}, N from the durable counter."""
 
-    def render_GET(self, request: Request) -> int:
+    def render_GET(self, request: Request) -> bytes | int:
+        n = self.counter.take_now()
+        if n is not None:
+            # the usual case: a number of the block this process has reserved, answered at once
+            _no_store(request, b"text/plain; charset=utf-8")
+            return b"I am request #%d\n" % n
         self.counter.take(partial(self._answer, request), partial(self.errors.respond, request=request))
         return NOT_DONE_YET
 
