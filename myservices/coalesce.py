@@ -81,7 +81,11 @@ class WriteCoalescer:
         self._call = None
         queued, self._queued = self._queued, {}
         for transport in queued:
-            transport.send_queued()
+            try:
+                transport.send_queued()
+            except Exception:
+                # e.g. a protocol's connectionLost raising on a failed send: the other connections still send
+                _log.failure("sending for {transport}", transport=transport)
 
 
 class CoalescingTransport:
@@ -175,6 +179,8 @@ class CoalescingTransport:
             # sends it, then closes
             self.startWriting()
             return
+        if not self._tempDataLen and self.offset >= len(self.dataBuffer):
+            return  # the reactor's writable event sent it all already: no empty send, no spurious resume
         if self._send_directly and self._send_one():
             return
         try:
@@ -189,7 +195,7 @@ class CoalescingTransport:
                 disconnect(self, why, False)  # what the reactor does with a failed doWrite
             else:
                 self.startWriting()  # a reactor without it: its writable event sends and fails again
-        elif not self._writing and (self._tempDataLen or self.offset < len(self.dataBuffer)):
+        elif self.connected and not self._writing and (self._tempDataLen or self.offset < len(self.dataBuffer)):
             self.startWriting()  # the kernel took less than everything: the rest on writable events
 
     def _send_one(self) -> bool:
@@ -213,7 +219,8 @@ class CoalescingTransport:
         self._tempDataLen = 0
         if sent < len(data):
             self.dataBuffer, self.offset = data, sent
-            self.startWriting()  # the kernel took less than everything: the rest on writable events
+            if self.connected:
+                self.startWriting()  # the kernel took less than everything: the rest on writable events
         return True
 
     def connectionLost(self, reason: Failure) -> None:

@@ -225,6 +225,13 @@ def _validate(
     return config
 
 
+# the names of the daemon's own services in the tree (a [services.NAME] of one of these could not be added)
+RESERVED_SERVICE_NAMES = frozenset({
+    "watchdog", "database", "reactor-lag", "hub-lease", "hub", "hub-engine", "password-hasher", "counter",
+    "notify", "reload", "supervisor", "worker-link", "metrics-flush",
+})
+
+
 def _services(
     raw: Any, kinds: Mapping[str, type[ServiceConfig]], validator: Validator, problems: list[str]
 ) -> dict[str, ServiceConfig]:
@@ -235,6 +242,12 @@ def _services(
     order = {kind: i for i, kind in enumerate(kinds)}
     found: list[tuple[int, str, ServiceConfig]] = []
     for name, section in raw.items():
+        if name in RESERVED_SERVICE_NAMES:
+            problems.append(
+                f"services.{name}: the daemon names one of its own services {name!r}; choose another name "
+                f'(e.g. [services.{name}-1] with kind = "...")'
+            )
+            continue
         kind = _kind_of(name, section, kinds, problems)
         if kind is None:
             continue

@@ -23,25 +23,28 @@ def split_description(description: str) -> tuple[list[str], dict[str, str]]:
     Follows Twisted's rules: ``\\`` escapes the next character, so ``\\:`` is a
     literal colon (needed for IPv6 addresses).
     """
-    parts: list[str] = []
+    # each part as its text and where its first unescaped "=" is (Twisted: an escaped one is literal)
+    parts: list[tuple[str, int]] = []
     current: list[str] = []
+    equals = -1
     chars = iter(description)
     for ch in chars:
         if ch == "\\":
             current.append(next(chars, ""))
         elif ch == ":":
-            parts.append("".join(current))
-            current = []
+            parts.append(("".join(current), equals))
+            current, equals = [], -1
         else:
+            if ch == "=" and equals < 0:
+                equals = len(current)
             current.append(ch)
-    parts.append("".join(current))
+    parts.append(("".join(current), equals))
     args: list[str] = []
     kwargs: dict[str, str] = {}
-    for part in parts:
-        # Twisted's rule: a part with "=" is a keyword argument.
-        if "=" in part:
-            key, value = part.split("=", 1)
-            kwargs[key] = value
+    for part, equals in parts:
+        # Twisted's rule: a part with an unescaped "=" is a keyword argument.
+        if equals >= 0:
+            kwargs[part[:equals]] = part[equals + 1 :]
         else:
             args.append(part)
     return args, kwargs
@@ -111,9 +114,9 @@ def resolve_endpoint_paths(description: str, base_dir: Path) -> str:
             key, value = (parameters[position] if position < len(parameters) else ""), text
             position += 1
         seen.add(key)
-        if key in paths and value and not os.path.isabs(value):
-            resolved = str(base_dir / value)
-            parts[i] = _escape(f"{key}={resolved}" if "=" in text else resolved)
+        if key in paths and value and not value.startswith("\0") and not os.path.isabs(value):
+            resolved = _escape(str(base_dir / value)).replace("=", "\\=")  # a literal = in the directory
+            parts[i] = f"{_escape(key)}={resolved}" if "=" in text else resolved
     if kind == "ssl" and "privateKey" not in seen:
         parts.append(_escape(f"privateKey={base_dir / _SSL_DEFAULT_KEY}"))
     return ":".join(parts)

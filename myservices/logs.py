@@ -153,7 +153,8 @@ class JsonLines:
 
     def __call__(self, event: LogEvent) -> None:
         try:
-            line = json.dumps(event_as_json(event), ensure_ascii=False, separators=(",", ":"))
+            # ASCII (\\u escapes): a stdout that is not UTF-8, or a lone surrogate, cannot make the write fail
+            line = json.dumps(event_as_json(event), separators=(",", ":"))
         except Exception as e:  # never lose the event: say what could not be written
             line = json.dumps({
                 "time": iso_time(event.get("log_time") or 0.0), "level": "error", "namespace": __name__,

@@ -12,7 +12,7 @@ import socket
 import struct
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet import reactor, tcp
 from twisted.internet.defer import Deferred, DeferredQueue
@@ -486,3 +486,29 @@ class SupportTests(TestCase):
 
     def test_a_reactor_without_disconnect_selectable_is_not(self) -> None:
         self.assertEqual(coalescing_supported(object()), "reactor._disconnectSelectable")
+
+
+class _Sender:
+    """Stands in for a queued transport: counts its sends, and may fail as a buggy connectionLost would."""
+
+    def __init__(self, fail: bool) -> None:
+        self.fail = fail
+        self.sends = 0
+
+    def send_queued(self) -> None:
+        self.sends += 1
+        if self.fail:
+            raise RuntimeError("a bug in a protocol's connectionLost")
+
+
+class FlushFailureTests(TestCase):
+    def test_one_failing_connection_does_not_stop_the_others_sending(self) -> None:
+        clock = Clock()
+        coalescer = WriteCoalescer(clock)
+        first, second = _Sender(fail=True), _Sender(fail=False)
+        coalescer.add(cast(Any, first))
+        coalescer.add(cast(Any, second))
+        clock.advance(0)
+        self.assertEqual((first.sends, second.sends), (1, 1))
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(coalescer.queued, 0)

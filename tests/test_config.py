@@ -36,6 +36,17 @@ class ConfigErrorsTests(TestCase):
         self.assertIn("services.echo.max_conections: unknown key", problems[0])
         self.assertIn("max_connections", problems[0])
 
+    def test_a_service_may_not_take_the_name_of_one_of_the_daemons_own(self) -> None:
+        problems = self.problems(
+            """
+            [services.counter]
+            kind = "http"
+            endpoint = "tcp:0"
+            """
+        )
+        self.assertEqual(len(problems), 1)
+        self.assertIn("services.counter: the daemon names one of its own services 'counter'", problems[0])
+
     def test_unknown_top_level_key_and_unknown_service(self) -> None:
         problems = self.problems(
             """

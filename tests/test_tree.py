@@ -13,12 +13,14 @@ from pathlib import Path
 from twisted.application.service import IService
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import _parse  # Twisted's own reading of an endpoint string
 from twisted.logger import globalLogPublisher
 from twisted.plugin import getPlugins
 from twisted.trial.unittest import TestCase
 
 from myservices import tap
-from myservices.config import ConfigError
+from myservices.config import RESERVED_SERVICE_NAMES, ConfigError
+from myservices.endpoints import resolve_endpoint_paths, split_description
 from myservices.listeners import ListenError, format_address
 from myservices.registry import load_config
 from myservices.tree import OrderedMultiService, build_service_tree
@@ -88,6 +90,9 @@ class OptionsTests(TestCase):
         self.assertEqual([s.name for s in root], ["watchdog", "database", "reactor-lag", "hub-lease", "hub", "password-hasher", "counter", "echo", "chat", "udp", "websocket", "http", "framed", "pb", "notify", "reload"])
         self.assertFalse(root.running)
         self.assertIsNone(root.database.pool)
+        # the daemon's own services take names no [services.NAME] may have
+        self.assertLessEqual({s.name for s in root} - {"echo", "chat", "udp", "websocket", "http", "framed", "pb"},
+                             RESERVED_SERVICE_NAMES)
 
 
 class TreeTests(TestCase):
@@ -202,6 +207,14 @@ class TlsTests(TestCase):
 
 class RelativeEndpointPathTests(TestCase):
     """Paths inside endpoint strings are relative to the config file, whatever the working directory."""
+
+    def test_an_abstract_unix_socket_is_not_a_path(self) -> None:
+        self.assertEqual(resolve_endpoint_paths("unix:\0myservices", Path("/etc/x")), "unix:\0myservices")
+
+    def test_a_directory_with_an_equals_sign_stays_one_path(self) -> None:
+        resolved = resolve_endpoint_paths("unix:run/chat.sock", Path("/etc/my=services"))
+        self.assertEqual(split_description(resolved), (["unix", "/etc/my=services/run/chat.sock"], {}))
+        self.assertEqual(_parse(resolved), (["unix", "/etc/my=services/run/chat.sock"], {}))
 
     def elsewhere(self) -> None:
         cwd = Path(self.mktemp()).resolve()

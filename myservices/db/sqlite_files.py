@@ -47,6 +47,17 @@ def _can(path: Path, mode: int) -> bool:
 
 def explain(path: str, error: BaseException) -> str:
     """Why the SQLite file C{path} cannot be opened or written (C{error} is SQLite's word for it), and the fix."""
+    try:
+        return _explain(path, error)
+    except OSError as e:  # looking was refused too (a directory on the way this process may not search)
+        return (
+            f"cannot open the SQLite database {path} ({error}); looking at its directory failed too ({e}): "
+            f"make the directory and its parents searchable and writable by uid {os.geteuid()}, or point "
+            "[daemon] data_dir (MYSERVICES_DATA_DIR) at a directory that is"
+        )
+
+
+def _explain(path: str, error: BaseException) -> str:
     uid, gid = os.geteuid(), os.getegid()
     me = f"this process (uid {uid}, gid {gid})"
     file = Path(path)
