@@ -6,14 +6,15 @@ import socket
 from pathlib import Path
 
 import pytest
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import TestCase
 
 from myservices.chat import ChatConfig, ChatFactory, ChatProtocol
 from myservices.db import Txn
-from myservices.errors import ERRORS
-from myservices.hub import HubConfig
+from myservices.errors import ERRORS, RATE_LIMITED, RequestError
+from myservices.hub import HubConfig, Message
 from myservices.hub.history import save_missing_txn, write_messages_txn
 from myservices.metrics import Metrics
 from tests import mysql
@@ -75,6 +76,24 @@ class ChatTestsMixin:
         self.assertRegex(history[0][3], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
         self.assertEqual(lines[-1], "OK join lobby")
         self.assertEqual(await carol.command("/who"), ["WHO lobby alice", "WHO lobby bob", "WHO lobby carol", "END who lobby"])
+
+    async def test_many_publishing_lines_in_one_write_keep_their_order_everywhere(self) -> None:
+        tree = await self.start()
+        port = port_of(tree, "chat")
+        alice = await chat_client(self, port, "alice")
+        bob = await chat_client(self, port, "bob")
+        await alice.command("/join lobby")
+        await bob.command("/join lobby")
+        await alice.read_until("JOIN lobby bob")
+        # they run at once (their commits share transactions), and are answered in order
+        alice.send(b"".join(f"/msg lobby line {i}\r\n".encode() for i in range(1, 41)) + b"/history lobby 40\r\n")
+        lines = await alice.read_until("END history")
+        oks = [line for line in lines if line.startswith("OK msg")]
+        self.assertEqual(oks, [f"OK msg lobby {i}" for i in range(1, 41)])
+        self.assertLess(lines.index("OK msg lobby 40"), lines.index(lines[-41]))  # /history after every reply
+        self.assertEqual([line.split(" ", 4)[4] for line in lines[-41:-1]], [f"alice line {i}" for i in range(1, 41)])
+        seen = await bob.read_until(lambda line: line.startswith("MSG lobby 40 "))
+        self.assertEqual(seen, [f"MSG lobby {i} alice line {i}" for i in range(1, 41)])
 
     async def test_history_keeps_its_last_messages_by_count_when_ids_skip(self) -> None:
         # after Redis lost its data a room's ids skip up to id_block: the messages before the gap are still the last ones
@@ -163,6 +182,80 @@ class ChatUnitTests(TestCase):
              "OK part a", "END rooms"],
         )
         proto.connectionLost(None)
+
+
+class PipelinedPublishingTests(TestCase):
+    """Publishing lines run at once, answered in the order they came; other commands wait for them."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.metrics = Metrics()
+        self.hub = memory_hub(HubConfig(), self.clock, metrics=self.metrics)
+        cfg = ChatConfig(endpoint="tcp:0", max_in_flight=3)
+        self.factory = ChatFactory("chat", cfg, self.hub, self.metrics.for_service("chat"), self.clock)
+        self.proto = self.factory.buildProtocol(None)
+        self.transport = StringTransport()
+        self.proto.makeConnection(self.transport)
+        self.proto.dataReceived(b"/join a\n")
+        self.transport.clear()
+        self.publishing: list[tuple[Deferred[Message], str]] = []
+        self.hub.publish = self.publish  # type: ignore[method-assign]
+
+    def tearDown(self) -> None:
+        self.proto.connectionLost(None)
+
+    def publish(self, session: object, room: str, text: str, as_member: bool = True) -> Deferred[Message]:
+        if text == "bad":
+            raise RequestError(RATE_LIMITED, "slow down")
+        d: Deferred[Message] = Deferred()
+        self.publishing.append((d, text))
+        return d
+
+    def stored(self, i: int, id: int) -> None:
+        d, text = self.publishing[i]
+        d.callback(Message(room="a", id=id, ts=0.0, nick="guest1", text=text))
+
+    def lines(self) -> list[str]:
+        return self.transport.value().decode().splitlines()
+
+    def test_replies_keep_the_order_of_the_lines_whichever_finishes_first(self) -> None:
+        self.proto.dataReceived(b"/msg a one\nbad\n/pub a two\n")
+        self.assertEqual([text for _, text in self.publishing], ["one", "two"])  # both running
+        self.stored(1, 2)
+        self.assertEqual(self.lines(), [])  # the error and "two" wait for "one"
+        self.stored(0, 1)
+        self.assertEqual(self.lines(), ["OK msg a 1", "ERR RATE_LIMITED slow down", "OK pub a 2"])
+
+    def test_another_command_waits_for_the_publishing_lines_before_it(self) -> None:
+        self.proto.dataReceived(b"/msg a one\n/who a\n/msg a two\n")
+        self.assertEqual([text for _, text in self.publishing], ["one"])  # /who waits, and what follows it
+        self.assertTrue(self.proto.paused)
+        self.stored(0, 1)
+        self.assertEqual(self.lines(), ["OK msg a 1", "WHO a guest1", "END who a"])
+        self.assertEqual([text for _, text in self.publishing], ["one", "two"])
+        self.assertFalse(self.proto.paused)
+
+    def test_reading_stops_at_max_in_flight_and_resumes_when_one_is_answered(self) -> None:
+        self.proto.dataReceived(b"1\n2\n3\n4\n")
+        self.assertEqual([text for _, text in self.publishing], ["1", "2", "3"])
+        self.assertTrue(self.proto.paused)
+        self.stored(0, 1)
+        self.assertEqual([text for _, text in self.publishing], ["1", "2", "3", "4"])
+        self.assertTrue(self.proto.paused)  # three running again
+        for i in (1, 2, 3):
+            self.stored(i, i + 1)
+        self.assertFalse(self.proto.paused)
+        self.assertEqual(self.lines(), [])  # text lines are answered only when they fail
+
+    def test_a_half_closed_client_gets_every_reply_before_the_close(self) -> None:
+        self.proto.dataReceived(b"/msg a one\n/msg a two")
+        self.proto.readConnectionLost()
+        self.assertEqual([text for _, text in self.publishing], ["one", "two"])
+        self.assertFalse(self.transport.disconnecting)
+        self.stored(1, 2)
+        self.stored(0, 1)
+        self.assertEqual(self.lines(), ["OK msg a 1", "OK msg a 2"])
+        self.assertTrue(self.transport.disconnecting)
 
 
 class SQLiteChatTests(ChatTestsMixin, TestCase):
