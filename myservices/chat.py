@@ -236,12 +236,10 @@ class ChatProtocol(HalfCloseableProtocol, LineReceiver, TimeoutMixin, ChatComman
         if self.transport is None or not self.transport.connected or self.session is None or self._alone:
             return
         if self._waiting is not None:
-            if self.replies:
-                return
-            line, self._waiting = self._waiting, None
-            self._run_alone(line)
-            if self._alone:
-                return
+            if not self.replies:
+                line, self._waiting = self._waiting, None
+                self._run_alone(line)  # which reads again once it is answered
+            return
         if len(self.replies) >= self.factory.max_in_flight:
             return
         if self.paused:

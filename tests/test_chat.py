@@ -235,6 +235,19 @@ class PipelinedPublishingTests(TestCase):
         self.assertEqual([text for _, text in self.publishing], ["one", "two"])
         self.assertFalse(self.proto.paused)
 
+    def test_commands_and_publishing_lines_alternating(self) -> None:
+        self.proto.dataReceived(b"1\n/who a\n2\n/who a\n3\n")
+        self.assertEqual([text for _, text in self.publishing], ["1"])
+        self.stored(0, 1)
+        # the first /who ran, then "2" started and the second /who waits for it: reading stays paused
+        self.assertEqual([text for _, text in self.publishing], ["1", "2"])
+        self.assertEqual(self.lines(), ["WHO a guest1", "END who a"])
+        self.assertTrue(self.proto.paused)
+        self.stored(1, 2)
+        self.assertEqual([text for _, text in self.publishing], ["1", "2", "3"])
+        self.assertEqual(self.lines(), ["WHO a guest1", "END who a"] * 2)
+        self.assertFalse(self.proto.paused)
+
     def test_reading_stops_at_max_in_flight_and_resumes_when_one_is_answered(self) -> None:
         self.proto.dataReceived(b"1\n2\n3\n4\n")
         self.assertEqual([text for _, text in self.publishing], ["1", "2", "3"])
