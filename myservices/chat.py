@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from twisted.application.service import IService
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
@@ -184,7 +184,8 @@ class ChatProtocol(HalfCloseableProtocol, LineReceiver, TimeoutMixin, ChatComman
 
     def lineLengthExceeded(self, line: bytes) -> None:
         # LineReceiver hands over everything buffered: the long line and maybe more lines after it
-        self.send_error(LINE_TOO_LONG, f"lines are limited to {self.MAX_LENGTH} bytes; the line was discarded")
+        detail = f"lines are limited to {self.MAX_LENGTH} bytes; the line was discarded"
+        self.replies.add(succeed(RequestError(LINE_TOO_LONG, detail)))  # after the replies to earlier lines
         end = line.find(b"\n")
         if end < 0:
             self._discarding = True
@@ -199,7 +200,7 @@ class ChatProtocol(HalfCloseableProtocol, LineReceiver, TimeoutMixin, ChatComman
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError:
-            self.send_error(BAD_ENCODING)
+            self.replies.add(succeed(RequestError(BAD_ENCODING)))  # after the replies to earlier lines
             return
         if not line.strip():
             return
@@ -235,6 +236,8 @@ class ChatProtocol(HalfCloseableProtocol, LineReceiver, TimeoutMixin, ChatComman
         """Read again if nothing holds reading back (a command running alone, one waiting, too many running)."""
         if self.transport is None or not self.transport.connected or self.session is None or self._alone:
             return
+        if self.transport.disconnecting or self.closing_gracefully or self.outbound.overflowed:
+            return  # /quit, shutdown, a slow consumer dropped: no line after it runs
         if self._waiting is not None:
             if not self.replies:
                 line, self._waiting = self._waiting, None
@@ -259,8 +262,9 @@ class ChatProtocol(HalfCloseableProtocol, LineReceiver, TimeoutMixin, ChatComman
         LineReceiver.dataReceived(self, _terminated(self.clearLineBuffer()))
 
     def answered(self) -> bool:
-        # paused: a command is in flight, later lines wait for it
-        return not self.paused and not self._alone and not self.replies
+        # paused: a command is in flight, later lines wait for it; _busyReceiving: lines of this read
+        # are still being handled (whoever drives LineReceiver asks again when it is done)
+        return not self.paused and not self._alone and not self.replies and not self._busyReceiving
 
     def stop_timers(self) -> None:
         self.setTimeout(None)

@@ -184,8 +184,8 @@ class ChatUnitTests(TestCase):
         proto.connectionLost(None)
 
 
-class PipelinedPublishingTests(TestCase):
-    """Publishing lines run at once, answered in the order they came; other commands wait for them."""
+class PipelineHarness(TestCase):
+    """A chat connection on a StringTransport whose hub publishes only when the test says so."""
 
     def setUp(self) -> None:
         self.clock = Clock()
@@ -217,6 +217,10 @@ class PipelinedPublishingTests(TestCase):
 
     def lines(self) -> list[str]:
         return self.transport.value().decode().splitlines()
+
+
+class PipelinedPublishingTests(PipelineHarness):
+    """Publishing lines run at once, answered in the order they came; other commands wait for them."""
 
     def test_replies_keep_the_order_of_the_lines_whichever_finishes_first(self) -> None:
         self.proto.dataReceived(b"/msg a one\nbad\n/pub a two\n")
@@ -269,6 +273,74 @@ class PipelinedPublishingTests(TestCase):
         self.stored(0, 1)
         self.assertEqual(self.lines(), ["OK msg a 1", "OK msg a 2"])
         self.assertTrue(self.transport.disconnecting)
+
+
+class _TcpLikeTransport(StringTransport):
+    """As tcp.Connection: resumeProducing after loseConnection does nothing (StringTransport raises)."""
+
+    def resumeProducing(self) -> None:
+        if not self.disconnecting:
+            super().resumeProducing()
+
+
+class PipelinedEdgeTests(PipelineHarness):
+    """Half-close, line-level errors and /quit with publishing lines in flight (found in review)."""
+
+    def texts(self) -> list[str]:
+        return [text for _, text in self.publishing]
+
+    def test_a_command_answered_at_once_after_a_resume_does_not_close_before_later_lines(self) -> None:
+        self.proto.dataReceived(b"/msg a one\n/help\n/msg a two\n")
+        self.proto.readConnectionLost()
+        self.stored(0, 1)
+        self.assertEqual(self.texts(), ["one", "two"])
+        self.assertFalse(self.transport.disconnecting)
+
+    def test_a_line_failing_at_once_after_a_resume_does_not_close_before_later_lines(self) -> None:
+        self.proto.dataReceived(b"/msg a one\n/who a\nbad\n/msg a two\n")
+        self.proto.readConnectionLost()
+        self.stored(0, 1)
+        self.assertEqual(self.texts(), ["one", "two"])
+
+    def test_max_in_flight_one_and_an_error_at_the_head(self) -> None:
+        self.factory.max_in_flight = 1
+        self.proto.dataReceived(b"/msg a one\n/msg a\n/msg a two\n")
+        self.proto.readConnectionLost()
+        self.stored(0, 1)
+        self.assertEqual(self.texts(), ["one", "two"])
+
+    def test_a_pending_command_then_help_then_a_line_after_half_close(self) -> None:
+        # printf '/nick bob\n/help\n/msg a two\n' | nc -q1 ...
+        pending: Deferred[None] = Deferred()
+        self.hub.set_nick = lambda session, nick: pending  # type: ignore[method-assign,assignment,return-value]
+        self.proto.dataReceived(b"/nick bob\n/help\n/msg a two\n")
+        self.proto.readConnectionLost()
+        pending.callback(None)
+        self.assertEqual(self.texts(), ["two"])
+
+    def test_bad_encoding_waits_for_the_replies_to_earlier_lines(self) -> None:
+        self.proto.dataReceived(b"/msg a one\n\xff\n")
+        self.assertEqual(self.lines(), [])
+        self.stored(0, 1)
+        self.assertEqual(self.lines()[:2], ["OK msg a 1", "ERR BAD_ENCODING " + ERRORS["BAD_ENCODING"].message])
+
+    def test_line_too_long_waits_for_the_replies_to_earlier_lines(self) -> None:
+        self.proto.dataReceived(b"/msg a one\n" + b"x" * 5000 + b"\n")
+        self.stored(0, 1)
+        self.assertEqual(self.lines()[0], "OK msg a 1")
+        self.assertTrue(self.lines()[1].startswith("ERR LINE_TOO_LONG "))
+
+    def test_nothing_runs_after_quit(self) -> None:
+        self.proto.connectionLost(None)
+        self.transport = _TcpLikeTransport()
+        self.proto = self.factory.buildProtocol(None)
+        self.proto.makeConnection(self.transport)
+        self.proto.dataReceived(b"/join a\n")
+        self.transport.clear()
+        self.proto.dataReceived(b"/msg a one\n/quit\n/msg a two\n")
+        self.stored(0, 1)
+        self.assertEqual(self.lines(), ["OK msg a 1", "BYE goodbye"])
+        self.assertEqual(self.texts(), ["one"])
 
 
 class SQLiteChatTests(ChatTestsMixin, TestCase):
