@@ -4,6 +4,7 @@ the same invocation; a table, a chart and BENCHMARKS.md.
     .venv/bin/python bench/run.py                    # full: median of 3 runs, about 20 minutes
     .venv/bin/python bench/run.py --runs 5 --only echo-64,udp
     .venv/bin/python bench/run.py --smoke --output /tmp/bench   # each workload for a second (CI)
+    .venv/bin/python bench/run.py --only chat-1,chat-8 --update   # replace those rows of the last results
 
 For each run of each server: a fresh server process (pinned, every thread, to
 core 0), warmed up (a connection opened and closed, or for UDP an empty
@@ -92,6 +93,9 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="every workload once, for about a second, few connections")
     parser.add_argument("--output", help="directory for BENCHMARKS.md, benchmarks.png and benchmarks.json "
                         "(default: BENCHMARKS.md, docs/benchmarks.png and bench/results/ in the repository)")
+    parser.add_argument("--update", action="store_true",
+                        help="with --only: replace those workloads' rows in the last results and keep the others "
+                        "(after a change that concerns only them)")
     parser.add_argument("--report-only", action="store_true",
                         help="measure nothing: rewrite BENCHMARKS.md and the chart from the last results (after "
                         "editing the template)")
@@ -127,6 +131,14 @@ def main() -> None:
     print(table(rows))
     meta = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "runs": args.runs, "seconds": args.seconds,
             "warmup": args.warmup, "command": " ".join(["bench/run.py", *sys.argv[1:]])}
+    if args.update and data_path.exists():
+        last = json.loads(data_path.read_text())
+        order = {w.name: i for i, w in enumerate(all_workloads)}
+        names = {w.name for w in selected}
+        kept = [r for r in last["rows"] if r["workload"] not in names]
+        rows = sorted(kept + rows, key=lambda r: order.get(r["workload"], len(order)))
+        meta = {**last["meta"], "date": f"{last['meta']['date']}, {', '.join(sorted(names))} again {meta['date']}",
+                "command": f"{last['meta']['command']}, then {meta['command']}"}
     result = {"meta": meta, "rows": rows}
     data_path.parent.mkdir(parents=True, exist_ok=True)
     data_path.write_text(json.dumps(result, indent=1) + "\n")

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from twisted.application.service import IService
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
@@ -21,25 +21,24 @@ from twisted.python.failure import Failure
 
 from myservices.settings import SIZE, MiB, StreamServiceConfig, setting
 from myservices.errors import (
-    BAD_ARGUMENTS,
     BAD_ENCODING,
     INTERNAL,
     LINE_TOO_LONG,
-    NOT_IN_ROOM,
     SLOW_CONSUMER,
     UNKNOWN_COMMAND,
     ErrorCode,
     RequestError,
 )
-from myservices.chat_lines import HELP, encode_event, gap_line, history_line
+from myservices.chat_commands import ChatCommands
+from myservices.chat_lines import encode_event
 from myservices.halfclose import HalfCloseableProtocol
-from myservices.handlers.commands import SINCE
 from myservices.handlers.pipeline import classify
 from myservices.handlers.values import client_error
-from myservices.hub import Event, Hub, Joined, Message, Session, Subscriber
+from myservices.hub import Event, Hub, Session, Subscriber
 from myservices.listeners import ConnectionTrackingFactory, StreamListenerService
 from myservices.metrics import ServiceMetrics
 from myservices.outbound import Outbound
+from myservices.replies import OrderedReplies
 from myservices.context import BuildContext
 
 
@@ -55,6 +54,11 @@ class ChatConfig(StreamServiceConfig):
         4096, kind=SIZE, min=64, max=1 * MiB,
         doc="longest line a client may send; a longer one is discarded with ERR LINE_TOO_LONG",
     )
+    max_in_flight: int = setting(
+        32, min=1, max=10000,
+        doc="publishing lines (text, /msg, /pub) of one connection running at once, answered in order; "
+        "while that many run, the connection is not read",
+    )
 
 
 WIRE_FORMAT = "line"
@@ -64,7 +68,15 @@ def _terminated(data: bytes) -> bytes:
     return data + b"\n" if data and not data.endswith(b"\n") else data
 
 
-class ChatProtocol(HalfCloseableProtocol, LineReceiver, TimeoutMixin):
+def _publishes(line: str) -> bool:
+    """Whether C{line} only publishes (text, //text, /msg, /pub): such lines may run while earlier ones do."""
+    return not line.startswith("/") or line.startswith("//") or line[:5].lower() in ("/msg ", "/pub ")
+
+
+Outcome = str | RequestError | None  # a command's final line, its error, or nothing to say
+
+
+class ChatProtocol(HalfCloseableProtocol, LineReceiver, TimeoutMixin, ChatCommands):
     """One chat connection: parses lines into hub calls and renders hub events as lines.
 
     A client that closes its side gets every line it sent answered, in order,
@@ -94,6 +106,10 @@ class ChatProtocol(HalfCloseableProtocol, LineReceiver, TimeoutMixin):
         self._rest = b""
         self.outbound = Outbound(self.transport, self.hub.config.max_pending, self._slow_consumer, metrics=self.metrics)
         self.session: Session | None = None
+        # publishing lines run at once, answered in order; any other command runs alone, after them
+        self.replies: OrderedReplies[Outcome] = OrderedReplies(self._emit, self._resume)
+        self._alone = False  # a command that runs alone is running
+        self._waiting: str | None = None  # a command read while publishing lines ran: it runs after them
         self.setTimeout(factory.idle_timeout or None)
         self.pauseProducing()  # no command before the session exists
         Deferred.fromCoroutine(self._open()).addErrback(self._not_opened)
@@ -104,7 +120,7 @@ class ChatProtocol(HalfCloseableProtocol, LineReceiver, TimeoutMixin):
             self.hub.close_session_later(self.session)
             return
         self.send_line(f"WELCOME {self.session.nick} myservices chat; /help lists the commands")
-        self._resume(None)
+        self._resume()
 
     def _not_opened(self, failure: Failure) -> None:
         # the shared rule: the hub's own answers (ENGINE_UNAVAILABLE while Redis is away) keep their
@@ -168,7 +184,8 @@ class ChatProtocol(HalfCloseableProtocol, LineReceiver, TimeoutMixin):
 
     def lineLengthExceeded(self, line: bytes) -> None:
         # LineReceiver hands over everything buffered: the long line and maybe more lines after it
-        self.send_error(LINE_TOO_LONG, f"lines are limited to {self.MAX_LENGTH} bytes; the line was discarded")
+        detail = f"lines are limited to {self.MAX_LENGTH} bytes; the line was discarded"
+        self.replies.add(succeed(RequestError(LINE_TOO_LONG, detail)))  # after the replies to earlier lines
         end = line.find(b"\n")
         if end < 0:
             self._discarding = True
@@ -183,20 +200,54 @@ class ChatProtocol(HalfCloseableProtocol, LineReceiver, TimeoutMixin):
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError:
-            self.send_error(BAD_ENCODING)
+            self.replies.add(succeed(RequestError(BAD_ENCODING)))  # after the replies to earlier lines
             return
         if not line.strip():
             return
-        d = Deferred.fromCoroutine(self._handle(line))
-        if not d.called:
-            # one command at a time: later lines wait until this one is answered
+        if _publishes(line):
+            self.replies.add(Deferred.fromCoroutine(self._outcome(line)))
+            if len(self.replies) >= self.factory.max_in_flight:
+                self.pauseProducing()  # read again once one is answered
+        elif self.replies:
+            self._waiting = line  # after the publishing lines before it
             self.pauseProducing()
-            d.addBoth(self._resume)
+        else:
+            self._run_alone(line)
 
-    def _resume(self, _: object) -> None:
-        if self.transport is not None and self.transport.connected:
+    def _run_alone(self, line: str) -> None:
+        self._alone = True
+        d = Deferred.fromCoroutine(self._outcome(line))
+        if not d.called:
+            self.pauseProducing()  # later lines wait until this one is answered
+        d.addCallback(self._answered_alone)
+
+    def _answered_alone(self, outcome: Outcome) -> None:
+        self._alone = False
+        self._emit(outcome)
+        self._resume()
+
+    def _emit(self, outcome: Outcome) -> None:
+        if isinstance(outcome, RequestError):
+            self.send_error(outcome.error, outcome.detail)
+        elif outcome is not None:
+            self.send_line(outcome)
+
+    def _resume(self) -> None:
+        """Read again if nothing holds reading back (a command running alone, one waiting, too many running)."""
+        if self.transport is None or not self.transport.connected or self.session is None or self._alone:
+            return
+        if self.transport.disconnecting or self.closing_gracefully or self.outbound.overflowed:
+            return  # /quit, shutdown, a slow consumer dropped: no line after it runs
+        if self._waiting is not None:
+            if not self.replies:
+                line, self._waiting = self._waiting, None
+                self._run_alone(line)  # which reads again once it is answered
+            return
+        if len(self.replies) >= self.factory.max_in_flight:
+            return
+        if self.paused:
             self.resumeProducing()
-            self.close_if_answered()
+        self.close_if_answered()
 
     # --- the client closed its side (HalfCloseableProtocol) ----------------------
 
@@ -211,162 +262,34 @@ class ChatProtocol(HalfCloseableProtocol, LineReceiver, TimeoutMixin):
         LineReceiver.dataReceived(self, _terminated(self.clearLineBuffer()))
 
     def answered(self) -> bool:
-        return not self.paused  # paused: a command is in flight, later lines wait for it
+        # paused: a command is in flight, later lines wait for it; _busyReceiving: lines of this read
+        # are still being handled (whoever drives LineReceiver asks again when it is done)
+        return not self.paused and not self._alone and not self.replies and not self._busyReceiving
 
     def stop_timers(self) -> None:
         self.setTimeout(None)
 
-    async def _handle(self, line: str) -> None:
+    async def _outcome(self, line: str) -> Outcome:
+        """Run one line; what to answer once every line before it is answered (never raises)."""
         try:
             if line.startswith("//"):
                 await self._say(line[1:])
-            elif line.startswith("/"):
+                return None
+            if line.startswith("/"):
                 name, _, args = line[1:].partition(" ")
                 handler = getattr(self, f"do_{name.lower()}", None) if name.isalpha() else None
                 if handler is None:
                     raise RequestError(UNKNOWN_COMMAND, f"unknown command /{name}; /help lists the commands")
-                await handler(args.strip())
-            else:
-                await self._say(line)
+                result: str | None = await handler(args.strip())
+                return result
+            await self._say(line)
+            return None
         except Exception as e:
             error = client_error(e)
             if error is None:
                 self.log.failure("chat: command {line!r} failed", line=line[:100], code="INTERNAL")
                 error = RequestError(INTERNAL)
-            self.send_error(error.error, error.detail)
-
-    def _session(self) -> Session:
-        # lines are read only once the session is open (see connectionMade)
-        assert self.session is not None
-        return self.session
-
-    async def _say(self, text: str) -> None:
-        if self.current is None:
-            raise RequestError(NOT_IN_ROOM, "join a room first (/join ROOM), or use /msg ROOM TEXT")
-        await self.hub.publish(self._session(), self.current, text)
-
-    # --- commands -------------------------------------------------------------
-
-    @staticmethod
-    def _words(args: str, least: int, most: int, usage: str) -> list[str]:
-        words = args.split()
-        if not least <= len(words) <= most:
-            raise RequestError(BAD_ARGUMENTS, f"usage: {usage}")
-        return words
-
-    def _room_arg(self, words: list[str], usage: str) -> str:
-        if words:
-            return self.hub.check_room(words[0])
-        if self.current is None:
-            raise RequestError(BAD_ARGUMENTS, f"usage: {usage} (you are in no room)")
-        return self.current
-
-    async def do_nick(self, args: str) -> None:
-        (nick,) = self._words(args, 1, 1, "/nick NAME")
-        await self.hub.set_nick(self._session(), nick)
-        self.send_line(f"OK nick {nick}")
-
-    @staticmethod
-    def _since(words: list[str], usage: str) -> int | None:
-        if len(words) < 2:
-            return None
-        word = words[1]
-        # ASCII digits only (str.isdigit() takes "²"); the length bound keeps int() cheap
-        if not (word.isascii() and word.isdigit()) or len(word) > 30:
-            raise RequestError(BAD_ARGUMENTS, f"usage: {usage} (SINCE: the id of the last message you saw, 0 or more)")
-        return int(SINCE.check(int(word)))
-
-    async def do_join(self, args: str) -> None:
-        words = self._words(args, 1, 2, "/join ROOM [SINCE]")
-        since = self._since(words, "/join ROOM [SINCE]")
-        joined = await self.hub.join(self._session(), words[0], since)
-        self.current = joined.room
-        self._send_joined("join", joined, since, history=True)
-
-    def _send_joined(self, command: str, joined: Joined, since: int | None, history: bool = False) -> None:
-        """HISTORY lines (with SINCE: what was missed), a GAP line if not all of it is kept, then the OK line.
-
-        Without SINCE the reply is what it always was; with it, the OK line ends with the room's last id.
-        """
-        if history or since is not None:
-            self._send_history(joined.room, joined.history)
-        if since is None:
-            self.send_line(f"OK {command} {joined.room}")
-            return
-        if not joined.recovered:
-            self.send_line(gap_line(joined, since))
-        self.send_line(f"OK {command} {joined.room} {joined.last_id}")
-
-    async def do_part(self, args: str) -> None:
-        room = self._room_arg(self._words(args, 0, 1, "/part [ROOM]"), "/part ROOM")
-        session = self._session()
-        await self.hub.part(session, room)
-        if self.current == room:
-            self.current = next(reversed(session.rooms), None)
-        self.send_line(f"OK part {room}")
-
-    async def do_msg(self, args: str) -> None:
-        name, _, text = args.partition(" ")
-        if not name or not text:
-            raise RequestError(BAD_ARGUMENTS, "usage: /msg ROOM TEXT")
-        message = await self.hub.publish(self._session(), name, text)
-        self.send_line(f"OK msg {message.room} {message.id}")
-
-    async def do_rooms(self, args: str) -> None:
-        self._words(args, 0, 0, "/rooms")
-        for info in await self.hub.rooms():
-            self.send_line(f"ROOM {info.name} {info.members} {info.subscribers}")
-        self.send_line("END rooms")
-
-    async def do_who(self, args: str) -> None:
-        room = self._room_arg(self._words(args, 0, 1, "/who [ROOM]"), "/who ROOM")
-        for nick in await self.hub.who(room):
-            self.send_line(f"WHO {room} {nick}")
-        self.send_line(f"END who {room}")
-
-    async def do_history(self, args: str) -> None:
-        words = self._words(args, 0, 2, "/history [ROOM] [N]")
-        limit = None
-        if len(words) == 2 or (words and words[-1].isascii() and words[-1].isdigit()):
-            n = words.pop()
-            # str.isdigit() also takes "²" and "⑴", which int() refuses: only ASCII digits are a number here
-            if not (n.isascii() and n.isdigit()):
-                raise RequestError(BAD_ARGUMENTS, "usage: /history [ROOM] [N] (N: a number of messages)")
-            limit = int(n) if len(n) <= 9 else 10**9  # more than history_size is history_size
-        room = self._room_arg(words, "/history ROOM [N]")
-        self._send_history(room, await self.hub.history(room, limit))
-        self.send_line(f"END history {room}")
-
-    async def do_sub(self, args: str) -> None:
-        words = self._words(args, 1, 2, "/sub TOPIC [SINCE]")
-        since = self._since(words, "/sub TOPIC [SINCE]")
-        self._send_joined("sub", await self.hub.subscribe(self._session(), words[0], since), since)
-
-    async def do_unsub(self, args: str) -> None:
-        (name,) = self._words(args, 1, 1, "/unsub TOPIC")
-        topic = self.hub.check_room(name)
-        await self.hub.unsubscribe(self._session(), topic)
-        self.send_line(f"OK unsub {topic}")
-
-    async def do_pub(self, args: str) -> None:
-        name, _, text = args.partition(" ")
-        if not name or not text:
-            raise RequestError(BAD_ARGUMENTS, "usage: /pub TOPIC TEXT")
-        message = await self.hub.publish(self._session(), name, text, as_member=False)
-        self.send_line(f"OK pub {message.room} {message.id}")
-
-    async def do_help(self, args: str) -> None:
-        for line in HELP:
-            self.send_line(f"INFO {line}")
-        self.send_line("END help")
-
-    async def do_quit(self, args: str) -> None:
-        self.send_line("BYE goodbye")
-        self.close_gracefully()
-
-    def _send_history(self, room: str, messages: list[Message]) -> None:
-        for m in messages:
-            self.send_line(history_line(room, m))
+            return error
 
 
 class ChatFactory(ConnectionTrackingFactory):
@@ -376,7 +299,8 @@ class ChatFactory(ConnectionTrackingFactory):
     # live settings: set by configure()
     idle_timeout: float
     max_line_length: int
-    live_settings = ("max_connections", "idle_timeout", "max_line_length")
+    max_in_flight: int
+    live_settings = ("max_connections", "idle_timeout", "max_line_length", "max_in_flight")
 
     def __init__(self, name: str, cfg: ChatConfig, hub: Hub, metrics: ServiceMetrics, clock: IReactorTime) -> None:
         super().__init__(name, cfg.max_connections, metrics, clock)

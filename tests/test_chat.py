@@ -6,14 +6,15 @@ import socket
 from pathlib import Path
 
 import pytest
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import TestCase
 
 from myservices.chat import ChatConfig, ChatFactory, ChatProtocol
 from myservices.db import Txn
-from myservices.errors import ERRORS
-from myservices.hub import HubConfig
+from myservices.errors import ERRORS, RATE_LIMITED, RequestError
+from myservices.hub import HubConfig, Message
 from myservices.hub.history import save_missing_txn, write_messages_txn
 from myservices.metrics import Metrics
 from tests import mysql
@@ -75,6 +76,24 @@ class ChatTestsMixin:
         self.assertRegex(history[0][3], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
         self.assertEqual(lines[-1], "OK join lobby")
         self.assertEqual(await carol.command("/who"), ["WHO lobby alice", "WHO lobby bob", "WHO lobby carol", "END who lobby"])
+
+    async def test_many_publishing_lines_in_one_write_keep_their_order_everywhere(self) -> None:
+        tree = await self.start()
+        port = port_of(tree, "chat")
+        alice = await chat_client(self, port, "alice")
+        bob = await chat_client(self, port, "bob")
+        await alice.command("/join lobby")
+        await bob.command("/join lobby")
+        await alice.read_until("JOIN lobby bob")
+        # they run at once (their commits share transactions), and are answered in order
+        alice.send(b"".join(f"/msg lobby line {i}\r\n".encode() for i in range(1, 41)) + b"/history lobby 40\r\n")
+        lines = await alice.read_until("END history")
+        oks = [line for line in lines if line.startswith("OK msg")]
+        self.assertEqual(oks, [f"OK msg lobby {i}" for i in range(1, 41)])
+        self.assertLess(lines.index("OK msg lobby 40"), lines.index(lines[-41]))  # /history after every reply
+        self.assertEqual([line.split(" ", 4)[4] for line in lines[-41:-1]], [f"alice line {i}" for i in range(1, 41)])
+        seen = await bob.read_until(lambda line: line.startswith("MSG lobby 40 "))
+        self.assertEqual(seen, [f"MSG lobby {i} alice line {i}" for i in range(1, 41)])
 
     async def test_history_keeps_its_last_messages_by_count_when_ids_skip(self) -> None:
         # after Redis lost its data a room's ids skip up to id_block: the messages before the gap are still the last ones
@@ -163,6 +182,165 @@ class ChatUnitTests(TestCase):
              "OK part a", "END rooms"],
         )
         proto.connectionLost(None)
+
+
+class PipelineHarness(TestCase):
+    """A chat connection on a StringTransport whose hub publishes only when the test says so."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.metrics = Metrics()
+        self.hub = memory_hub(HubConfig(), self.clock, metrics=self.metrics)
+        cfg = ChatConfig(endpoint="tcp:0", max_in_flight=3)
+        self.factory = ChatFactory("chat", cfg, self.hub, self.metrics.for_service("chat"), self.clock)
+        self.proto = self.factory.buildProtocol(None)
+        self.transport = StringTransport()
+        self.proto.makeConnection(self.transport)
+        self.proto.dataReceived(b"/join a\n")
+        self.transport.clear()
+        self.publishing: list[tuple[Deferred[Message], str]] = []
+        self.hub.publish = self.publish  # type: ignore[method-assign]
+
+    def tearDown(self) -> None:
+        self.proto.connectionLost(None)
+
+    def publish(self, session: object, room: str, text: str, as_member: bool = True) -> Deferred[Message]:
+        if text == "bad":
+            raise RequestError(RATE_LIMITED, "slow down")
+        d: Deferred[Message] = Deferred()
+        self.publishing.append((d, text))
+        return d
+
+    def stored(self, i: int, id: int) -> None:
+        d, text = self.publishing[i]
+        d.callback(Message(room="a", id=id, ts=0.0, nick="guest1", text=text))
+
+    def lines(self) -> list[str]:
+        return self.transport.value().decode().splitlines()
+
+
+class PipelinedPublishingTests(PipelineHarness):
+    """Publishing lines run at once, answered in the order they came; other commands wait for them."""
+
+    def test_replies_keep_the_order_of_the_lines_whichever_finishes_first(self) -> None:
+        self.proto.dataReceived(b"/msg a one\nbad\n/pub a two\n")
+        self.assertEqual([text for _, text in self.publishing], ["one", "two"])  # both running
+        self.stored(1, 2)
+        self.assertEqual(self.lines(), [])  # the error and "two" wait for "one"
+        self.stored(0, 1)
+        self.assertEqual(self.lines(), ["OK msg a 1", "ERR RATE_LIMITED slow down", "OK pub a 2"])
+
+    def test_another_command_waits_for_the_publishing_lines_before_it(self) -> None:
+        self.proto.dataReceived(b"/msg a one\n/who a\n/msg a two\n")
+        self.assertEqual([text for _, text in self.publishing], ["one"])  # /who waits, and what follows it
+        self.assertTrue(self.proto.paused)
+        self.stored(0, 1)
+        self.assertEqual(self.lines(), ["OK msg a 1", "WHO a guest1", "END who a"])
+        self.assertEqual([text for _, text in self.publishing], ["one", "two"])
+        self.assertFalse(self.proto.paused)
+
+    def test_commands_and_publishing_lines_alternating(self) -> None:
+        self.proto.dataReceived(b"1\n/who a\n2\n/who a\n3\n")
+        self.assertEqual([text for _, text in self.publishing], ["1"])
+        self.stored(0, 1)
+        # the first /who ran, then "2" started and the second /who waits for it: reading stays paused
+        self.assertEqual([text for _, text in self.publishing], ["1", "2"])
+        self.assertEqual(self.lines(), ["WHO a guest1", "END who a"])
+        self.assertTrue(self.proto.paused)
+        self.stored(1, 2)
+        self.assertEqual([text for _, text in self.publishing], ["1", "2", "3"])
+        self.assertEqual(self.lines(), ["WHO a guest1", "END who a"] * 2)
+        self.assertFalse(self.proto.paused)
+
+    def test_reading_stops_at_max_in_flight_and_resumes_when_one_is_answered(self) -> None:
+        self.proto.dataReceived(b"1\n2\n3\n4\n")
+        self.assertEqual([text for _, text in self.publishing], ["1", "2", "3"])
+        self.assertTrue(self.proto.paused)
+        self.stored(0, 1)
+        self.assertEqual([text for _, text in self.publishing], ["1", "2", "3", "4"])
+        self.assertTrue(self.proto.paused)  # three running again
+        for i in (1, 2, 3):
+            self.stored(i, i + 1)
+        self.assertFalse(self.proto.paused)
+        self.assertEqual(self.lines(), [])  # text lines are answered only when they fail
+
+    def test_a_half_closed_client_gets_every_reply_before_the_close(self) -> None:
+        self.proto.dataReceived(b"/msg a one\n/msg a two")
+        self.proto.readConnectionLost()
+        self.assertEqual([text for _, text in self.publishing], ["one", "two"])
+        self.assertFalse(self.transport.disconnecting)
+        self.stored(1, 2)
+        self.stored(0, 1)
+        self.assertEqual(self.lines(), ["OK msg a 1", "OK msg a 2"])
+        self.assertTrue(self.transport.disconnecting)
+
+
+class _TcpLikeTransport(StringTransport):
+    """As tcp.Connection: resumeProducing after loseConnection does nothing (StringTransport raises)."""
+
+    def resumeProducing(self) -> None:
+        if not self.disconnecting:
+            super().resumeProducing()
+
+
+class PipelinedEdgeTests(PipelineHarness):
+    """Half-close, line-level errors and /quit with publishing lines in flight (found in review)."""
+
+    def texts(self) -> list[str]:
+        return [text for _, text in self.publishing]
+
+    def test_a_command_answered_at_once_after_a_resume_does_not_close_before_later_lines(self) -> None:
+        self.proto.dataReceived(b"/msg a one\n/help\n/msg a two\n")
+        self.proto.readConnectionLost()
+        self.stored(0, 1)
+        self.assertEqual(self.texts(), ["one", "two"])
+        self.assertFalse(self.transport.disconnecting)
+
+    def test_a_line_failing_at_once_after_a_resume_does_not_close_before_later_lines(self) -> None:
+        self.proto.dataReceived(b"/msg a one\n/who a\nbad\n/msg a two\n")
+        self.proto.readConnectionLost()
+        self.stored(0, 1)
+        self.assertEqual(self.texts(), ["one", "two"])
+
+    def test_max_in_flight_one_and_an_error_at_the_head(self) -> None:
+        self.factory.max_in_flight = 1
+        self.proto.dataReceived(b"/msg a one\n/msg a\n/msg a two\n")
+        self.proto.readConnectionLost()
+        self.stored(0, 1)
+        self.assertEqual(self.texts(), ["one", "two"])
+
+    def test_a_pending_command_then_help_then_a_line_after_half_close(self) -> None:
+        # printf '/nick bob\n/help\n/msg a two\n' | nc -q1 ...
+        pending: Deferred[None] = Deferred()
+        self.hub.set_nick = lambda session, nick: pending  # type: ignore[method-assign,assignment,return-value]
+        self.proto.dataReceived(b"/nick bob\n/help\n/msg a two\n")
+        self.proto.readConnectionLost()
+        pending.callback(None)
+        self.assertEqual(self.texts(), ["two"])
+
+    def test_bad_encoding_waits_for_the_replies_to_earlier_lines(self) -> None:
+        self.proto.dataReceived(b"/msg a one\n\xff\n")
+        self.assertEqual(self.lines(), [])
+        self.stored(0, 1)
+        self.assertEqual(self.lines()[:2], ["OK msg a 1", "ERR BAD_ENCODING " + ERRORS["BAD_ENCODING"].message])
+
+    def test_line_too_long_waits_for_the_replies_to_earlier_lines(self) -> None:
+        self.proto.dataReceived(b"/msg a one\n" + b"x" * 5000 + b"\n")
+        self.stored(0, 1)
+        self.assertEqual(self.lines()[0], "OK msg a 1")
+        self.assertTrue(self.lines()[1].startswith("ERR LINE_TOO_LONG "))
+
+    def test_nothing_runs_after_quit(self) -> None:
+        self.proto.connectionLost(None)
+        self.transport = _TcpLikeTransport()
+        self.proto = self.factory.buildProtocol(None)
+        self.proto.makeConnection(self.transport)
+        self.proto.dataReceived(b"/join a\n")
+        self.transport.clear()
+        self.proto.dataReceived(b"/msg a one\n/quit\n/msg a two\n")
+        self.stored(0, 1)
+        self.assertEqual(self.lines(), ["OK msg a 1", "BYE goodbye"])
+        self.assertEqual(self.texts(), ["one"])
 
 
 class SQLiteChatTests(ChatTestsMixin, TestCase):

@@ -27,6 +27,7 @@ from myservices.hub import (
     Event, HistoryRejected, HistoryStore, Hub, HubConfig, MemoryEngine, Message, NickChange, Presence, Session,
     Subscriber,
 )
+from myservices.hub.redis.storage import Once
 from myservices.metrics import Metrics
 from tests.support import memory_hub, run_now
 
@@ -633,3 +634,45 @@ class JoinWhileLoadingTests(HubTestsMixin, TestCase):
             await d
         live = [e.text for e in bob_sees.events if isinstance(e, Message)]
         self.assertEqual([m.text for m in joined.history] + live, ["old0", "old1", "old2", "new0", "new1", "new2"])
+
+
+class OnceTests(TestCase):
+    """Publishes waiting for one seed or reservation of a room resume in the order they were made."""
+
+    def test_callers_resume_in_the_order_they_called_the_first_first(self) -> None:
+        once = Once()
+        db: Deferred[None] = Deferred()
+        sent: list[str] = []
+
+        async def reserve() -> None:
+            await db
+
+        async def publish(name: str) -> None:  # the retry part of RedisEngine.publish
+            await once.run("room", reserve)
+            sent.append(name)  # stands for the retried EVAL, which takes the id
+
+        async def later(name: str) -> None:  # a publish made while the reservation runs: waits behind it
+            d = once.join("room")
+            if d is not None:
+                await d
+            sent.append(name)
+
+        Deferred.fromCoroutine(publish("line 1"))
+        Deferred.fromCoroutine(publish("line 2"))
+        Deferred.fromCoroutine(later("line 3"))
+        db.callback(None)
+        self.assertEqual(sent, ["line 1", "line 2", "line 3"])
+        self.assertIsNone(once.join("room"))  # nothing running any more
+
+    def test_a_failed_run_fails_every_caller(self) -> None:
+        once = Once()
+        db: Deferred[None] = Deferred()
+
+        async def reserve() -> None:
+            await db
+
+        first = Deferred.fromCoroutine(once.run("room", reserve))
+        second = Deferred.fromCoroutine(once.run("room", reserve))
+        db.errback(RuntimeError("the database is away"))
+        self.failureResultOf(first, RuntimeError)
+        self.failureResultOf(second, RuntimeError)

@@ -343,6 +343,8 @@ class RedisEngine(Service):
         if self.storage.refusing:
             # before Redis hands out an id: nothing is delivered, and a retry cannot duplicate the message
             raise RequestError(DATABASE_UNAVAILABLE, "the message was not saved nor delivered; send it again")
+        # behind publishes waiting for the room's seed or ids: a connection's messages keep their order
+        await self.storage.settled(room)
         ts = self.clock.seconds()
         args = [self.prefix, room, self.config.history_size, message_prefix(room, ts, nick, text)]
         for _ in range(ATTEMPTS):

@@ -41,27 +41,45 @@ class EpochChanged(Exception):
 
 
 class Once:
-    """Concurrent calls for one key share one run (a burst of publishes seeds a room once)."""
+    """Concurrent calls for one key share one run (a burst of publishes seeds a room once).
+
+    Callers resume in the order they called, the first one first: publishes
+    that waited for a seed or a reservation send their retries in the order
+    they were made, so one connection's messages keep their order.
+    """
 
     def __init__(self) -> None:
         self._running: dict[str, list[Deferred[Any]]] = {}
 
     async def run(self, key: str, fn: Callable[[], Awaitable[T]]) -> T:
-        if key in self._running:
-            d: Deferred[T] = Deferred()
-            self._running[key].append(d)
+        d: Deferred[T] = Deferred()
+        waiting = self._running.get(key)
+        if waiting is not None:
+            waiting.append(d)
             return await d
-        self._running[key] = []
+        self._running[key] = [d]
+        Deferred.fromCoroutine(self._run(key, fn))  # fires every caller's Deferred, in order; never fails
+        return await d
+
+    def join(self, key: str) -> Deferred[Any] | None:
+        """A Deferred behind every caller so far if a run for C{key} is going on (fires with its outcome)."""
+        waiting = self._running.get(key)
+        if waiting is None:
+            return None
+        d: Deferred[Any] = Deferred()
+        waiting.append(d)
+        return d
+
+    async def _run(self, key: str, fn: Callable[[], Awaitable[T]]) -> None:
         try:
             result = await fn()
         except Exception:
             failure = Failure()
             for w in self._running.pop(key):
                 w.errback(failure)
-            raise
+            return
         for w in self._running.pop(key):
             w.callback(result)
-        return result
 
 
 def stored_form(m: Message) -> str:
@@ -129,6 +147,16 @@ class Storage:
         if int(await self.link.eval(scripts.SEED, args)) < 0:
             raise EpochChanged(room)
         return messages
+
+    async def settled(self, room: str) -> None:
+        """Once a seed or reservation of C{room} going on now is over (behind the publishes that wait for it)."""
+        for once in (self._seeding, self._reserving):
+            d = once.join(room)
+            if d is not None:
+                try:
+                    await d
+                except Exception:  # noqa: S110 - the publish that started it reports it; ours retries anyway
+                    pass
 
     async def reserve(self, room: str) -> None:
         """Reserve the next block of C{room}'s ids in the database, then let Redis hand them out."""

@@ -1,0 +1,160 @@
+"""The line chat's commands: each parses its arguments, calls the hub and renders the answer as lines.
+
+A mixin of L{myservices.chat.ChatProtocol}, which owns the connection: it
+reads lines, runs them (publishing lines at once, answered in order; every
+other command alone) and writes what they return or raise.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from myservices.chat_lines import HELP, gap_line, history_line
+from myservices.errors import BAD_ARGUMENTS, NOT_IN_ROOM, RequestError
+from myservices.handlers.commands import SINCE
+from myservices.hub import Hub, Joined, Message, Session
+
+
+class ChatCommands:
+    """C{/NAME args} runs C{do_NAME(args)}; a returned string is the command's final line."""
+
+    hub: Hub
+    session: Session | None
+    current: str | None
+
+    if TYPE_CHECKING:  # the protocol's
+        def send_line(self, line: str) -> None: ...
+        def close_gracefully(self) -> None: ...
+
+    def _session(self) -> Session:
+        # lines are read only once the session is open (see connectionMade)
+        assert self.session is not None
+        return self.session
+
+    async def _say(self, text: str) -> None:
+        if self.current is None:
+            raise RequestError(NOT_IN_ROOM, "join a room first (/join ROOM), or use /msg ROOM TEXT")
+        await self.hub.publish(self._session(), self.current, text)
+
+    # --- commands -------------------------------------------------------------
+
+    @staticmethod
+    def _words(args: str, least: int, most: int, usage: str) -> list[str]:
+        words = args.split()
+        if not least <= len(words) <= most:
+            raise RequestError(BAD_ARGUMENTS, f"usage: {usage}")
+        return words
+
+    def _room_arg(self, words: list[str], usage: str) -> str:
+        if words:
+            return self.hub.check_room(words[0])
+        if self.current is None:
+            raise RequestError(BAD_ARGUMENTS, f"usage: {usage} (you are in no room)")
+        return self.current
+
+    async def do_nick(self, args: str) -> None:
+        (nick,) = self._words(args, 1, 1, "/nick NAME")
+        await self.hub.set_nick(self._session(), nick)
+        self.send_line(f"OK nick {nick}")
+
+    @staticmethod
+    def _since(words: list[str], usage: str) -> int | None:
+        if len(words) < 2:
+            return None
+        word = words[1]
+        # ASCII digits only (str.isdigit() takes "²"); the length bound keeps int() cheap
+        if not (word.isascii() and word.isdigit()) or len(word) > 30:
+            raise RequestError(BAD_ARGUMENTS, f"usage: {usage} (SINCE: the id of the last message you saw, 0 or more)")
+        return int(SINCE.check(int(word)))
+
+    async def do_join(self, args: str) -> None:
+        words = self._words(args, 1, 2, "/join ROOM [SINCE]")
+        since = self._since(words, "/join ROOM [SINCE]")
+        joined = await self.hub.join(self._session(), words[0], since)
+        self.current = joined.room
+        self._send_joined("join", joined, since, history=True)
+
+    def _send_joined(self, command: str, joined: Joined, since: int | None, history: bool = False) -> None:
+        """HISTORY lines (with SINCE: what was missed), a GAP line if not all of it is kept, then the OK line.
+
+        Without SINCE the reply is what it always was; with it, the OK line ends with the room's last id.
+        """
+        if history or since is not None:
+            self._send_history(joined.room, joined.history)
+        if since is None:
+            self.send_line(f"OK {command} {joined.room}")
+            return
+        if not joined.recovered:
+            self.send_line(gap_line(joined, since))
+        self.send_line(f"OK {command} {joined.room} {joined.last_id}")
+
+    async def do_part(self, args: str) -> None:
+        room = self._room_arg(self._words(args, 0, 1, "/part [ROOM]"), "/part ROOM")
+        session = self._session()
+        await self.hub.part(session, room)
+        if self.current == room:
+            self.current = next(reversed(session.rooms), None)
+        self.send_line(f"OK part {room}")
+
+    async def do_msg(self, args: str) -> str:
+        name, _, text = args.partition(" ")
+        if not name or not text:
+            raise RequestError(BAD_ARGUMENTS, "usage: /msg ROOM TEXT")
+        message = await self.hub.publish(self._session(), name, text)
+        return f"OK msg {message.room} {message.id}"  # after the replies to the lines before it
+
+    async def do_rooms(self, args: str) -> None:
+        self._words(args, 0, 0, "/rooms")
+        for info in await self.hub.rooms():
+            self.send_line(f"ROOM {info.name} {info.members} {info.subscribers}")
+        self.send_line("END rooms")
+
+    async def do_who(self, args: str) -> None:
+        room = self._room_arg(self._words(args, 0, 1, "/who [ROOM]"), "/who ROOM")
+        for nick in await self.hub.who(room):
+            self.send_line(f"WHO {room} {nick}")
+        self.send_line(f"END who {room}")
+
+    async def do_history(self, args: str) -> None:
+        words = self._words(args, 0, 2, "/history [ROOM] [N]")
+        limit = None
+        if len(words) == 2 or (words and words[-1].isascii() and words[-1].isdigit()):
+            n = words.pop()
+            # str.isdigit() also takes "²" and "⑴", which int() refuses: only ASCII digits are a number here
+            if not (n.isascii() and n.isdigit()):
+                raise RequestError(BAD_ARGUMENTS, "usage: /history [ROOM] [N] (N: a number of messages)")
+            limit = int(n) if len(n) <= 9 else 10**9  # more than history_size is history_size
+        room = self._room_arg(words, "/history ROOM [N]")
+        self._send_history(room, await self.hub.history(room, limit))
+        self.send_line(f"END history {room}")
+
+    async def do_sub(self, args: str) -> None:
+        words = self._words(args, 1, 2, "/sub TOPIC [SINCE]")
+        since = self._since(words, "/sub TOPIC [SINCE]")
+        self._send_joined("sub", await self.hub.subscribe(self._session(), words[0], since), since)
+
+    async def do_unsub(self, args: str) -> None:
+        (name,) = self._words(args, 1, 1, "/unsub TOPIC")
+        topic = self.hub.check_room(name)
+        await self.hub.unsubscribe(self._session(), topic)
+        self.send_line(f"OK unsub {topic}")
+
+    async def do_pub(self, args: str) -> str:
+        name, _, text = args.partition(" ")
+        if not name or not text:
+            raise RequestError(BAD_ARGUMENTS, "usage: /pub TOPIC TEXT")
+        message = await self.hub.publish(self._session(), name, text, as_member=False)
+        return f"OK pub {message.room} {message.id}"
+
+    async def do_help(self, args: str) -> None:
+        for line in HELP:
+            self.send_line(f"INFO {line}")
+        self.send_line("END help")
+
+    async def do_quit(self, args: str) -> None:
+        self.send_line("BYE goodbye")
+        self.close_gracefully()
+
+    def _send_history(self, room: str, messages: list[Message]) -> None:
+        for m in messages:
+            self.send_line(history_line(room, m))
