@@ -31,9 +31,10 @@ class RequestError(Exception):
     """A request that cannot be served, raised by the shared handlers (hub, accounts, key-value)
     and rendered by each front end; C{detail} says why in this case."""
 
-    def __init__(self, error: ErrorCode, detail: str | None = None) -> None:
+    def __init__(self, error: ErrorCode, detail: str | None = None, retry_after: float | None = None) -> None:
         self.error = error
         self.detail = detail or error.message
+        self.retry_after = retry_after  # seconds until a retry can succeed, when the server knows
         super().__init__(f"{error.code}: {self.detail}")
 
 
@@ -63,6 +64,10 @@ DATABASE_UNAVAILABLE = ErrorCode("DATABASE_UNAVAILABLE", "the database is not av
 ENGINE_UNAVAILABLE = ErrorCode("ENGINE_UNAVAILABLE", "the hub's shared state (Redis) is not available", retry=True)
 SHUTTING_DOWN = ErrorCode("SHUTTING_DOWN", "the server is shutting down", retry=True)
 HUB_UNAVAILABLE = ErrorCode("HUB_UNAVAILABLE", "the chat hub is not served by this server now", retry=True)
+FORBIDDEN = ErrorCode("FORBIDDEN", "not allowed for this user", retry=False)
+TOKEN_INVALID = ErrorCode("TOKEN_INVALID", "the token is not valid (bad signature, malformed or revoked)", retry=False)
+TOKEN_EXPIRED = ErrorCode("TOKEN_EXPIRED", "the token has expired; get a new one", retry=False)
+NICK_OFFLINE = ErrorCode("NICK_OFFLINE", "no user with this nick is connected", retry=False)
 INTERNAL = ErrorCode("INTERNAL", "internal error; it has been logged", retry=True)
 
 ERRORS: dict[str, ErrorCode] = {
@@ -72,6 +77,6 @@ ERRORS: dict[str, ErrorCode] = {
         ROOM_INVALID, NOT_IN_ROOM, TOO_MANY_ROOMS, RATE_LIMITED, SLOW_CONSUMER, NOT_FOUND, BAD_REQUEST, TOO_LARGE,
         TIMEOUT, UNSUPPORTED_VERSION, UNAUTHENTICATED, LOGIN_FAILED, USERNAME_TAKEN, QUOTA_EXCEEDED, BUSY,
         DATABASE_UNAVAILABLE, HUB_UNAVAILABLE, ENGINE_UNAVAILABLE,
-        SHUTTING_DOWN, INTERNAL,
+        SHUTTING_DOWN, FORBIDDEN, TOKEN_INVALID, TOKEN_EXPIRED, NICK_OFFLINE, INTERNAL,
     )
 }
