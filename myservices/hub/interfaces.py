@@ -80,6 +80,37 @@ class RoomInfo:
     subscribers: int
 
 
+ACTIONS = ("join", "subscribe", "publish", "read")  # read: history and who
+
+
+class Identity(Protocol):
+    """Who a session is, as a room policy sees it."""
+
+    account: str | None  # the logged-in account's username; None for anonymous
+    admin: bool  # an admin account (from the config)
+    token_rooms: frozenset[str] | None  # a token's "rooms" claim: the only rooms it may use
+
+
+class RoomPolicy(Protocol):
+    """Who may do what in which room; the hub asks it for every front end, so the answer is the same everywhere."""
+
+    async def check(self, who: Identity, room: str, action: str) -> None:
+        """Return if C{who} may do C{action} (one of L{ACTIONS}) in C{room}; raise RequestError(FORBIDDEN) if not."""
+
+    async def listed(self, who: Identity, rooms: Sequence[str]) -> set[str]:
+        """The names among C{rooms} that C{who} may see listed (private rooms only to their members)."""
+
+
+class OpenPolicy:
+    """Every room is public and open to everyone (the policy before any rule or private room exists)."""
+
+    async def check(self, who: Identity, room: str, action: str) -> None:
+        return None
+
+    async def listed(self, who: Identity, rooms: Sequence[str]) -> set[str]:
+        return set(rooms)
+
+
 class EngineNode(Protocol):
     """A hub as the engine sees it: where the events of the rooms it serves go."""
 

@@ -19,6 +19,9 @@ class Session:
         self.topics: dict[str, None] = {}  # subscribed, without presence
         self.bucket = bucket
         self.closed = False
+        self.account: str | None = None  # the logged-in account's username (then also the nick)
+        self.admin = False  # an admin account (from the config)
+        self.token_rooms: frozenset[str] | None = None  # logged in with a token limited to these rooms
 
     def __repr__(self) -> str:
         return f"<Session {self.nick}>"
