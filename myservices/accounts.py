@@ -46,6 +46,7 @@ class Account:
 
 
 _USERNAME_RE = re.compile(r"[a-z][a-z0-9_-]{2,31}")
+_GUEST_RE = re.compile(r"guest[0-9]*")  # the hub's guest nicks
 
 
 def check_username(username: str) -> str:
@@ -55,6 +56,8 @@ def check_username(username: str) -> str:
         raise RequestError(
             BAD_ARGUMENTS, "username: 3 to 32 letters, digits, _ or -, starting with a letter (case does not matter)"
         )
+    if _GUEST_RE.fullmatch(canonical):
+        raise RequestError(BAD_ARGUMENTS, 'username: "guest" followed by digits is how guests are named')
     return canonical
 
 
@@ -105,7 +108,15 @@ class AccountStore:
             raise RequestError(BAD_ARGUMENTS, f"password: {lo} to {hi} characters")
         return password
 
-    async def register(self, username: str, password: str) -> Account:
+    async def exists(self, username: str) -> bool:
+        """Whether C{username} (lower case) is a registered account: its nick is reserved."""
+        try:
+            check_username(username)
+        except RequestError:
+            return False  # not even a possible username
+        return await self.database.run(_find_txn, username) is not None
+
+    async def register(self, username: str, password: str, address: str | None = None) -> Account:
         """Create an account; USERNAME_TAKEN if the name is in use."""
         username = check_username(username)
         self.check_password(password)
@@ -119,7 +130,7 @@ class AccountStore:
         self.log.info("account {username} registered", username=username)
         return Account(account_id, username)
 
-    async def authenticate(self, username: str, password: str) -> Account:
+    async def authenticate(self, username: str, password: str, address: str | None = None) -> Account:
         """The account if the password matches; LOGIN_FAILED otherwise (unknown user included)."""
         try:
             username = check_username(username)

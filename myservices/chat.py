@@ -29,12 +29,14 @@ from myservices.errors import (
     ErrorCode,
     RequestError,
 )
-from myservices.chat_commands import ChatCommands
+from myservices.chat_commands import ChatCommands, redacted
 from myservices.chat_lines import encode_event
 from myservices.halfclose import HalfCloseableProtocol
 from myservices.handlers.pipeline import classify
 from myservices.handlers.values import client_error
 from myservices.hub import Event, Hub, Session, Subscriber
+from myservices.hub.config import AnonymousMode, anonymous_setting
+from myservices.logins import Logins
 from myservices.listeners import ConnectionTrackingFactory, StreamListenerService
 from myservices.metrics import ServiceMetrics
 from myservices.outbound import Outbound
@@ -59,6 +61,7 @@ class ChatConfig(StreamServiceConfig):
         doc="publishing lines (text, /msg, /pub) of one connection running at once, answered in order; "
         "while that many run, the connection is not read",
     )
+    anonymous: AnonymousMode = anonymous_setting()
 
 
 WIRE_FORMAT = "line"
@@ -115,7 +118,7 @@ class ChatProtocol(HalfCloseableProtocol, LineReceiver, TimeoutMixin, ChatComman
         Deferred.fromCoroutine(self._open()).addErrback(self._not_opened)
 
     async def _open(self) -> None:
-        self.session = await self.hub.open_session(Subscriber(self.deliver, self.close))
+        self.session = await self.hub.open_session(Subscriber(self.deliver, self.close), self.factory.anonymous)
         if not self.transport.connected:
             self.hub.close_session_later(self.session)
             return
@@ -287,7 +290,7 @@ class ChatProtocol(HalfCloseableProtocol, LineReceiver, TimeoutMixin, ChatComman
         except Exception as e:
             error = client_error(e)
             if error is None:
-                self.log.failure("chat: command {line!r} failed", line=line[:100], code="INTERNAL")
+                self.log.failure("chat: command {line!r} failed", line=redacted(line)[:100], code="INTERNAL")
                 error = RequestError(INTERNAL)
             return error
 
@@ -300,15 +303,19 @@ class ChatFactory(ConnectionTrackingFactory):
     idle_timeout: float
     max_line_length: int
     max_in_flight: int
-    live_settings = ("max_connections", "idle_timeout", "max_line_length", "max_in_flight")
+    live_settings = ("max_connections", "idle_timeout", "max_line_length", "max_in_flight", "anonymous")
 
-    def __init__(self, name: str, cfg: ChatConfig, hub: Hub, metrics: ServiceMetrics, clock: IReactorTime) -> None:
+    def __init__(
+        self, name: str, cfg: ChatConfig, hub: Hub, metrics: ServiceMetrics, clock: IReactorTime,
+        logins: Logins | None = None,
+    ) -> None:
         super().__init__(name, cfg.max_connections, metrics, clock)
         self.hub = hub
+        self.logins = logins
         self.configure(cfg)
 
 
 def build(name: str, cfg: ChatConfig, ctx: BuildContext) -> IService:
     """The chat listener for C{[services.NAME]}."""
-    factory = ChatFactory(name, cfg, ctx.hub, ctx.metrics.for_service(name), ctx.reactor)
+    factory = ChatFactory(name, cfg, ctx.hub, ctx.metrics.for_service(name), ctx.reactor, ctx.logins)
     return StreamListenerService(name, cfg.endpoint, factory, ctx.reactor, ctx.config.daemon.shutdown_timeout)

@@ -7,12 +7,22 @@ other command alone) and writes what they return or raise.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from myservices.chat_lines import HELP, gap_line, history_line
-from myservices.errors import BAD_ARGUMENTS, NOT_IN_ROOM, RequestError
+from myservices.errors import BAD_ARGUMENTS, NOT_IN_ROOM, UNAUTHENTICATED, RequestError
 from myservices.handlers.commands import SINCE
 from myservices.hub import Hub, Joined, Message, Session
+from myservices.logins import Logins
+
+# commands whose arguments are secrets: a log shows only the command
+SECRET_COMMANDS = ("/login", "/register", "/passwd")
+
+
+def redacted(line: str) -> str:
+    """C{line} fit for a log: the arguments of a command that carries a password or token left out."""
+    command = line.split(" ", 1)[0].lower()
+    return f"{command} [redacted]" if command in SECRET_COMMANDS else line
 
 
 class ChatCommands:
@@ -23,6 +33,8 @@ class ChatCommands:
     current: str | None
 
     if TYPE_CHECKING:  # the protocol's
+        factory: Any
+        transport: Any
         def send_line(self, line: str) -> None: ...
         def close_gracefully(self) -> None: ...
 
@@ -145,6 +157,47 @@ class ChatCommands:
             raise RequestError(BAD_ARGUMENTS, "usage: /pub TOPIC TEXT")
         message = await self.hub.publish(self._session(), name, text, as_member=False)
         return f"OK pub {message.room} {message.id}"
+
+    # --- accounts ---------------------------------------------------------------------
+
+    def _logins(self) -> Logins:
+        logins: Logins | None = self.factory.logins
+        if logins is None:
+            raise RequestError(UNAUTHENTICATED, "accounts are not available on this server")
+        return logins
+
+    def _address(self) -> str | None:
+        return getattr(self.transport.getPeer(), "host", None)
+
+    async def do_register(self, args: str) -> str:
+        username, password = self._words(args, 2, 2, "/register NAME PASSWORD")
+        account = await self._logins().register(self._session(), username, password, self._address())
+        return f"OK register {account.username}"
+
+    async def do_login(self, args: str) -> str:
+        words = self._words(args, 1, 2, "/login NAME PASSWORD, or /login TOKEN")
+        session = self._session()
+        if len(words) == 2:
+            done = await self._logins().login(session, words[0], words[1], self._address())
+        else:
+            done = await self._logins().login_token(session, words[0], self._address())
+        return f"OK login {done.account.username}"
+
+    async def do_logout(self, args: str) -> str:
+        self._words(args, 0, 0, "/logout")
+        await self._logins().logout(self._session())
+        return f"OK logout {self._session().nick}"
+
+    async def do_passwd(self, args: str) -> str:
+        old, new = self._words(args, 2, 2, "/passwd OLD NEW")
+        await self._logins().change_password(self._session(), old, new, self._address())
+        return "OK passwd"
+
+    async def do_whoami(self, args: str) -> str:
+        self._words(args, 0, 0, "/whoami")
+        session = self._session()
+        who = session.account or "-"
+        return f"OK whoami {session.nick} {who}{' admin' if session.admin else ''}"
 
     async def do_help(self, args: str) -> None:
         for line in HELP:

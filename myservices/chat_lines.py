@@ -45,7 +45,12 @@ def history_line(room: str, m: Message) -> str:
 
 
 HELP = [
-    "/nick NAME           take a nick (letters, digits, _ or -, starting with a letter)",
+    "/nick NAME           take a nick (letters, digits, _ or -, starting with a letter; not an account's)",
+    "/register NAME PASS  create an account (its name becomes a nick only it can use)",
+    "/login NAME PASS     log in (or /login TOKEN); your nick becomes your account name",
+    "/logout              log out (you get a guest nick)",
+    "/passwd OLD NEW      change your password (tokens issued before stop working)",
+    "/whoami              show your nick and account",
     "/join ROOM [SINCE]   join a room (it becomes your current room) and see its recent history,",
     "                     or with SINCE (the last message id you saw) what you missed since",
     "/part [ROOM]         leave a room (default: the current room)",

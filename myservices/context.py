@@ -15,7 +15,9 @@ if TYPE_CHECKING:
     from myservices.db import Database
     from myservices.health import Readiness
     from myservices.hub import Hub
+    from myservices.handlers.commands import SharedServices
     from myservices.kv import KeyValueStore
+    from myservices.logins import Logins
     from myservices.metrics import Metrics
 
 
@@ -31,6 +33,8 @@ class BuildContext:
     counter: DurableCounter
     accounts: AccountStore
     kv: KeyValueStore
+    logins: Logins
+    shared: SharedServices  # what the request/reply front ends' commands work on
     readiness: Readiness
     services: Mapping[str, IService]  # those built so far, by name (built in the order of the kinds)
     worker: int | None = None  # with [daemon] workers: which worker process this tree is

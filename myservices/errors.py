@@ -8,6 +8,7 @@ docs/protocols.md carries this table for client authors.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -17,6 +18,14 @@ class ErrorCode:
     code: str
     message: str
     retry: bool
+
+
+def error_json(error: ErrorCode, detail: str | None = None, retry_after: float | None = None) -> dict[str, Any]:
+    """The error object of every JSON front end: code, message, whether to retry and, when known, how soon."""
+    body: dict[str, Any] = {"code": error.code, "message": detail or error.message, "retry": error.retry}
+    if retry_after is not None:
+        body["retry_after"] = round(retry_after, 3)
+    return body
 
 
 class DatabaseUnavailable(Exception):

@@ -28,3 +28,8 @@ class TokenBucket:
             return True
         self._tokens = tokens
         return False
+
+    def wait(self) -> float:
+        """Seconds until the next token (0 if there is one now)."""
+        tokens = min(self.burst, self._tokens + (self._seconds() - self._stamp) * self.rate)
+        return 0.0 if tokens >= 1 else (1 - tokens) / self.rate

@@ -22,6 +22,8 @@ from twisted.logger import ILogObserver, Logger
 from twisted.python.components import Componentized
 
 from myservices.accounts import AccountStore
+from myservices.handlers.commands import SharedServices
+from myservices.logins import Logins
 from myservices.coalesce import WriteCoalescer, coalescing_supported
 from myservices.config import Config
 from myservices.context import BuildContext
@@ -197,21 +199,23 @@ def build_service_tree(
         engine = MemoryEngine(h, reactor, history=history, metrics=metrics)
         hub_health = _always_ok
         node_id = "local"
-    hub = Hub(h, reactor, engine, metrics=metrics, node_id=node_id)
-    HubService(hub, engine).setServiceParent(tree)  # stops after the front ends, before the database
-    tree.hub = hub
     a = config.accounts
     hasher = PasswordHasher(
         reactor, 2**a.scrypt_cost, concurrency=a.hash_concurrency, max_waiting=a.max_hash_queue
     )
+    accounts = AccountStore(database, hasher, a)
+    hub = Hub(h, reactor, engine, metrics=metrics, node_id=node_id, is_account=accounts.exists)
+    HubService(hub, engine).setServiceParent(tree)  # stops after the front ends, before the database
+    tree.hub = hub
     hasher.setServiceParent(tree)  # its threads stop after the front ends
     counter = DurableCounter(database, "http_requests", reactor, block=config.database.counter_block)
     CounterService(counter).setServiceParent(tree)  # gives back the unused numbers after the front ends stop
+    kv = KeyValueStore(database, config.kv)
+    logins = Logins(hub, accounts)
     ctx = BuildContext(
         reactor=reactor, config=config, database=database, metrics=metrics, hub=hub,
-        counter=counter,
-        accounts=AccountStore(database, hasher, a),
-        kv=KeyValueStore(database, config.kv),
+        counter=counter, accounts=accounts, kv=kv, logins=logins,
+        shared=SharedServices(hub=hub, accounts=accounts, kv=kv, counter=counter, clock=reactor, logins=logins),
         # tree.listeners fills as services are built; the checks read it when they run
         readiness=Readiness(
             tree.listeners, database, reactor, lambda: bool(tree.running),

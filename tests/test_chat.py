@@ -100,8 +100,8 @@ class ChatTestsMixin:
         tree = await self.start()
         db = tree.database
 
-        def row(i: int) -> tuple[str, int, float, str, str]:
-            return ("gap", i, float(i), "a", f"m{i}")
+        def row(i: int) -> tuple[str, int, float, str, str, int]:
+            return ("gap", i, float(i), "a", f"m{i}", 0)
 
         await db.run(write_messages_txn, [row(1), row(2), row(3)], 3)
         await db.run(write_messages_txn, [row(1001)], 3)
@@ -398,7 +398,7 @@ class SQLiteChatTests(ChatTestsMixin, TestCase):
         elsewhere = {
             "SLOW_CONSUMER", "BUSY", "DATABASE_UNAVAILABLE", "ENGINE_UNAVAILABLE", "SHUTTING_DOWN", "INTERNAL", "TOO_LARGE", "TIMEOUT",
             "BAD_REQUEST", "NOT_FOUND", "UNSUPPORTED_VERSION", "UNAUTHENTICATED", "LOGIN_FAILED", "USERNAME_TAKEN",
-            "QUOTA_EXCEEDED", "HUB_UNAVAILABLE",
+            "QUOTA_EXCEEDED", "HUB_UNAVAILABLE", "FORBIDDEN", "NICK_OFFLINE", "TOKEN_INVALID", "TOKEN_EXPIRED",
         }
         self.assertEqual(seen | elsewhere, set(ERRORS))
 

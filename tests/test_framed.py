@@ -124,7 +124,7 @@ class FramedTestsMixin:
 
         self.assertEqual(await c.call("login", username="ALICE", password="correct horse"),
                          {"username": "alice", "nick": "alice"})
-        self.assertEqual(await c.call("whoami"), {"username": "alice", "nick": "alice"})
+        self.assertEqual(await c.call("whoami"), {"username": "alice", "nick": "alice", "admin": False})
         value = {"score": 10, "tags": ["a", "ü"], "ok": True}
         self.assertEqual(await c.call("kv.set", key="game/1", value=value), {"key": "game/1", "created": True})
         self.assertEqual(await c.call("kv.set", key="game/1", value=value), {"key": "game/1", "created": False})
@@ -150,7 +150,8 @@ class FramedTestsMixin:
         with self.assertRaises(FramedError):
             await other.call("kv.get", key="Game/2")
 
-        self.assertEqual(await c.call("logout"), {})
+        logged_out = await c.call("logout")
+        self.assertRegex(logged_out["nick"], r"^guest\d+$")  # the username stays reserved for the account
         with self.assertRaises(FramedError) as e:
             await c.call("kv.list")
         self.assertEqual(e.exception.code, "UNAUTHENTICATED")

@@ -114,12 +114,32 @@ def _hub_lease(txn: Txn) -> None:
 
 
 # Append new migrations with the next version; never change one that has shipped.
+def has_column(txn: Txn, table: str, column: str) -> bool:
+    """Whether C{table} has C{column} (so a migration that adds one can run again after an interruption)."""
+    if txn.dialect == "mysql":
+        txn.execute(
+            "SELECT COUNT(*) FROM information_schema.columns"
+            " WHERE table_schema = DATABASE() AND table_name = ? AND column_name = ?",
+            (table, column),
+        )
+        return bool(txn.fetchone()[0])
+    txn.execute(f"PRAGMA table_info({table})")  # a constant of this module, never input
+    return any(row[1] == column for row in txn.fetchall())
+
+
+def _chat_message_account(txn: Txn) -> None:
+    # 1: the nick was a logged-in account's when the message was published (0 for older messages)
+    if not has_column(txn, "chat_messages", "account"):
+        txn.execute("ALTER TABLE chat_messages ADD COLUMN account SMALLINT NOT NULL DEFAULT 0")
+
+
 MIGRATIONS: Sequence[Migration] = (
     Migration(1, "chat history", _chat_messages),
     Migration(2, "counters", _counters),
     Migration(3, "accounts and key-value items", _accounts_and_kv),
     Migration(4, "chat room ids", _chat_rooms),
     Migration(5, "the memory engine's lease", _hub_lease),
+    Migration(6, "whether a chat message came from a logged-in account", _chat_message_account),
 )
 
 _LOCK_NAME = "myservices.schema_migration"

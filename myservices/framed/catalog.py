@@ -13,6 +13,8 @@ COMMANDS: dict[str, int] = {
     "login": 11,
     "logout": 12,
     "whoami": 13,
+    "passwd": 14,
+    "token": 15,
     "kv.get": 20,
     "kv.set": 21,
     "kv.delete": 22,

@@ -34,9 +34,10 @@ from myservices.errors import (
     UNKNOWN_COMMAND,
     ErrorCode,
     RequestError,
+    error_json,
 )
 from myservices.framed.catalog import COMMAND_NAMES, COMMANDS, PUSHES
-from myservices.framed.wire import MAX_ID, Frame, FrameDecoder, FrameError, encode_json, encode_reply, error_object
+from myservices.framed.wire import MAX_ID, Frame, FrameDecoder, FrameError, encode_json, encode_reply
 from myservices.flow import IdleTimer, ReadGate
 from myservices.halfclose import HalfCloseableProtocol
 from myservices.handlers import values
@@ -44,6 +45,7 @@ from myservices.handlers.commands import CommandState, SharedServices, router
 from myservices.handlers.pipeline import call, classify, event_body
 from myservices.handlers.router import Command, Router
 from myservices.hub import Event, Subscriber
+from myservices.hub.config import AnonymousMode, anonymous_setting
 from myservices.listeners import ConnectionTrackingFactory, StreamListenerService
 from myservices.metrics import Metrics, RequestCounts
 from myservices.outbound import Outbound
@@ -71,6 +73,7 @@ class FramedConfig(StreamServiceConfig):
         500.0, min=0.01, max=1e9, doc="requests per second a connection may make; more get RATE_LIMITED"
     )
     request_burst: int = setting(1000, min=1, max=1_000_000_000, doc="requests a connection may make at once")
+    anonymous: AnonymousMode = anonymous_setting()
 
 
 WIRE_FORMAT = "framed"
@@ -87,7 +90,7 @@ def encode_event(event: Event) -> bytes:
 
 def closing_push(error: ErrorCode, detail: str | None = None) -> bytes:
     """The push that tells a client why the server is closing its connection."""
-    return _push("closing", {"error": error_object(error, detail)})
+    return _push("closing", {"error": error_json(error, detail)})
 
 
 class FramedProtocol(HalfCloseableProtocol):
@@ -109,7 +112,8 @@ class FramedProtocol(HalfCloseableProtocol):
         f = self.factory
         self.decoder = FrameDecoder(f.max_body_size)
         self.outbound = Outbound(self.transport, f.max_pending, self._slow_consumer, self._go_on, f.metrics)
-        self.state = CommandState(f.services, Subscriber(self.deliver, self.close))
+        peer = self.transport.getPeer()
+        self.state = CommandState(f.services, Subscriber(self.deliver, self.close), getattr(peer, "host", None), f.anonymous)
         self.bucket = TokenBucket(f.request_rate, f.request_burst, f.clock)
         self.in_flight: set[int] = set()
         self.barrier = False
@@ -290,13 +294,16 @@ class FramedProtocol(HalfCloseableProtocol):
 
     def _failed_f(self, failure: Failure, command: Command, command_id: int, request_id: int) -> None:
         error = classify(failure, self.factory.service_name, command.name)
-        self._reply_error(command_id, request_id, error.error, error.detail)
+        self._reply_error(command_id, request_id, error.error, error.detail, error.retry_after)
 
-    def _reply_error(self, command_id: int, request_id: int, error: ErrorCode, detail: str | None = None) -> None:
+    def _reply_error(
+        self, command_id: int, request_id: int, error: ErrorCode, detail: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
         self.factory.count(COMMAND_NAMES.get(command_id, "unknown"), error.code)
         self.factory.metrics.error(error.code)
         self.factory.messages_out += 1
-        body = {"id": request_id, "ok": False, "error": error_object(error, detail)}
+        body = {"id": request_id, "ok": False, "error": error_json(error, detail, retry_after)}
         self.outbound.write(encode_json(command_id, body))
 
     # --- the hub's Subscriber interface, and closing ------------------------------------------
@@ -348,7 +355,9 @@ class FramedFactory(RequestCounts, ConnectionTrackingFactory):
 
     protocol = FramedProtocol
     # read when a connection opens (max_body_size, request_rate, request_burst) or at each use
-    live_settings = ("max_connections", "idle_timeout", "max_body_size", "max_in_flight", "request_rate", "request_burst")
+    live_settings = (
+        "max_connections", "idle_timeout", "max_body_size", "max_in_flight", "request_rate", "request_burst", "anonymous",
+    )
     refusal_message = closing_push(BUSY)
     # live settings: set by configure()
     idle_timeout: float
@@ -380,6 +389,6 @@ class FramedFactory(RequestCounts, ConnectionTrackingFactory):
 
 def build(name: str, cfg: FramedConfig, ctx: BuildContext) -> IService:
     """The framed JSON listener for C{[services.NAME]}."""
-    services = SharedServices(hub=ctx.hub, accounts=ctx.accounts, kv=ctx.kv, counter=ctx.counter, clock=ctx.reactor)
+    services = ctx.shared
     factory = FramedFactory(name, cfg, services, ctx.metrics, ctx.reactor, ctx.config.hub.max_pending)
     return StreamListenerService(name, cfg.endpoint, factory, ctx.reactor, ctx.config.daemon.shutdown_timeout)

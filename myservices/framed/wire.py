@@ -144,6 +144,3 @@ def encode_reply(command: int, request_id: int, result: Any) -> bytes:
     return HEADER.pack(VERSION, len(body), command) + body
 
 
-def error_object(error: ErrorCode, detail: str | None = None) -> dict[str, Any]:
-    """The error member of a failed reply: code, message, and whether retrying can help."""
-    return {"code": error.code, "message": detail or error.message, "retry": error.retry}

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 
-from myservices.errors import RequestError
+from myservices.errors import BAD_ARGUMENTS, RequestError
 from myservices.handlers.pipeline import message_json
 from myservices.handlers.router import ANY, Arg, Router
 from myservices.hub import Hub, Joined, Session, Subscriber
@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from myservices.accounts import Account, AccountStore
     from myservices.counter import DurableCounter
     from myservices.kv import KeyValueStore
+    from myservices.logins import LoggedIn, Logins
 
 
 @dataclass(frozen=True)
@@ -30,13 +31,23 @@ class SharedServices:
     kv: KeyValueStore
     counter: DurableCounter
     clock: IReactorTime
+    logins: Logins | None = None
 
 
 class CommandState:
-    """One connection's state: who is logged in and its hub session (opened on first use)."""
+    """One connection's state: who is logged in and its hub session (opened on first use).
 
-    def __init__(self, services: SharedServices, subscriber: Subscriber) -> None:
+    C{address} is the client's IP address (login limits count per address);
+    C{anonymous} what the service lets a connection do before it logs in
+    (see L{Hub.open_session}).
+    """
+
+    def __init__(
+        self, services: SharedServices, subscriber: Subscriber, address: str | None = None, anonymous: str = "chat"
+    ) -> None:
         self.services = services
+        self.address = address
+        self.anonymous = anonymous
         self._subscriber = subscriber
         self.account: Account | None = None
         self._session: Session | None = None
@@ -53,7 +64,7 @@ class CommandState:
             return await d
         self._opening = []
         try:
-            session = await self.services.hub.open_session(self._subscriber)
+            session = await self.services.hub.open_session(self._subscriber, self.anonymous)
         except BaseException as e:
             waiters, self._opening = self._opening, None
             for w in waiters:
@@ -77,6 +88,11 @@ class CommandState:
         self._closed = True
         if self._session is not None:
             self.services.hub.close_session_later(self._session)
+
+    @property
+    def logins(self) -> Logins:
+        assert self.services.logins is not None  # every daemon has them; some unit tests build none
+        return self.services.logins
 
     @property
     def account_id(self) -> int:
@@ -125,36 +141,79 @@ def echo(s: CommandState, data: Any) -> dict[str, Any]:
 
 # --- accounts -------------------------------------------------------------------
 
-_credentials = (Arg("username", str, max_length=64), Arg("password", str, max_length=4096))
+_USERNAME = Arg("username", str, max_length=64)
+_PASSWORD = Arg("password", str, max_length=4096)
+TOKEN = Arg("token", str, max_length=8192)
 
 
-@router.command("register", *_credentials)
+def logged_in_json(done: LoggedIn, nick: str) -> dict[str, Any]:
+    """The reply to a login, the same on every front end."""
+    result: dict[str, Any] = {"username": done.account.username, "nick": nick}
+    if done.rooms is not None:
+        result["rooms"] = list(done.rooms)
+    if done.expires_at is not None:
+        result["expires_at"] = done.expires_at
+    return result
+
+
+@router.command("register", _USERNAME, _PASSWORD)
 async def register(s: CommandState, username: str, password: str) -> dict[str, Any]:
-    account = await s.services.accounts.register(username, password)
+    account = await s.logins.register(s._session, username, password, s.address)
     return {"username": account.username}
 
 
-@router.command("login", *_credentials, barrier=True)
-async def login(s: CommandState, username: str, password: str) -> dict[str, Any]:
-    s.account = await s.services.accounts.authenticate(username, password)
+@router.command(
+    "login", Arg("username", str, max_length=64, required=False), Arg("password", str, max_length=4096, required=False),
+    Arg("token", str, max_length=8192, required=False), barrier=True,
+)
+async def login(
+    s: CommandState, username: str | None = None, password: str | None = None, token: str | None = None
+) -> dict[str, Any]:
+    """With a username and password, or with a token (not both)."""
     session = await s.session()
-    try:
-        # the username is a valid nick; keep the current one if someone else holds it
-        await s.services.hub.set_nick(session, s.account.username)
-    except RequestError:
-        pass
-    return {"username": s.account.username, "nick": session.nick}
+    if token is not None and username is None and password is None:
+        done = await s.logins.login_token(session, token, s.address)
+    elif token is None and username is not None and password is not None:
+        done = await s.logins.login(session, username, password, s.address)
+    else:
+        raise RequestError(BAD_ARGUMENTS, 'login takes "username" and "password", or "token"')
+    s.account = done.account
+    return logged_in_json(done, session.nick)
 
 
 @router.command("logout", barrier=True)
-def logout(s: CommandState) -> dict[str, Any]:
+async def logout(s: CommandState) -> dict[str, Any]:
     s.account = None
-    return {}
+    if s._session is not None:
+        await s.logins.logout(s._session)
+    return {"nick": s.nick}
 
 
 @router.command("whoami")
 async def whoami(s: CommandState) -> dict[str, Any]:
-    return {"username": s.account.username if s.account else None, "nick": (await s.session()).nick}
+    session = await s.session()
+    return {"username": session.account, "nick": session.nick, "admin": session.admin}
+
+
+@router.command("passwd", Arg("old", str, max_length=4096), Arg("new", str, max_length=4096), login=True)
+async def passwd(s: CommandState, old: str, new: str) -> dict[str, Any]:
+    """Change the password: every token issued before stops working."""
+    await s.logins.change_password(await s.session(), old, new, s.address)
+    return {"username": s.account.username if s.account else None}
+
+
+@router.command("token", Arg("rooms", list, required=False), login=True)
+async def token(s: CommandState, rooms: list[Any] | None = None) -> dict[str, Any]:
+    """A token for the logged-in account (optionally limited to C{rooms}), for another connection or front end."""
+    if rooms is not None:
+        rooms = [s.services.hub.check_room(r) if isinstance(r, str) else _bad_room() for r in rooms]
+    assert s.account is not None
+    value, expires_at = s.logins.issue_token(await s.session(), s.account, rooms)
+    return {"token": value, "expires_at": expires_at}
+
+
+def _bad_room() -> str:
+    raise RequestError(BAD_ARGUMENTS, '"rooms" must be an array of room names')
 
 
 # --- key-value (per account) -------------------------------------------------------

@@ -70,7 +70,7 @@ def classify(failure: Failure, service: str, command: str) -> RequestError:
 
 
 def message_json(m: Message) -> dict[str, Any]:
-    return {"room": m.room, "id": m.id, "ts": m.ts, "nick": m.nick, "text": m.text}
+    return {"room": m.room, "id": m.id, "ts": m.ts, "nick": m.nick, "text": m.text, "account": m.account}
 
 
 def event_body(event: Event) -> tuple[str, dict[str, Any]]:

@@ -3,10 +3,22 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
 from myservices.settings import DURATION, SIZE, MiB, setting
+
+
+AnonymousMode = Literal["chat", "read", "none"]
+
+
+def anonymous_setting(default: str = "chat") -> Any:
+    """The [services.NAME] key of every chat front end: what a connection may do before it logs in."""
+    return setting(
+        default,
+        doc='what a connection that has not logged in may do: "chat" (everything), "read" (join, subscribe and '
+        'read, not publish, direct-message or pick a nick) or "none" (only log in)',
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -49,6 +61,12 @@ class HubConfig:
     )
     publish_rate: float = setting(10.0, min=0.01, max=1_000_000, doc="messages per second a connection may publish")
     publish_burst: int = setting(20, min=1, max=1_000_000, doc="messages a connection may publish at once")
+    churn_rate: float = setting(
+        1.0, min=0.01, max=1_000_000, doc="nick changes, joins and parts per second a connection may make"
+    )
+    churn_burst: int = setting(
+        40, min=1, max=1_000_000, doc="nick changes, joins and parts a connection may make at once"
+    )
     max_rooms_per_session: int = setting(20, min=1, max=10_000, doc="rooms joined plus topics subscribed, per connection")
     max_nick_length: int = setting(32, min=1, max=255, doc="longest nick")
     max_room_length: int = setting(64, min=1, max=255, doc="longest room or topic name")

@@ -15,7 +15,7 @@ room "news" say.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred
@@ -24,7 +24,16 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 import myservices.hub.rules as rules
-from myservices.errors import INTERNAL, NICK_TAKEN, NOT_IN_ROOM, RATE_LIMITED, TOO_MANY_ROOMS, RequestError
+from myservices.errors import (
+    FORBIDDEN,
+    INTERNAL,
+    NICK_TAKEN,
+    NOT_IN_ROOM,
+    RATE_LIMITED,
+    TOO_MANY_ROOMS,
+    UNAUTHENTICATED,
+    RequestError,
+)
 from myservices.hub.config import HubConfig
 from myservices.hub.events import Event, Message, NickChange, Presence, UnencodableEvent
 from myservices.hub.interfaces import HubEngine, Joined, RoomInfo, Subscriber
@@ -51,8 +60,13 @@ class Hub:
         engine: HubEngine,
         metrics: Metrics | None = None,
         node_id: str = "local",
+        is_account: Callable[[str], Awaitable[bool]] | None = None,
+        admins: Iterable[str] = (),
     ) -> None:
         self.config = config
+        # whether a nick is a registered username (reserved for its account); None: no accounts
+        self.is_account = is_account
+        self.admins = frozenset(a.lower() for a in admins)
         self.clock = clock
         self.engine = engine
         self.metrics = metrics if metrics is not None else Metrics()
@@ -75,14 +89,19 @@ class Hub:
 
     # --- sessions and nicks -----------------------------------------------------------
 
-    async def open_session(self, subscriber: Subscriber) -> Session:
-        """Attach a connection; it gets a free guest nick until it picks one."""
+    async def open_session(self, subscriber: Subscriber, anonymous: str = "chat") -> Session:
+        """Attach a connection; it gets a free guest nick until it picks one or logs in.
+
+        C{anonymous} is what the connection may do until it logs in: "chat"
+        (everything), "read" (join, subscribe and read, but not publish, send
+        direct messages or pick a nick) or "none" (nothing but log in).
+        """
         member_id = f"{self.node_id}/{next(self._member_numbers)}"
-        while True:
-            nick = f"guest{await self.engine.guest_number()}"
-            if await self.engine.claim_nick(nick, member_id):
-                break
-        session = Session(member_id, subscriber, nick, TokenBucket(self.config.publish_rate, self.config.publish_burst, self.clock))
+        nick = await self._guest_nick(member_id)
+        c = self.config
+        session = Session(member_id, subscriber, nick, TokenBucket(c.publish_rate, c.publish_burst, self.clock))
+        session.anonymous = anonymous
+        session.churn = TokenBucket(c.churn_rate, c.churn_burst, self.clock)
         self.sessions[member_id] = session
         self.metrics.hub_sessions.set(len(self.sessions))
         return session
@@ -98,7 +117,7 @@ class Hub:
             await self._unsubscribe(session, name)
         self.sessions.pop(session.member_id, None)
         self.metrics.hub_sessions.set(len(self.sessions))
-        await self.engine.release_nick(session.nick, session.member_id)
+        await self._release(session)
 
     def close_session_later(self, session: Session) -> None:
         """L{close_session} in the background, for a connection that is gone; a failure is logged."""
@@ -106,22 +125,139 @@ class Hub:
             lambda f: self.log.failure("detaching {session} failed", f, session=session)
         )
 
+    async def _guest_nick(self, owner: str) -> str:
+        while True:
+            nick = f"guest{await self.engine.guest_number()}"
+            if await self.engine.claim_nick(nick, owner):
+                return nick
+
+    @staticmethod
+    def _owner(session: Session) -> str:
+        """Who holds the session's nick in the engine: the account (all its connections share the nick) or the member."""
+        return f"@{session.account}" if session.account is not None else session.member_id
+
+    async def _release(self, session: Session, nick: str | None = None, owner: str | None = None) -> None:
+        """Free the nick C{session} held (as C{owner}), unless another connection of its account here still uses it.
+
+        Another process's connections of the account hold it again at their next refresh.
+        """
+        nick = session.nick if nick is None else nick
+        owner = self._owner(session) if owner is None else owner
+        if owner.startswith("@") and any(
+            s is not session and not s.closed and s.account == owner[1:] for s in self.sessions.values()
+        ):
+            return
+        await self.engine.release_nick(nick, owner)
+
+    def _may(self, session: Session, write: bool) -> None:
+        """UNAUTHENTICATED if this service does not let an anonymous connection do this."""
+        if session.account is not None or session.anonymous == "chat":
+            return
+        if session.anonymous == "none":
+            raise RequestError(UNAUTHENTICATED, "this service is for logged-in users: log in first")
+        if write:
+            raise RequestError(UNAUTHENTICATED, "anonymous users may only read here: log in to write")
+
+    def _churn(self, session: Session) -> None:
+        if not session.churn.allow():
+            raise RequestError(
+                RATE_LIMITED, f"at most {self.config.churn_rate:g} nick changes, joins and parts per second",
+                retry_after=session.churn.wait(),
+            )
+
     async def set_nick(self, session: Session, nick: str) -> str:
-        """Take a new nick (unique among all connected users, ignoring case); returns the old one."""
+        """Take a new nick (unique among all connected users, ignoring case); returns the old one.
+
+        A registered username is reserved for its account; a logged-in
+        connection's nick is its username, so it cannot pick another.
+        """
         self.check_nick(nick)
         old = session.nick
         if old == nick or session.closed:
             return old  # a session that is gone takes no nick: nothing would ever release it
-        if old.lower() != nick.lower() and not await self.engine.claim_nick(nick, session.member_id):
-            raise RequestError(NICK_TAKEN, f'nick "{nick}" is in use')
+        if session.account is not None:
+            raise RequestError(FORBIDDEN, f"logged in as {session.account}: an account's nick is its username")
+        self._may(session, write=True)
+        self._churn(session)
+        if old.lower() != nick.lower():
+            if self.is_account is not None and await self.is_account(nick.lower()):
+                raise RequestError(NICK_TAKEN, f'nick "{nick}" belongs to an account: log in to use it')
+            if not await self.engine.claim_nick(nick, session.member_id):
+                raise RequestError(NICK_TAKEN, f'nick "{nick}" is in use')
         if session.closed:  # closed while the nick was being claimed: its close released the old one
             await self.engine.release_nick(nick, session.member_id)
             return old
-        session.nick = nick
-        if old.lower() != nick.lower():
-            await self.engine.release_nick(old, session.member_id)
-        await self.engine.rename(self.node_id, session.member_id, old, nick, list(session.rooms))
+        await self._rename(session, old, nick)
         return old
+
+    async def _rename(self, session: Session, old: str, new: str, old_owner: str | None = None) -> None:
+        session.nick = new
+        if old.lower() != new.lower():
+            await self._release(session, old, old_owner)
+        await self.engine.rename(self.node_id, session.member_id, old, new, list(session.rooms))
+
+    async def login(self, session: Session, username: str, token_rooms: Iterable[str] | None = None) -> None:
+        """Make C{session} the account C{username}'s (authenticated by the caller): its nick becomes the username.
+
+        Every connection of an account shares its nick. C{token_rooms}: the
+        rooms a token limits the session to (None: no limit).
+        """
+        username = username.lower()
+        session.token_rooms = frozenset(token_rooms) if token_rooms is not None else None
+        session.admin = username in self.admins
+        if session.account == username or session.closed:
+            return
+        old, old_owner = session.nick, self._owner(session)
+        session.account = username
+        if not await self.engine.claim_nick(username, self._owner(session)):
+            if old.lower() == username:  # its own claim from before it logged in: hand it to the account
+                await self.engine.release_nick(old, old_owner)
+                await self.engine.claim_nick(username, self._owner(session))
+            else:
+                # an anonymous connection took the name before it was registered: it gives it up
+                await self._evict(username)
+                await self.engine.claim_nick(username, self._owner(session))
+        if session.closed:
+            await self._release(session, username)
+            return
+        await self._rename(session, old, username, old_owner)
+
+    async def _evict(self, nick: str) -> None:
+        for other in list(self.sessions.values()):
+            if other.account is None and other.nick.lower() == nick and not other.closed:
+                guest = await self._guest_nick(other.member_id)
+                await self._rename(other, other.nick, guest)
+                return
+        self.log.warn("hub: nick {nick} of an account is held by an anonymous connection of another process",
+                      nick=nick)
+
+    async def logout(self, session: Session) -> None:
+        """The session is anonymous again, with a new guest nick (the username stays reserved)."""
+        if session.account is None or session.closed:
+            return
+        old, old_owner = session.nick, self._owner(session)
+        session.account, session.admin, session.token_rooms = None, False, None
+        await self._rename(session, old, await self._guest_nick(session.member_id), old_owner)
+
+    async def reserve_for_registration(self, username: str, session: Session | None) -> str | None:
+        """Hold C{username} while it is registered, so no anonymous connection takes it meanwhile.
+
+        Returns the owner to pass to L{end_registration}, or raises NICK_TAKEN
+        if another connection uses it as its nick now (the registering
+        connection itself may).
+        """
+        owner = f"@{username}"
+        if await self.engine.claim_nick(username, owner):
+            return owner
+        if session is not None and session.nick.lower() == username:
+            return None
+        if any(s.account == username for s in self.sessions.values()):
+            return None  # held by its own account already
+        raise RequestError(NICK_TAKEN, f'"{username}" is in use as a nick now; pick another username')
+
+    async def end_registration(self, username: str, owner: str | None) -> None:
+        if owner is not None and not any(s.account == username for s in self.sessions.values()):
+            await self.engine.release_nick(username, owner)
 
     # --- rooms and topics -----------------------------------------------------------------
 
@@ -150,7 +286,10 @@ class Hub:
         the client saw), the history is what it missed (see L{Joined}).
         """
         name = self.check_room(name)
+        self._may(session, write=False)
         self._check_room_budget(session, name)
+        if name not in session.rooms:
+            self._churn(session)
 
         def attach() -> None:
             self._local_room(name).members[session] = None
@@ -166,6 +305,7 @@ class Hub:
         name = self.check_room(name)
         if name not in session.rooms:
             raise RequestError(NOT_IN_ROOM, f'not in room "{name}"')
+        self._churn(session)
         await self._leave(session, name)
 
     async def _leave(self, session: Session, name: str) -> None:
@@ -181,6 +321,7 @@ class Hub:
     async def subscribe(self, session: Session, name: str, since: int | None = None) -> Joined:
         """Receive what is published to C{name}, without presence; with C{since}, what was missed after it."""
         name = self.check_room(name)
+        self._may(session, write=False)
         self._check_room_budget(session, name)
 
         def attach() -> None:
@@ -232,9 +373,13 @@ class Hub:
         self.check_text(text)
         if as_member and name not in session.rooms:
             raise RequestError(NOT_IN_ROOM, f'join "{name}" before sending to it')
+        self._may(session, write=True)
         if not session.bucket.allow():
-            raise RequestError(RATE_LIMITED, f"at most {self.config.publish_rate:g} messages per second")
-        return await self.engine.publish(name, session.nick, text)
+            raise RequestError(
+                RATE_LIMITED, f"at most {self.config.publish_rate:g} messages per second",
+                retry_after=session.bucket.wait(),
+            )
+        return await self.engine.publish(name, session.nick, text, session.account is not None)
 
     # --- from the engine: delivery to this hub's connections --------------------------------
 

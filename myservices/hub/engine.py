@@ -202,10 +202,10 @@ class MemoryEngine(Service):
 
     # --- publishing ------------------------------------------------------------------
 
-    async def publish(self, room: str, nick: str, text: str) -> Message:
+    async def publish(self, room: str, nick: str, text: str, account: bool = False) -> Message:
         r = await self._room(room)
         r.last_id += 1
-        message = Message(room=room, id=r.last_id, ts=self.clock.seconds(), nick=nick, text=text)
+        message = Message(room=room, id=r.last_id, ts=self.clock.seconds(), nick=nick, text=text, account=account)
         if self.store is not None:
             r.pending += 1
             try:

@@ -48,6 +48,7 @@ class Message(Event):
     ts: float = 0.0
     nick: str = ""
     text: str = ""
+    account: bool = False  # the nick was a logged-in account's (an anonymous user's otherwise)
 
 
 @dataclass(eq=False)

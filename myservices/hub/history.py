@@ -23,7 +23,7 @@ from myservices.db import Database, DatabaseUnavailable, Txn
 from myservices.hub.events import Message
 from myservices.metrics import Metrics
 
-Row = tuple[str, int, float, str, str]
+Row = tuple[str, int, float, str, str, int]
 
 
 class HistoryRejected(Exception):
@@ -38,7 +38,7 @@ def write_messages_txn(txn: Txn, rows: Sequence[Row], keep: int) -> None:
     if keep:
         # a message already stored (another daemon on the same database) is not an error
         verb = "INSERT OR IGNORE" if txn.dialect == "sqlite" else "INSERT IGNORE"
-        txn.executemany(f"{verb} INTO chat_messages (room, id, ts, nick, text) VALUES (?, ?, ?, ?, ?)", rows)
+        txn.executemany(f"{verb} INTO chat_messages (room, id, ts, nick, text, account) VALUES (?, ?, ?, ?, ?, ?)", rows)
     txn.executemany(_upsert_last_id_sql(txn), sorted(newest.items()))
     if keep:
         for room in newest:
@@ -78,7 +78,7 @@ def save_missing_txn(txn: Txn, rows: Sequence[Row], keep: int) -> int:
     if not rows or not keep:
         return 0
     verb = "INSERT OR IGNORE" if txn.dialect == "sqlite" else "INSERT IGNORE"
-    txn.executemany(f"{verb} INTO chat_messages (room, id, ts, nick, text) VALUES (?, ?, ?, ?, ?)", rows)
+    txn.executemany(f"{verb} INTO chat_messages (room, id, ts, nick, text, account) VALUES (?, ?, ?, ?, ?, ?)", rows)
     added = max(txn.rowcount, 0)  # rows inserted, the ignored ones left out (sqlite3 and pymysql alike)
     newest: dict[str, int] = {}
     for room, msg_id, *_ in rows:
@@ -89,12 +89,12 @@ def save_missing_txn(txn: Txn, rows: Sequence[Row], keep: int) -> int:
     return added
 
 
-def load_room_txn(txn: Txn, room: str, limit: int) -> tuple[int, list[tuple[int, float, str, str]]]:
+def load_room_txn(txn: Txn, room: str, limit: int) -> tuple[int, list[tuple[int, float, str, str, int]]]:
     """The room's highest id ever given and its last C{limit} messages (oldest first)."""
-    rows: list[tuple[int, float, str, str]] = []
+    rows: list[tuple[int, float, str, str, int]] = []
     if limit:
         txn.execute(
-            "SELECT id, ts, nick, text FROM chat_messages WHERE room = ? ORDER BY id DESC LIMIT ?", (room, limit)
+            "SELECT id, ts, nick, text, account FROM chat_messages WHERE room = ? ORDER BY id DESC LIMIT ?", (room, limit)
         )
         rows = list(reversed(txn.fetchall()))
     txn.execute("SELECT last_id FROM chat_rooms WHERE room = ?", (room,))
@@ -256,8 +256,11 @@ class HistoryStore:
     async def load(self, room: str, limit: int) -> tuple[int, list[Message]]:
         """The highest id C{room} has given, and its last C{limit} stored messages."""
         last_id, rows = await self.database.run(load_room_txn, room, min(limit, self.keep))
-        return last_id, [Message(room=room, id=i, ts=ts, nick=nick, text=text) for i, ts, nick, text in rows]
+        return last_id, [
+            Message(room=room, id=i, ts=ts, nick=nick, text=text, account=bool(account))
+            for i, ts, nick, text, account in rows
+        ]
 
 
 def _row(m: Message) -> Row:
-    return (m.room, m.id, m.ts, m.nick, m.text)
+    return (m.room, m.id, m.ts, m.nick, m.text, int(m.account))

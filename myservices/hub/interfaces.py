@@ -171,7 +171,7 @@ class HubEngine(Protocol):
     async def rename(self, node_id: str, member_id: str, old: str, new: str, rooms: Sequence[str]) -> None:
         """Record the new nick of C{member_id} in C{rooms} and tell everyone concerned."""
 
-    async def publish(self, room: str, nick: str, text: str) -> Message:
+    async def publish(self, room: str, nick: str, text: str, account: bool = False) -> Message:
         """Assign the message its id, store it, deliver it to the room in id order; the stored message."""
 
     async def members(self, room: str) -> list[str]:

@@ -140,8 +140,9 @@ class Avatar(pb.Avatar):
 
     methods: Mapping[str, tuple[Command, bool]] = USER_METHODS
 
-    def __init__(self, account: Account | None) -> None:
+    def __init__(self, account: Account | None, token_rooms: tuple[str, ...] | None = None) -> None:
         self.account = account
+        self.token_rooms = token_rooms  # a token login's "rooms" claim
         self.connection: PBConnection | None = None
         self.rooms: dict[str, RoomHandle] = {}
         self._state: CommandState | None = None
@@ -154,14 +155,14 @@ class Avatar(pb.Avatar):
     async def attach(self, connection: PBConnection) -> None:
         """Bind to the connection that logged in; logged-in users take their username as nick."""
         self.connection = connection
-        self._state = CommandState(connection.factory.services, Subscriber(self.deliver, self.close))
+        peer = connection.transport.getPeer() if connection.transport is not None else None
+        self._state = CommandState(
+            connection.factory.services, Subscriber(self.deliver, self.close), getattr(peer, "host", None)
+        )
         self._state.account = self.account
         session = await self._state.session()
         if self.account is not None:
-            try:
-                await self._state.services.hub.set_nick(session, self.account.username)
-            except RequestError:
-                pass  # someone else holds it: keep the guest nick
+            await self._state.services.hub.login(session, self.account.username, self.token_rooms)
 
     def logout(self) -> None:
         """The connection closed: every membership ends (other members see PART)."""

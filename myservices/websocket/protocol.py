@@ -101,6 +101,7 @@ class WebSocketConnection(HalfCloseableProtocol, WebSocketServerProtocol):  # ty
     factory: WebSocketFactory
     # not named "log": autobahn's own (txaio) logger is self.log, which drops debug events cheaply
     route: Route | None = None
+    cookies = ""
     outbound: Outbound | None = None
     _idle: IdleTimer | None = None
 
@@ -136,6 +137,7 @@ class WebSocketConnection(HalfCloseableProtocol, WebSocketServerProtocol):  # ty
                 "{service}: refused origin {origin} (allowed_origins)", service=f.service_name, origin=request.origin
             )
             raise ConnectionDeny(403, "origin not allowed")
+        self.cookies = request.headers.get("cookie", "")  # a login token set by the HTTP service's /api/login
         self.route = make_route(self)
 
     def onOpen(self) -> None:

@@ -20,12 +20,14 @@ from myservices.errors import (
     BAD_ARGUMENTS,
     BAD_REQUEST,
     RATE_LIMITED,
+    UNAUTHENTICATED,
     UNKNOWN_COMMAND,
     ErrorCode,
     RequestError,
+    error_json,
 )
 from myservices.handlers import values
-from myservices.handlers.commands import CommandState, SharedServices, router
+from myservices.handlers.commands import CommandState, SharedServices, logged_in_json, router
 from myservices.handlers.pipeline import classify, event_body, invoke
 from myservices.handlers.router import Router
 from myservices.hub import Event, Subscriber
@@ -39,8 +41,10 @@ if TYPE_CHECKING:
 # router is a request type here at once
 CHAT_OPS: dict[str, str] = {
     **{name.removeprefix("hub."): name for name in router.commands if name.startswith("hub.")},
-    "ping": "ping",
+    **{name: name for name in ("ping", "register", "login", "logout", "whoami", "passwd", "token")},
 }
+
+TOKEN_COOKIE = "myservices_token"  # what POST /api/login on the HTTP service sets
 
 MAX_REQUEST_ID_LENGTH = 64
 
@@ -83,6 +87,7 @@ class ChatSettings:
     request_burst: int
     max_queued: int
     limits: dict[str, Any]  # told to the client in the welcome event
+    anonymous: str = "chat"
 
 
 def event_json(event: Event) -> dict[str, Any]:
@@ -110,7 +115,10 @@ class ChatRoute:
         self.settings = settings
         self.factory: WebSocketFactory = conn.factory
         self.max_pending = self.factory.max_pending
-        self.state = CommandState(settings.services, Subscriber(self.deliver, self.close))
+        peer = conn.transport.getPeer()
+        self.state = CommandState(
+            settings.services, Subscriber(self.deliver, self.close), getattr(peer, "host", None), settings.anonymous
+        )
         self.bucket = TokenBucket(settings.request_rate, settings.request_burst, settings.services.clock)
         self.queue: deque[tuple[str, Any, dict[str, Any]]] = deque()
         self.waiting = False
@@ -123,7 +131,19 @@ class ChatRoute:
 
     async def _welcome(self) -> None:
         session = await self.state.session()
-        self._send({"type": "welcome", "nick": session.nick, "limits": self.settings.limits})
+        welcome: dict[str, Any] = {"type": "welcome", "nick": session.nick, "limits": self.settings.limits}
+        token = cookie_token(self.conn.cookies)
+        if token is not None:
+            # the web page's login: a token in the cookie logs the connection in (a bad one leaves it anonymous)
+            try:
+                done = await self.state.logins.login_token(session, token, self.state.address)
+                self.state.account = done.account
+                welcome["login"] = logged_in_json(done, session.nick)
+            except RequestError as e:
+                welcome["login_error"] = error_json(e.error, e.detail, e.retry_after)
+        welcome["username"] = session.account
+        welcome["nick"] = session.nick
+        self._send(welcome)
         self._go_on(None)
 
     def _not_opened(self, failure: Failure) -> None:
@@ -203,6 +223,9 @@ class ChatRoute:
             self._error(op, request_id, RATE_LIMITED, f"at most {self.settings.request_rate:g} requests per second")
             return
         command = self.settings.router.commands[CHAT_OPS[op]]
+        if command.login and self.state.account is None:
+            self._error(op, request_id, UNAUTHENTICATED, f"{op} needs a login")
+            return
         try:
             kwargs = command.bind(args, label=op)
         except RequestError as e:
@@ -242,20 +265,29 @@ class ChatRoute:
 
     def _failed_f(self, failure: Failure, op: str, request_id: Any) -> None:
         error = classify(failure, self.factory.service_name, op)
-        self._error(op, request_id, error.error, error.detail)
+        self._error(op, request_id, error.error, error.detail, error.retry_after)
 
-    def _error(self, op: str | None, request_id: Any, error: ErrorCode, detail: str | None = None) -> None:
+    def _error(
+        self, op: str | None, request_id: Any, error: ErrorCode, detail: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
         self.factory.count(op or "invalid", error.code)
         self.factory.metrics.error(error.code)
-        reply: dict[str, Any] = {
-            "type": "error",
-            "error": {"code": error.code, "message": detail or error.message, "retry": error.retry},
-        }
+        reply: dict[str, Any] = {"type": "error", "error": error_json(error, detail, retry_after)}
         if op is not None:
             reply["op"] = op
         if request_id is not None:
             reply["id"] = request_id
         self._send(reply)
+
+
+def cookie_token(header: str) -> str | None:
+    """The login token in a Cookie header, if there is one."""
+    for part in header.split(";"):
+        name, _, value = part.strip().partition("=")
+        if name == TOKEN_COOKIE and value:
+            return value
+    return None
 
 
 def _valid_id(value: Any) -> bool:

@@ -12,6 +12,7 @@ from myservices.handlers.commands import SharedServices, router
 from myservices.listeners import StreamListenerService
 from myservices.context import BuildContext
 from myservices.websocket.protocol import WebSocketFactory
+from myservices.hub.config import AnonymousMode, anonymous_setting
 from myservices.websocket.routes import ChatRoute, ChatSettings, EchoRoute
 
 
@@ -58,6 +59,7 @@ class WebSocketConfig(StreamServiceConfig):
     )
     request_rate: float = setting(100.0, min=0.01, max=1_000_000, doc="chat requests per second per connection")
     request_burst: int = setting(200, min=1, max=1_000_000, doc="chat requests a connection may send at once")
+    anonymous: AnonymousMode = anonymous_setting()
     max_queued: int = setting(
         32, min=1, max=100_000,
         doc="chat requests waiting behind a slow one (a room loading) before the connection is not read",
@@ -66,11 +68,11 @@ class WebSocketConfig(StreamServiceConfig):
 
 def make_factory(name: str, cfg: WebSocketConfig, ctx: BuildContext) -> WebSocketFactory:
     """The factory for C{[services.NAME]}: its connections, whether on its own port or mounted in HTTP."""
-    services = SharedServices(hub=ctx.hub, accounts=ctx.accounts, kv=ctx.kv, counter=ctx.counter, clock=ctx.reactor)
+    services = ctx.shared
     h = ctx.config.hub
     chat = ChatSettings(
         services=services, router=router, request_rate=cfg.request_rate, request_burst=cfg.request_burst,
-        max_queued=cfg.max_queued,
+        max_queued=cfg.max_queued, anonymous=cfg.anonymous,
         limits={
             "max_message_size": cfg.max_message_size, "max_text_length": h.max_text_length,
             "max_nick_length": h.max_nick_length, "max_room_length": h.max_room_length,

@@ -15,9 +15,12 @@ from typing import Any
 from myservices.hub.events import Event, Message, NickChange, Presence
 
 
-def message_prefix(room: str, ts: float, nick: str, text: str) -> str:
+def message_prefix(room: str, ts: float, nick: str, text: str, account: bool = False) -> str:
     """The JSON of a message up to its id; the publish script appends ``ID}``."""
-    body = json.dumps({"t": "msg", "room": room, "ts": ts, "nick": nick, "text": text}, ensure_ascii=False)
+    data: dict[str, Any] = {"t": "msg", "room": room, "ts": ts, "nick": nick, "text": text}
+    if account:
+        data["a"] = 1
+    body = json.dumps(data, ensure_ascii=False)
     return body[:-1] + ', "id": '
 
 
@@ -43,7 +46,7 @@ def decode(text: str) -> tuple[Event | None, str | None, str | None]:
     if kind == "msg":
         event = Message(
             room=str(data["room"]), id=int(data["id"]), ts=float(data["ts"]), nick=str(data["nick"]),
-            text=str(data["text"]),
+            text=str(data["text"]), account=bool(data.get("a")),
         )
     elif kind in ("join", "part"):
         event = Presence(kind=kind, room=str(data["room"]), nick=str(data["nick"]))

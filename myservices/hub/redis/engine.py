@@ -339,14 +339,14 @@ class RedisEngine(Service):
 
     # --- publishing -----------------------------------------------------------------------------------
 
-    async def publish(self, room: str, nick: str, text: str) -> Message:
+    async def publish(self, room: str, nick: str, text: str, account: bool = False) -> Message:
         if self.storage.refusing:
             # before Redis hands out an id: nothing is delivered, and a retry cannot duplicate the message
             raise RequestError(DATABASE_UNAVAILABLE, "the message was not saved nor delivered; send it again")
         # behind publishes waiting for the room's seed or ids: a connection's messages keep their order
         await self.storage.settled(room)
         ts = self.clock.seconds()
-        args = [self.prefix, room, self.config.history_size, message_prefix(room, ts, nick, text)]
+        args = [self.prefix, room, self.config.history_size, message_prefix(room, ts, nick, text, account)]
         for _ in range(ATTEMPTS):
             result = await self.commands.eval(scripts.PUBLISH, args)
             if isinstance(result, int):
@@ -360,7 +360,7 @@ class RedisEngine(Service):
                 continue
         else:
             raise EngineUnavailable()
-        message = Message(room=room, id=result, ts=ts, nick=nick, text=text)
+        message = Message(room=room, id=result, ts=ts, nick=nick, text=text, account=account)
         self.metrics.hub_publishes.inc()
         await self.storage.save(message)
         await self.feeds.delivered(room, message.id)  # a sender in the room sees its message before the answer

@@ -84,7 +84,7 @@ class Once:
 
 def stored_form(m: Message) -> str:
     """A message as the publish script would have written it."""
-    return message_prefix(m.room, m.ts, m.nick, m.text) + f"{m.id}}}"
+    return message_prefix(m.room, m.ts, m.nick, m.text, m.account) + f"{m.id}}}"
 
 
 class Storage:

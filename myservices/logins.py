@@ -1,0 +1,81 @@
+"""Logging a hub session in and out: one way for every front end (line chat, WebSocket, framed JSON, PB).
+
+A front end parses its login command (a password, or a token) and calls
+L{Logins}; the account becomes the session's identity in the hub (its
+username is the nick, reserved everywhere), so every front end checks
+passwords, tokens and their limits the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from myservices.accounts import Account, AccountStore, check_username
+from myservices.errors import UNAUTHENTICATED, RequestError
+from myservices.hub import Hub, Session
+
+
+@dataclass(frozen=True)
+class LoggedIn:
+    """A successful login: the account, and the rooms a token limits it to (None: any room)."""
+
+    account: Account
+    rooms: tuple[str, ...] | None = None
+    expires_at: float | None = None  # a token's expiry
+
+
+class Logins:
+    """Registration, login (password or token), logout, password change and tokens, on a hub session."""
+
+    def __init__(self, hub: Hub, accounts: AccountStore, tokens: Any = None) -> None:
+        self.hub = hub
+        self.accounts = accounts
+        self.tokens = tokens
+
+    async def register(self, session: Session | None, username: str, password: str, address: str | None) -> Account:
+        """Create an account; its username is reserved as a nick from then on (not logged in by this)."""
+        name = check_username(username)
+        owner = await self.hub.reserve_for_registration(name, session)
+        try:
+            return await self.accounts.register(name, password, address=address)
+        finally:
+            await self.hub.end_registration(name, owner)
+
+    async def login(self, session: Session, username: str, password: str, address: str | None) -> LoggedIn:
+        """Check the password; the session becomes the account's (nick = username)."""
+        account = await self.accounts.authenticate(username, password, address=address)
+        await self.hub.login(session, account.username)
+        return LoggedIn(account)
+
+    async def login_token(self, session: Session, token: str, address: str | None) -> LoggedIn:
+        """Check the token (signature, expiry, revocation); the session becomes its account's."""
+        verified = await self._tokens().verify(token)
+        rooms = tuple(verified.rooms) if verified.rooms is not None else None
+        await self.hub.login(session, verified.account.username, rooms)
+        return LoggedIn(verified.account, rooms, verified.expires_at)
+
+    async def logout(self, session: Session) -> None:
+        await self.hub.logout(session)
+
+    async def change_password(self, session: Session, old: str, new: str, address: str | None) -> None:
+        """Change the logged-in account's password; tokens issued before it stop working."""
+        username = self._account(session)
+        await self.accounts.change_password(username, old, new, address=address)
+
+    def issue_token(self, session: Session, account: Account, rooms: Sequence[str] | None = None) -> tuple[str, float]:
+        """A new token for the logged-in account (and its expiry, seconds since the epoch)."""
+        self._account(session)
+        return self._tokens().issue(account, rooms=list(rooms) if rooms is not None else None)  # type: ignore[no-any-return]
+
+    @staticmethod
+    def _account(session: Session) -> str:
+        if session.account is None:
+            raise RequestError(UNAUTHENTICATED, "log in first")
+        return session.account
+
+    def _tokens(self) -> Any:
+        if self.tokens is None:
+            raise RequestError(UNAUTHENTICATED, "tokens are not enabled on this server")
+        return self.tokens
