@@ -169,18 +169,28 @@ class ChatCommands:
     def _address(self) -> str | None:
         return getattr(self.transport.getPeer(), "host", None)
 
+    @staticmethod
+    def _name_and_secret(args: str, usage: str) -> tuple[str, str]:
+        # the password is the rest of the line: it may contain spaces
+        name, _, secret = args.partition(" ")
+        if not name or not secret:
+            raise RequestError(BAD_ARGUMENTS, f"usage: {usage}")
+        return name, secret
+
     async def do_register(self, args: str) -> str:
-        username, password = self._words(args, 2, 2, "/register NAME PASSWORD")
+        username, password = self._name_and_secret(args, "/register NAME PASSWORD")
         account = await self._logins().register(self._session(), username, password, self._address())
         return f"OK register {account.username}"
 
     async def do_login(self, args: str) -> str:
-        words = self._words(args, 1, 2, "/login NAME PASSWORD, or /login TOKEN")
         session = self._session()
-        if len(words) == 2:
-            done = await self._logins().login(session, words[0], words[1], self._address())
+        if " " in args:
+            username, password = self._name_and_secret(args, "/login NAME PASSWORD, or /login TOKEN")
+            done = await self._logins().login(session, username, password, self._address())
+        elif args:
+            done = await self._logins().login_token(session, args, self._address())
         else:
-            done = await self._logins().login_token(session, words[0], self._address())
+            raise RequestError(BAD_ARGUMENTS, "usage: /login NAME PASSWORD, or /login TOKEN")
         return f"OK login {done.account.username}"
 
     async def do_logout(self, args: str) -> str:
@@ -189,7 +199,7 @@ class ChatCommands:
         return f"OK logout {self._session().nick}"
 
     async def do_passwd(self, args: str) -> str:
-        old, new = self._words(args, 2, 2, "/passwd OLD NEW")
+        old, new = self._name_and_secret(args, "/passwd OLD NEW (OLD without spaces; NEW is the rest of the line)")
         await self._logins().change_password(self._session(), old, new, self._address())
         return "OK passwd"
 

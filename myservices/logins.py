@@ -49,12 +49,17 @@ class Logins:
         await self.hub.login(session, account.username)
         return LoggedIn(account)
 
-    async def login_token(self, session: Session, token: str, address: str | None) -> LoggedIn:
-        """Check the token (signature, expiry, revocation); the session becomes its account's."""
+    async def check_token(self, token: str) -> LoggedIn:
+        """Who the token names, if its signature, expiry and account hold (TOKEN_INVALID, TOKEN_EXPIRED)."""
         verified = await self._tokens().verify(token)
         rooms = tuple(verified.rooms) if verified.rooms is not None else None
-        await self.hub.login(session, verified.account.username, rooms)
         return LoggedIn(verified.account, rooms, verified.expires_at)
+
+    async def login_token(self, session: Session, token: str, address: str | None) -> LoggedIn:
+        """Check the token (signature, expiry, revocation); the session becomes its account's."""
+        done = await self.check_token(token)
+        await self.hub.login(session, done.account.username, done.rooms)
+        return done
 
     async def logout(self, session: Session) -> None:
         await self.hub.logout(session)

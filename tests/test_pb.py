@@ -504,3 +504,4 @@ class PBConnectionUnitTests(TestCase):
 class _FakeServices:
     accounts = None
     hub = None
+    logins = None

@@ -220,6 +220,8 @@ class Hub:
         if session.closed:
             await self._release(session, username)
             return
+        if old == username:  # it held the name already (it registered it under that nick)
+            return
         await self._rename(session, old, username, old_owner)
 
     async def _evict(self, nick: str) -> None:

@@ -155,10 +155,7 @@ class Avatar(pb.Avatar):
     async def attach(self, connection: PBConnection) -> None:
         """Bind to the connection that logged in; logged-in users take their username as nick."""
         self.connection = connection
-        peer = connection.transport.getPeer() if connection.transport is not None else None
-        self._state = CommandState(
-            connection.factory.services, Subscriber(self.deliver, self.close), getattr(peer, "host", None)
-        )
+        self._state = CommandState(connection.factory.services, Subscriber(self.deliver, self.close), connection.address)
         self._state.account = self.account
         session = await self._state.session()
         if self.account is not None:

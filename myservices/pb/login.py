@@ -24,14 +24,15 @@ from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet.defer import Deferred
 from twisted.spread import pb
-from zope.interface import implementer
+from zope.interface import Attribute, Interface, implementer
 
 from myservices.errors import BAD_ARGUMENTS, BAD_REQUEST, LOGIN_FAILED, UNAUTHENTICATED, RequestError
 from myservices.handlers.router import Arg, Router
+from myservices.logins import LoggedIn, Logins
 from myservices.pb.avatar import AnonymousAvatar, Avatar, UserAvatar
 
 if TYPE_CHECKING:
-    from myservices.accounts import Account, AccountStore
+    from myservices.accounts import AccountStore
     from myservices.pb.server import PBConnection
 
 
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
 class AccountChecker:
     """Checks a username and password against the accounts table (the slow hash runs off the reactor thread).
 
-    The avatar id is the L{Account}, so the realm needs no second query.
+    The avatar id is a L{LoggedIn} holding the L{Account}, so the realm needs no second query.
     """
 
     credentialInterfaces = (IUsernamePassword,)
@@ -47,11 +48,11 @@ class AccountChecker:
     def __init__(self, accounts: AccountStore) -> None:
         self.accounts = accounts
 
-    # the avatar id is an Account, not the bytes or ANONYMOUS that twisted.cred's annotation names
-    def requestAvatarId(self, credentials: IUsernamePassword) -> Deferred[Account]:  # type: ignore[override]
+    # the avatar id is a LoggedIn, not the bytes or ANONYMOUS that twisted.cred's annotation names
+    def requestAvatarId(self, credentials: IUsernamePassword) -> Deferred[LoggedIn]:  # type: ignore[override]
         return Deferred.fromCoroutine(self._check(credentials))
 
-    async def _check(self, credentials: IUsernamePassword) -> Account:
+    async def _check(self, credentials: IUsernamePassword) -> LoggedIn:
         # IUsernamePassword carries bytes: the UTF-8 of what the client sent (see login below)
         try:
             username = credentials.username.decode("utf-8")
@@ -59,11 +60,48 @@ class AccountChecker:
         except UnicodeDecodeError:
             raise UnauthorizedLogin("the username or password is not UTF-8") from None
         try:
-            return await self.accounts.authenticate(username, password)
+            address = getattr(credentials, "address", None)
+            return LoggedIn(await self.accounts.authenticate(username, password, address=address))
         except RequestError as e:
             if e.error is LOGIN_FAILED:
                 raise UnauthorizedLogin(e.detail) from None
             raise
+
+
+class ITokenCredentials(Interface):
+    """A login token (see myservices.tokens) and the address it came from."""
+
+    token = Attribute("the token, as the client sent it")
+    address = Attribute("the client's IP address, or None")
+
+
+@implementer(ITokenCredentials)
+class TokenCredentials:
+    def __init__(self, token: str, address: str | None) -> None:
+        self.token = token
+        self.address = address
+
+
+@implementer(IUsernamePassword)
+class AddressedPassword(UsernamePassword):
+    """A username and password, and the client's address (failed logins are limited per address)."""
+
+    def __init__(self, username: bytes, password: bytes, address: str | None) -> None:
+        super().__init__(username, password)
+        self.address = address
+
+
+@implementer(ICredentialsChecker)
+class TokenChecker:
+    """Checks a login token; the avatar id is the L{LoggedIn} it names (with its rooms claim)."""
+
+    credentialInterfaces = (ITokenCredentials,)
+
+    def __init__(self, logins: Logins) -> None:
+        self.logins = logins
+
+    def requestAvatarId(self, credentials: TokenCredentials) -> Deferred[LoggedIn]:  # type: ignore[override]
+        return Deferred.fromCoroutine(self.logins.check_token(credentials.token))
 
 
 @implementer(IRealm)
@@ -73,12 +111,14 @@ class Realm:
     def requestAvatar(self, avatarId: Any, mind: Any, *interfaces: Any) -> tuple[Any, pb.Avatar, Any]:
         if pb.IPerspective not in interfaces:
             raise NotImplementedError("PB perspectives only")
-        avatar = AnonymousAvatar() if avatarId is ANONYMOUS else UserAvatar(avatarId)
+        avatar = AnonymousAvatar() if avatarId is ANONYMOUS else UserAvatar(avatarId.account, avatarId.rooms)
         return pb.IPerspective, avatar, avatar.logout
 
 
-def make_portal(accounts: AccountStore, allow_anonymous: bool) -> Portal:
+def make_portal(accounts: AccountStore, allow_anonymous: bool, logins: Logins | None = None) -> Portal:
     checkers: list[Any] = [AccountChecker(accounts)]
+    if logins is not None:
+        checkers.append(TokenChecker(logins))
     if allow_anonymous:
         checkers.append(AllowAnonymousAccess())
     return Portal(Realm(), checkers)
@@ -105,7 +145,15 @@ async def login(gateway: Gateway, username: str | bytes, password: str | None = 
     if isinstance(username, bytes):
         raise RequestError(BAD_ARGUMENTS, '"username" must be a string')
     # the router's checks let no unpaired surrogate through, so both encode
-    return await gateway.login(UsernamePassword(username.encode("utf-8"), password.encode("utf-8")))
+    return await gateway.login(
+        AddressedPassword(username.encode("utf-8"), password.encode("utf-8"), gateway.connection.address)
+    )
+
+
+@gateway_commands.command("loginToken", Arg("token", str, max_length=8192), Arg("mind", object, required=False))
+async def login_token(gateway: Gateway, token: str, mind: Any = None) -> Any:
+    """Log in with a token (POST /api/login, or the token command of any front end)."""
+    return await gateway.login(TokenCredentials(token, gateway.connection.address))
 
 
 @gateway_commands.command("loginAnonymous", Arg("mind", object, required=False))

@@ -149,6 +149,11 @@ class PBConnection(HalfCloseableProtocol, pb.Broker):
         self._idle.start()
         super().connectionMade()
 
+    @property
+    def address(self) -> str | None:
+        """The client's IP address (failed logins are limited per address)."""
+        return getattr(self.transport.getPeer(), "host", None) if self.transport is not None else None
+
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.closing = True
         self.stop_timers()
@@ -381,7 +386,7 @@ class PBFactory(RequestCounts, ConnectionTrackingFactory, pb.PBServerFactory):
     ) -> None:
         ConnectionTrackingFactory.__init__(self, name, cfg.max_connections, metrics.for_service(name), clock)
         self.services = services
-        self.portal = portal if portal is not None else make_portal(services.accounts, cfg.allow_anonymous)
+        self.portal = portal if portal is not None else make_portal(services.accounts, cfg.allow_anonymous, services.logins)
         self.allow_anonymous = cfg.allow_anonymous
         self.root = GatewayRoot()
         self.unsafeTracebacks = False  # never: a client must not read server internals

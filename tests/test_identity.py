@@ -1,0 +1,184 @@
+"""One identity on every chat front end: logins, reserved nicks, the account flag, anonymous modes, churn limits.
+
+Each test starts the real service tree (SQLite) and talks to it with real
+clients: line chat, WebSocket, framed JSON and PB.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.trial.unittest import TestCase
+
+from myservices.framed.client import FramedError
+from myservices.tree import ServiceTree
+from tests.pbclient import failure_of, pb_connect
+from tests.support import FAST_ACCOUNTS, chat_client, framed_client, load, port_of, start_tree
+from tests.test_pb import code_of
+from tests.wsclient import ws_connect
+
+PASSWORD = "correct horse"
+
+
+def identity_config(url: str, services: str = "", hub: str = "", chat: str = "", framed: str = "") -> str:
+    return f"""
+[daemon]
+shutdown_timeout = 2
+[database]
+url = "{url}"
+[hub]
+publish_rate = 100000.0
+publish_burst = 100000
+{hub}
+{FAST_ACCOUNTS}
+[services.chat]
+endpoint = "tcp:0:interface=127.0.0.1"
+{chat}
+[services.websocket]
+endpoint = "tcp:0:interface=127.0.0.1"
+[services.framed]
+endpoint = "tcp:0:interface=127.0.0.1"
+{framed}
+[services.pb]
+endpoint = "tcp:0:interface=127.0.0.1"
+{services}
+"""
+
+
+async def framed_error(call: Any) -> FramedError:
+    try:
+        await call
+    except FramedError as e:
+        return e
+    raise AssertionError("expected an error")
+
+
+class IdentityTests(TestCase):
+    timeout = 30
+
+    async def start(self, services: str = "", hub: str = "", **sections: str) -> ServiceTree:
+        url = f"sqlite:///{os.path.abspath(self.mktemp())}.sqlite3"
+        tree = await start_tree(self, load(self, identity_config(url, services, hub, **sections)))
+        self.tree = tree
+        self.accounts = tree.listeners["pb"].factory.services.accounts
+        return tree
+
+    async def test_nobody_takes_the_nick_of_an_account_on_any_front_end(self) -> None:
+        # the impersonation of the issue: an anonymous user takes a registered user's name
+        tree = await self.start()
+        await self.accounts.register("pbuser", PASSWORD)
+        line = await chat_client(self, port_of(tree, "chat"))
+        lines = await line.command("/nick pbuser")
+        self.assertEqual(lines[-1].split(" ")[:2], ["ERR", "NICK_TAKEN"])
+        self.assertIn("belongs to an account", lines[-1])
+        self.assertEqual((await line.command("/nick PBUser"))[-1].split(" ")[:2], ["ERR", "NICK_TAKEN"])
+        ws = await ws_connect(self, port_of(tree, "websocket"), "/chat")
+        await ws.event("welcome")
+        self.assertEqual((await ws.request("nick", nick="pbuser"))["error"]["code"], "NICK_TAKEN")
+        framed = await framed_client(self, port_of(tree, "framed"))
+        self.assertEqual((await framed_error(framed.call("hub.nick", nick="pbuser"))).code, "NICK_TAKEN")
+        # the account itself gets its nick on every front end, at once on each
+        pb = await pb_connect(self, port_of(tree, "pb"))
+        avatar = await pb.login("pbuser", PASSWORD)
+        self.assertEqual((await avatar.callRemote("whoami"))["nick"], "pbuser")
+        self.assertEqual(await line.command("/login pbuser correct horse"), ["NICK guest1 pbuser", "OK login pbuser"])
+        self.assertEqual((await ws.call("login", username="pbuser", password=PASSWORD))["nick"], "pbuser")
+        self.assertEqual((await framed.call("login", username="pbuser", password=PASSWORD))["nick"], "pbuser")
+        # a logged-in connection keeps its username as nick
+        self.assertEqual((await line.command("/nick other"))[-1].split(" ")[:2], ["ERR", "FORBIDDEN"])
+        self.assertEqual(code_of(await failure_of(avatar.callRemote("nick", "other"))), "FORBIDDEN")
+
+    async def test_an_anonymous_holder_gives_the_name_up_when_the_account_logs_in(self) -> None:
+        # a nick taken before the account existed: the registration is refused while someone else uses it,
+        # and if it happened anyway (an older version registered it), the account wins at login
+        tree = await self.start()
+        squatter = await chat_client(self, port_of(tree, "chat"), "pbuser")
+        framed = await framed_client(self, port_of(tree, "framed"))
+        error = await framed_error(framed.call("register", username="pbuser", password=PASSWORD))
+        self.assertEqual(error.code, "NICK_TAKEN")
+        await self.accounts.register("pbuser", PASSWORD)  # behind the hub's back, as an older release could
+        await squatter.command("/join lobby")
+        self.assertEqual((await framed.call("login", username="pbuser", password=PASSWORD))["nick"], "pbuser")
+        renamed = await squatter.read_until("NICK pbuser")
+        self.assertRegex(renamed[-1], r"^NICK pbuser guest\d+$")
+
+    async def test_the_registering_connection_may_hold_the_name_it_registers(self) -> None:
+        tree = await self.start()
+        line = await chat_client(self, port_of(tree, "chat"), "carol")
+        self.assertEqual(await line.command("/register carol correct horse"), ["OK register carol"])
+        self.assertEqual(await line.command("/login carol correct horse"), ["OK login carol"])
+        self.assertEqual(await line.command("/whoami"), ["OK whoami carol carol"])
+
+    async def test_messages_say_whether_they_come_from_an_account(self) -> None:
+        tree = await self.start()
+        await self.accounts.register("alice", PASSWORD)
+        ws = await ws_connect(self, port_of(tree, "websocket"), "/chat")
+        await ws.event("welcome")
+        await ws.call("join", room="lobby")
+        line = await chat_client(self, port_of(tree, "chat"))
+        await line.command("/login alice correct horse")
+        await line.command("/join lobby")
+        await line.command("/msg lobby from alice")
+        anon = await chat_client(self, port_of(tree, "chat"), "bob")
+        await anon.command("/join lobby")
+        await anon.command("/msg lobby from bob")
+        first = await ws.event("message")
+        second = await ws.event("message")
+        self.assertEqual((first["nick"], first["account"]), ("alice", True))
+        self.assertEqual((second["nick"], second["account"]), ("bob", False))
+        # and history keeps the flag
+        history = await ws.call("history", room="lobby")
+        self.assertEqual([(m["nick"], m["account"]) for m in history["messages"]], [("alice", True), ("bob", False)])
+
+    async def test_an_account_on_two_front_ends_shares_its_nick_and_logout_gives_a_guest_nick(self) -> None:
+        tree = await self.start()
+        await self.accounts.register("dave", PASSWORD)
+        line = await chat_client(self, port_of(tree, "chat"))
+        await line.command("/login dave correct horse")
+        ws = await ws_connect(self, port_of(tree, "websocket"), "/chat")
+        await ws.event("welcome")
+        self.assertEqual((await ws.call("login", username="dave", password=PASSWORD))["nick"], "dave")
+        result = await ws.call("logout")
+        self.assertRegex(result["nick"], r"^guest\d+$")
+        # the line connection still is dave, and the name is still reserved for the account
+        self.assertEqual(await line.command("/whoami"), ["OK whoami dave dave"])
+        self.assertEqual((await ws.request("nick", nick="dave"))["error"]["code"], "NICK_TAKEN")
+        await line.command("/logout")
+        self.assertEqual((await ws.request("nick", nick="dave"))["error"]["code"], "NICK_TAKEN")
+
+    async def test_wrong_passwords_fail_alike_on_the_line_chat_and_are_never_logged(self) -> None:
+        tree = await self.start()
+        await self.accounts.register("erin", PASSWORD)
+        line = await chat_client(self, port_of(tree, "chat"))
+        for command in ("/login erin wrong-password", "/login nobody correct horse"):
+            self.assertEqual(await line.command(command), ["ERR LOGIN_FAILED wrong username or password"])
+        self.assertEqual((await line.command("/login onlyone"))[-1].split(" ")[:2], ["ERR", "TOKEN_INVALID"])
+        self.assertEqual((await line.command("/login"))[-1].split(" ")[:2], ["ERR", "BAD_ARGUMENTS"])
+
+    async def test_read_only_anonymous_users_may_read_but_not_write(self) -> None:
+        tree = await self.start(chat='anonymous = "read"', framed='anonymous = "none"')
+        await self.accounts.register("fay", PASSWORD)
+        line = await chat_client(self, port_of(tree, "chat"))
+        self.assertEqual((await line.command("/join lobby"))[-1], "OK join lobby")
+        for command in ("/msg lobby hi", "hi", "/nick someone", "/pub news hi"):
+            self.assertEqual((await line.command(command))[-1].split(" ")[:2], ["ERR", "UNAUTHENTICATED"], command)
+        await line.command("/login fay correct horse")
+        self.assertEqual((await line.command("/msg lobby hi"))[-1], "OK msg lobby 1")
+        framed = await framed_client(self, port_of(tree, "framed"))
+        for command, args in (("hub.join", {"room": "lobby"}), ("hub.subscribe", {"room": "lobby"})):
+            self.assertEqual((await framed_error(framed.call(command, **args))).code, "UNAUTHENTICATED")
+        await framed.call("login", username="fay", password=PASSWORD)
+        self.assertEqual((await framed.call("hub.join", room="lobby"))["room"], "lobby")
+
+    async def test_nick_changes_and_joins_are_rate_limited(self) -> None:
+        tree = await self.start(hub="churn_rate = 0.5\nchurn_burst = 3")
+        ws = await ws_connect(self, port_of(tree, "websocket"), "/chat")
+        await ws.event("welcome")
+        for i in range(3):
+            await ws.call("nick", nick=f"n{i}")
+        error = (await ws.request("nick", nick="n9"))["error"]
+        self.assertEqual((error["code"], error["retry"]), ("RATE_LIMITED", True))
+        self.assertGreater(error["retry_after"], 0)
+        self.assertLessEqual(error["retry_after"], 2)
+        self.assertEqual((await ws.request("join", room="lobby"))["error"]["code"], "RATE_LIMITED")
