@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+from twisted.trial.unittest import TestCase
 
 from myservices.errors import NICK_OFFLINE, RequestError
 from myservices.hub import Direct, Hub, Session
+from myservices.hub.redis import RedisEngine
+from tests import redisserver
 from tests.redishubs import RedisHubs, Seen
+from tests.support import chat_client, load, port_of, start_tree
+from tests.test_redis_tree import redis_config
+from tests.wsclient import ws_connect
 
 
 def directs(seen: Seen) -> list[tuple[str, str, str]]:
@@ -60,3 +68,27 @@ class RedisDirectTests(RedisHubs):
         await a.direct(alice, "bob", "after")
         await self.until(lambda: len(directs(bob_sees)) == 6, "the one after the reconnection")
         self.assertEqual(directs(bob_sees)[-1], ("alice", "bob", "after"))
+
+
+@pytest.mark.redis
+class TwoDaemonsDirectTests(TestCase):
+    timeout = 30
+
+    async def test_a_line_chat_user_and_a_websocket_user_on_two_daemons(self) -> None:
+        redis = redisserver.start_redis(self)
+        config = load(self, redis_config(redis.url, Path(self.mktemp()).resolve()))
+        one = await start_tree(self, config)
+        two = await start_tree(self, config)
+        for tree in (one, two):
+            assert tree.hub is not None and isinstance(tree.hub.engine, RedisEngine)
+            await tree.hub.engine.when_connected(timeout=10)
+        line = await chat_client(self, port_of(one, "chat"), "liner")
+        web = await ws_connect(self, port_of(two, "websocket"), "/chat")
+        await web.call("nick", nick="webby")
+        self.assertEqual(await line.command("/dm webby across daemons"), ["OK dm webby"])
+        event = await web.event("dm")
+        self.assertEqual((event["from"], event["to"], event["text"]), ("liner", "webby", "across daemons"))
+        await web.call("dm", nick="LINER", text="and back")
+        self.assertEqual(await line.read_until("DM"), ["DM webby LINER and back"])
+        reply = await web.request("dm", nick="nobody", text="x")
+        self.assertEqual(reply["error"]["code"], "NICK_OFFLINE")
