@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.trial.unittest import TestCase
 
 from myservices.framed.client import FramedError
@@ -118,3 +119,36 @@ class DirectFrontEndTests(TestCase):
         self.assertEqual(await line.command("/msg lobby too fast"), ["ERR RATE_LIMITED at most 1 messages per second"])
         texts: list[Any] = [(await web.event("dm"))["text"] for _ in range(2)]
         self.assertEqual(texts, ["m0", "m1"])
+
+    async def test_a_pb_listener_that_raises_is_dropped_until_listen_is_called_again(self) -> None:
+        tree = await self.start()
+        await tree.listeners["pb"].factory.services.accounts.register("pat", "correct horse")
+        client = await pb_connect(self, port_of(tree, "pb"))
+        avatar = await client.login("pat", "correct horse")
+        line = await chat_client(self, port_of(tree, "chat"), "liner")
+        called: Deferred[None] = Deferred()
+
+        class Broken(Listener):
+            calls = 0
+
+            def remote_dm(self, data: dict[str, Any]) -> None:
+                Broken.calls += 1
+                if not called.called:
+                    called.callback(None)
+                raise ValueError("this client has a bug")
+
+        await avatar.callRemote("listen", Broken())
+        await line.command("/dm pat one")
+        await called
+        await avatar.callRemote("ping")  # after the failed call's answer: the server has dropped the listener
+        self.assertEqual(await line.command("/dm pat two"), ["OK dm pat"])
+        await avatar.callRemote("ping")  # a call to the listener would have come before this answer
+        self.assertEqual(Broken.calls, 1)
+        listener = Listener()
+        await avatar.callRemote("listen", listener)
+        await line.command("/dm pat three")
+        self.assertEqual((await listener.next("dm"))["text"], "three")
+        registry = tree.metrics.registry
+        self.assertEqual(registry.get_sample_value(
+            "myservices_requests_total", {"service": "pb", "command": "listener", "result": "FAILED"}), 1)
+        self.flushLoggedErrors()
