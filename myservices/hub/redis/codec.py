@@ -28,7 +28,7 @@ def nick_change(event: NickChange, member_id: str, marker: str) -> str:
     )
 
 
-def direct(event: Direct, marker: str) -> str:
+def direct_payload(event: Direct, marker: str) -> str:
     return json.dumps(
         {"t": "dm", "from": event.sender, "to": event.target, "text": event.text, "ts": event.ts,
          "account": event.account, "origin": event.origin, "m": marker},

@@ -31,7 +31,7 @@ from myservices.hub.history import HistoryStore
 from myservices.hub.interfaces import EngineNode, Joined, RoomInfo, missed_since
 import myservices.hub.redis.scripts as scripts
 from myservices.hub.redis.client import EngineUnavailable, RedisLink
-from myservices.hub.redis.codec import decode_message, direct, message_prefix, nick_change
+from myservices.hub.redis.codec import decode_message, direct_payload, message_prefix, nick_change
 from myservices.hub.redis.feeds import Feed, Feeds
 from myservices.hub.redis.presence import LocalPresence
 from myservices.hub.redis.storage import EpochChanged, Storage
@@ -177,7 +177,8 @@ class RedisEngine(Service):
         marker = self.feeds.expect()
         try:
             await self.feeds.confirmed(feed)
-            sent = await self.commands.eval(scripts.DIRECT, [self.prefix, event.target.lower(), direct(event, marker.token)])
+            payload = direct_payload(event, marker.token)
+            sent = await self.commands.eval(scripts.DIRECT, [self.prefix, event.target.lower(), payload])
             if not sent:
                 raise RequestError(NICK_OFFLINE, f'no user "{event.target}" is connected')
             try:
