@@ -209,6 +209,13 @@ class ChatCommands:
         who = session.account or "-"
         return f"OK whoami {session.nick} {who}{' admin' if session.admin else ''}"
 
+    async def do_dm(self, args: str) -> str:
+        nick, _, text = args.partition(" ")
+        if not nick or not text:
+            raise RequestError(BAD_ARGUMENTS, "usage: /dm NICK TEXT")
+        await self.hub.direct(self._session(), nick, text)
+        return f"OK dm {nick}"
+
     async def do_help(self, args: str) -> None:
         for line in HELP:
             self.send_line(f"INFO {line}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from myservices.hub import Event, Joined, Message, NickChange, Presence
+from myservices.hub import Direct, Event, Joined, Message, NickChange, Presence
 
 
 def stamp(ts: float) -> str:
@@ -24,6 +24,8 @@ def encode_event(event: Event) -> bytes:
         line = f"{event.kind.upper()} {event.room} {event.nick}"
     elif isinstance(event, NickChange):
         line = f"NICK {event.old} {event.new}"
+    elif isinstance(event, Direct):
+        line = f"DM {event.sender} {event.target} {event.text}"
     else:
         raise TypeError(f"no line format for {event!r}")
     return line.encode("utf-8") + b"\r\n"
@@ -55,6 +57,7 @@ HELP = [
     "                     or with SINCE (the last message id you saw) what you missed since",
     "/part [ROOM]         leave a room (default: the current room)",
     "/msg ROOM TEXT       say TEXT in ROOM; plain text goes to the current room",
+    "/dm NICK TEXT        send TEXT to NICK alone (every connection of that nick; not kept in history)",
     "/rooms               list rooms and topics in use",
     "/who [ROOM]          list the members of a room",
     "/history [ROOM] [N]  show the last N messages of a room",

@@ -5,6 +5,7 @@
     MYSERVICES_PASSWORD=... myservices-client framed --user alice kv set colour '"blue"'
     myservices-client framed publish lobby hello world
     myservices-client framed listen lobby              # prints messages until Ctrl-C
+    myservices-client framed dm alice are you there?   # a direct message to whoever has the nick alice
 
 Passwords are read from $MYSERVICES_PASSWORD, a file (--password-file) or a
 prompt; never from the command line, where other users could see them.
@@ -70,6 +71,8 @@ class Output:
             print(f"* {data['nick']} {'joined' if data['kind'] == 'join' else 'left'} {data['room']}", file=self.out, flush=True)
         elif name == "nick":
             print(f"* {data['old']} is now {data['new']}", file=self.out, flush=True)
+        elif name == "dm":
+            print(f"[dm {data['from']} -> {data['to']}] {data['text']}", file=self.out, flush=True)
         elif name in ("closing", "error"):
             error = data.get("error") or {}
             print(f"server: {error.get('code')}: {error.get('message')}", file=sys.stderr, flush=True)
@@ -132,6 +135,11 @@ async def _command(
     elif c == "publish":
         result = await client.call("hub.publish", room=args.room, text=" ".join(args.text))
         output.result(result, f"published {result['room']} #{result['id']}")
+    elif c == "dm":
+        if args.as_nick:
+            await client.call("hub.nick", nick=args.as_nick)
+        result = await client.call("hub.dm", nick=args.nick, text=" ".join(args.text))
+        output.result(result, f"sent to {result['nick']}")
     elif c == "listen":
         if args.nick:
             await client.call("hub.nick", nick=args.nick)

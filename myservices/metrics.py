@@ -113,6 +113,7 @@ class Metrics:
         self.hub_rooms = self._gauge("myservices_hub_rooms", "Rooms and topics with members or subscribers", registry=r)
         self.hub_sessions = self._gauge("myservices_hub_sessions", "Connections attached to the hub", registry=r)
         self.hub_publishes = Counter("myservices_hub_publishes", "Messages published", registry=r)
+        self.hub_directs = Counter("myservices_hub_direct_messages", "Direct messages sent", registry=r)
         self.hub_deliveries = Counter("myservices_hub_deliveries", "Events delivered to connections", registry=r)
         self.hub_undeliverable = Counter(
             "myservices_hub_undeliverable_events", "Events no connection of a wire format could be sent", registry=r

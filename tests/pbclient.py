@@ -61,6 +61,9 @@ class Listener(pb.Referenceable):
     def remote_nick(self, data: dict[str, Any]) -> None:
         self._record("nick", data)
 
+    def remote_dm(self, data: dict[str, Any]) -> None:
+        self._record("dm", data)
+
     def _check(self) -> None:
         if self._waiter is None:
             return
@@ -73,7 +76,7 @@ class Listener(pb.Referenceable):
                 return
 
     def next(self, event: str, **match: Any) -> Deferred[dict[str, Any]]:
-        """The next C{event} ("message", "presence", "nick") whose fields include C{match}."""
+        """The next C{event} ("message", "presence", "nick", "dm") whose fields include C{match}."""
         d: Deferred[dict[str, Any]] = Deferred()
         self._waiter = (event, match, d)
         self._check()

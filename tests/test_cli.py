@@ -222,3 +222,16 @@ class CliTests(TestCase):
         for status in ("0 done", "1 the server answered with an error", "2 bad usage",
                        "3 the connection failed or was closed", "130: Ctrl-C", "143: SIGTERM"):
             self.assertIn(status, text)
+
+    async def test_dm_and_listen_prints_direct_messages(self) -> None:
+        port = await self.start_tree()
+        listener = start(port, "listen", "lobby", "--nick", "bob", "--count", "1", wait_for=b"listening to lobby")
+        await listener.seen
+        r = await run(port, "dm", "--nick", "carol", "BOB", "psst", "bob")
+        self.assertEqual((r.code, r.out), (0, b"sent to BOB\n"))
+        await run(port, "publish", "lobby", "the end")
+        await listener.ended
+        self.assertEqual(listener.out.decode().splitlines()[0], "[dm carol -> BOB] psst bob")
+        r = await run(port, "dm", "nobody", "hello?")
+        self.assertEqual(r.code, 1)
+        self.assertIn(b'NICK_OFFLINE: no user "nobody" is connected', r.err)

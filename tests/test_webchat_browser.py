@@ -123,6 +123,12 @@ class WebChatBrowserTests(TestCase):
         await self.in_browser(say, "hello terminal")
         self.assertEqual((await line.read_until("MSG lobby 3"))[-1], "MSG lobby 3 webby hello terminal")
 
+        # direct messages both ways: shown as text, sent with "/dm NICK text" as in the line chat
+        line.send("/dm webby <b>just</b> for you")
+        self.assertEqual(await self.in_browser(sees, "[dm liner \u2192 webby] <b>just</b> for you"), 0)
+        await self.in_browser(say, "/dm liner back to you")
+        self.assertEqual((await line.read_until("DM"))[-1], "DM webby liner back to you")
+
         # the server drops the page's connection: it shows it, reconnects, and is back in the room
         factory = tree.listeners["websocket"].factory
         for conn in list(factory.connections):

@@ -30,6 +30,7 @@ COMMANDS: dict[str, int] = {
     "hub.rooms": 46,
     "hub.subscribe": 47,
     "hub.unsubscribe": 48,
+    "hub.dm": 49,
 }
 
 # server pushes: body {"id": 0, "push": NAME, "data": {...}}
@@ -37,6 +38,7 @@ PUSHES: dict[str, int] = {
     "message": 100,
     "presence": 101,
     "nick": 102,
+    "dm": 103,
     "closing": 110,
     "shutdown": 111,
 }

@@ -312,3 +312,10 @@ async def hub_unsubscribe(s: CommandState, room: str) -> dict[str, Any]:
     name = s.services.hub.check_room(room)
     await s.services.hub.unsubscribe(await s.session(), name)
     return {"room": name}
+
+
+@router.command("hub.dm", Arg("nick", str, max_length=256), Arg("text", str))
+async def hub_dm(s: CommandState, nick: str, text: str) -> dict[str, Any]:
+    # to every connection of that nick (ignoring case), on every front end; never kept in history
+    event = await s.services.hub.direct(await s.session(), nick, text)
+    return {"nick": event.target, "ts": event.ts}

@@ -20,7 +20,7 @@ from twisted.python.failure import Failure
 from myservices.errors import INTERNAL, RequestError
 from myservices.handlers.router import Command
 from myservices.handlers.values import client_error
-from myservices.hub import Event, Message, NickChange, Presence
+from myservices.hub import Direct, Event, Message, NickChange, Presence
 
 log = Logger()
 
@@ -74,11 +74,18 @@ def message_json(m: Message) -> dict[str, Any]:
 
 
 def event_body(event: Event) -> tuple[str, dict[str, Any]]:
-    """The kind ("message", "presence", "nick") and JSON body of a hub event, the same on every front end."""
+    """The kind ("message", "presence", "nick", "dm") and JSON body of a hub event, the same on every front end."""
     if isinstance(event, Message):
         return "message", message_json(event)
     if isinstance(event, Presence):
         return "presence", {"kind": event.kind, "room": event.room, "nick": event.nick}
     if isinstance(event, NickChange):
         return "nick", {"old": event.old, "new": event.new}
+    if isinstance(event, Direct):
+        return "dm", direct_json(event)
     raise TypeError(f"no JSON form for {event!r}")
+
+
+def direct_json(event: Direct) -> dict[str, Any]:
+    """A direct message as every JSON front end sends it (C{account}: the sender was logged in)."""
+    return {"from": event.sender, "to": event.target, "text": event.text, "ts": event.ts, "account": event.account}

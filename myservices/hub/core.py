@@ -35,7 +35,7 @@ from myservices.errors import (
     RequestError,
 )
 from myservices.hub.config import HubConfig
-from myservices.hub.events import Event, Message, NickChange, Presence, UnencodableEvent
+from myservices.hub.events import Direct, Event, Message, NickChange, Presence, UnencodableEvent
 from myservices.hub.interfaces import HubEngine, Joined, RoomInfo, Subscriber
 from myservices.hub.rooms import LocalRoom, Session
 from myservices.metrics import Metrics
@@ -424,6 +424,43 @@ class Hub:
             session.subscriber.close(INTERNAL)
         except Exception:
             self.log.failure("closing {session} failed", session=session)
+
+    # --- direct messages ------------------------------------------------------------------
+
+    async def direct(self, session: Session, nick: str, text: str) -> Direct:
+        """Send C{text} to every connection named C{nick} (ignoring case), on every front end and process.
+
+        Rate limited with publishing (the same bucket). Never stored. The
+        sender's other connections with its nick get a copy; the sending
+        connection gets none, except when it writes to itself (allowed, as
+        on IRC). RequestError(NICK_OFFLINE) if nobody holds C{nick}.
+        """
+        self.check_nick(nick)
+        self.check_text(text)
+        self._may(session, write=True)
+        if not session.bucket.allow():
+            raise RequestError(
+                RATE_LIMITED, f"at most {self.config.publish_rate:g} messages per second",
+                retry_after=session.bucket.wait(),
+            )
+        event = Direct(
+            sender=session.nick, target=nick, text=text, ts=self.clock.seconds(),
+            account=session.account is not None, origin=session.member_id,
+        )
+        await self.engine.direct(event)  # raises NICK_OFFLINE
+        self.metrics.hub_directs.inc()
+        return event
+
+    def receive_direct(self, event: Direct) -> None:
+        # a scan of this hub's sessions: nicks are not indexed (several connections may share one)
+        target, sender = event.target.lower(), event.sender.lower()
+        self._send(
+            (
+                s for s in self.sessions.values()
+                if s.nick.lower() == target or (s.nick.lower() == sender and s.member_id != event.origin)
+            ),
+            event,
+        )
 
 
 class HubService(MultiService):

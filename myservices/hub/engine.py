@@ -18,9 +18,9 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from myservices.db import DatabaseUnavailable
-from myservices.errors import DATABASE_UNAVAILABLE, INTERNAL, RequestError
+from myservices.errors import DATABASE_UNAVAILABLE, INTERNAL, NICK_OFFLINE, RequestError
 from myservices.hub.config import HubConfig
-from myservices.hub.events import Event, Message, NickChange, Presence
+from myservices.hub.events import Direct, Event, Message, NickChange, Presence
 from myservices.hub.history import HistoryRejected, HistoryStore
 from myservices.hub.interfaces import EngineNode, Joined, RoomInfo, missed_since
 from myservices.metrics import Metrics
@@ -226,6 +226,12 @@ class MemoryEngine(Service):
             self._send(r.nodes(), room, message)
         self._forget_if_empty(r)
         return message
+
+    async def direct(self, event: Direct) -> None:
+        if event.target.lower() not in self._nicks:
+            raise RequestError(NICK_OFFLINE, f'no user "{event.target}" is connected')
+        for node in sorted(self.nodes):
+            self.nodes[node].receive_direct(event)  # each hub ignores it if nobody there has either nick
 
     def _send(self, nodes: Iterable[str], room: str, event: Event) -> None:
         for node in sorted(nodes):

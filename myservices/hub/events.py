@@ -67,3 +67,20 @@ class NickChange(Event):
     old: str = ""
     new: str = ""
     rooms: tuple[str, ...] = ()  # the renamed user's rooms: their members are told
+
+
+@dataclass(eq=False)
+class Direct(Event):
+    """A direct message from one nick to another: never stored, never part of a room.
+
+    C{account} says whether the sender was logged in with an account (a
+    guest's nick proves nothing). C{origin} is the sending connection's
+    member id: it is answered, not sent a copy (internal, never on a client's wire).
+    """
+
+    sender: str = ""
+    target: str = ""
+    text: str = ""
+    ts: float = 0.0
+    account: bool = False
+    origin: str = ""

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from myservices.errors import ErrorCode
-from myservices.hub.events import Event, Message, NickChange
+from myservices.hub.events import Direct, Event, Message, NickChange
 
 
 @dataclass(frozen=True, eq=False)
@@ -122,6 +122,10 @@ class EngineNode(Protocol):
     def receive_nick(self, member_id: str, event: NickChange) -> None:
         """Member C{member_id} took a new nick: tell it, and the members of C{event.rooms}, once each."""
 
+    def receive_direct(self, event: Direct) -> None:
+        """A direct message: to this hub's connections named C{event.target}, and a copy to the sender's
+        other connections (named C{event.sender}, except C{event.origin}); nicks compare ignoring case."""
+
 
 class HubEngine(Protocol):
     """Everything the hubs of one daemon (or of many processes) share.
@@ -182,3 +186,10 @@ class HubEngine(Protocol):
 
     async def history(self, room: str, limit: int) -> list[Message]:
         """The last C{limit} messages of C{room} (oldest first)."""
+
+    async def direct(self, event: Direct) -> None:
+        """Deliver a direct message to every hub (L{EngineNode.receive_direct}), in every process.
+
+        Raises RequestError(NICK_OFFLINE) when no connection anywhere holds
+        C{event.target}. Never stored: direct messages are not history.
+        """

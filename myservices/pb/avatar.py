@@ -20,9 +20,10 @@ from twisted.spread import pb
 from myservices.errors import NOT_IN_ROOM, SLOW_CONSUMER, UNAUTHENTICATED, ErrorCode, RequestError
 from myservices.handlers import commands as shared
 from myservices.handlers.commands import CommandState
-from myservices.handlers.pipeline import event_body
+from myservices.handlers.pipeline import direct_json, event_body
 from myservices.handlers.router import Arg, Command, Router
-from myservices.hub import Event, NickChange, Subscriber
+from myservices.hub import Direct, Event, NickChange, Subscriber
+from myservices.pb.listener import DirectListener, listener_commands
 from myservices.pb.plain import serialize
 
 if TYPE_CHECKING:
@@ -122,6 +123,8 @@ USER_METHODS: Mapping[str, tuple[Command, bool]] = {
     "kv_list": _shared("kv.list"),
     "publish": _shared("hub.publish"),
     "join": (pb_commands.commands["pb.join"], False),
+    "dm": _shared("hub.dm"),
+    "listen": (listener_commands.commands["pb.listen"], False),
 }
 ROOM_METHODS: Mapping[str, Command] = {
     "publish": pb_commands.commands["room.publish"],
@@ -146,6 +149,7 @@ class Avatar(pb.Avatar):
         self.connection: PBConnection | None = None
         self.rooms: dict[str, RoomHandle] = {}
         self._state: CommandState | None = None
+        self.direct_listener: DirectListener | None = None  # given with listen (see myservices.pb.listener)
 
     @property
     def state(self) -> CommandState:
@@ -184,6 +188,10 @@ class Avatar(pb.Avatar):
     # --- the hub's Subscriber interface ---------------------------------------------------
 
     def deliver(self, event: Event) -> None:
+        if isinstance(event, Direct):
+            if self.direct_listener is not None:
+                self.direct_listener.send("dm", direct_json(event))
+            return
         kind, body = event_body(event)
         if isinstance(event, NickChange):
             handles = [h for h in self.rooms.values() if h.presence and h.room in event.rooms]

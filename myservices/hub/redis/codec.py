@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from myservices.hub.events import Event, Message, NickChange, Presence
+from myservices.hub.events import Direct, Event, Message, NickChange, Presence
 
 
 def message_prefix(room: str, ts: float, nick: str, text: str, account: bool = False) -> str:
@@ -27,6 +27,14 @@ def message_prefix(room: str, ts: float, nick: str, text: str, account: bool = F
 def nick_change(event: NickChange, member_id: str, marker: str) -> str:
     return json.dumps(
         {"t": "nick", "old": event.old, "new": event.new, "rooms": list(event.rooms), "member": member_id, "m": marker},
+        ensure_ascii=False,
+    )
+
+
+def direct_payload(event: Direct, marker: str) -> str:
+    return json.dumps(
+        {"t": "dm", "from": event.sender, "to": event.target, "text": event.text, "ts": event.ts,
+         "account": event.account, "origin": event.origin, "m": marker},
         ensure_ascii=False,
     )
 
@@ -53,6 +61,11 @@ def decode(text: str) -> tuple[Event | None, str | None, str | None]:
     elif kind == "nick":
         event = NickChange(old=str(data["old"]), new=str(data["new"]), rooms=tuple(str(r) for r in data["rooms"]))
         member = str(data["member"])
+    elif kind == "dm":
+        event = Direct(
+            sender=str(data["from"]), target=str(data["to"]), text=str(data["text"]), ts=float(data["ts"]),
+            account=bool(data["account"]), origin=str(data["origin"]),
+        )
     elif kind == "mark":
         event = None
     else:

@@ -24,14 +24,14 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from myservices.errors import DATABASE_UNAVAILABLE, RequestError
+from myservices.errors import DATABASE_UNAVAILABLE, NICK_OFFLINE, RequestError
 from myservices.hub.config import HubConfig, parse_redis_url
-from myservices.hub.events import Event, Message, NickChange
+from myservices.hub.events import Direct, Event, Message, NickChange
 from myservices.hub.history import HistoryStore
 from myservices.hub.interfaces import EngineNode, Joined, RoomInfo, missed_since
 import myservices.hub.redis.scripts as scripts
 from myservices.hub.redis.client import EngineUnavailable, RedisLink
-from myservices.hub.redis.codec import decode_message, message_prefix, nick_change
+from myservices.hub.redis.codec import decode_message, direct_payload, message_prefix, nick_change
 from myservices.hub.redis.feeds import Feed, Feeds
 from myservices.hub.redis.presence import LocalPresence
 from myservices.hub.redis.storage import EpochChanged, Storage
@@ -66,7 +66,7 @@ class RedisEngine(Service):
         )
         self.feeds = Feeds(
             self.prefix, self.commands, clock, config.engine_timeout, config.history_size, self.metrics,
-            self._deliver, self._deliver_nick,
+            self._deliver, self._deliver_nick, self._deliver_direct,
         )
         self.subscriber = RedisLink(
             "subscriber", self.address, clock, timeout, delay, self.metrics, subscriber=True,
@@ -165,6 +165,28 @@ class RedisEngine(Service):
     def _deliver_nick(self, member_id: str, event: NickChange) -> None:
         for node in list(self.nodes.values()):
             node.receive_nick(member_id, event)
+
+    def _deliver_direct(self, event: Direct) -> None:
+        for node in list(self.nodes.values()):
+            node.receive_direct(event)
+
+    async def direct(self, event: Direct) -> None:
+        # the nick's holder is in Redis: checked and published by one script; the sender is answered once its
+        # own process delivered it (its other connections have their copy), as for a publish
+        feed = self.feeds.dm_feed
+        marker = self.feeds.expect()
+        try:
+            await self.feeds.confirmed(feed)
+            payload = direct_payload(event, marker.token)
+            sent = await self.commands.eval(scripts.DIRECT, [self.prefix, event.target.lower(), payload])
+            if not sent:
+                raise RequestError(NICK_OFFLINE, f'no user "{event.target}" is connected')
+            try:
+                await self.feeds.reached(feed, marker)
+            except EngineUnavailable:
+                pass  # it was sent: the sender is answered all the same
+        finally:
+            self.feeds.abandon(feed, marker)
 
     async def claim_nick(self, nick: str, member_id: str) -> bool:
         lower = nick.lower()

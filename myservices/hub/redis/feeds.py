@@ -2,7 +2,7 @@
 
 A L{Feed} is one channel this process listens to: a room's (subscribed
 while any of its connections is in the room, or about to be) or the nick
-changes' (always). Events are handled strictly in the order Redis sent them.
+changes' and the direct messages' (always). Events are handled strictly in the order Redis sent them.
 
 A join, part, subscribe or rename publishes its event with a private marker
 (L{Marker}). When the marker comes round on the channel, the operation takes
@@ -38,13 +38,14 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-from myservices.hub.events import Event, Message, NickChange
+from myservices.hub.events import Direct, Event, Message, NickChange
 import myservices.hub.redis.scripts as scripts
 from myservices.hub.redis.client import EngineUnavailable, RedisLink, bounded
 from myservices.hub.redis.codec import decode, decode_message
 from myservices.metrics import Metrics
 
 NICK_CHANNEL = "ch:*nick"
+DM_CHANNEL = "ch:*dm"  # every process subscribes: a nick may be held anywhere (several connections, later)
 HOLD_LIMIT = 1000  # live events a feed holds while it cannot catch up; beyond, they go out and the rest is a gap
 
 
@@ -96,6 +97,7 @@ class Feeds:
         metrics: Metrics,
         deliver: Callable[[str, Event], None],
         deliver_nick: Callable[[str, NickChange], None],
+        deliver_direct: Callable[[Direct], None] = lambda event: None,
     ) -> None:
         self.prefix = prefix
         self.commands = commands
@@ -105,11 +107,13 @@ class Feeds:
         self.metrics = metrics
         self._deliver_room = deliver
         self._deliver_nick = deliver_nick
+        self._deliver_direct = deliver_direct
         self.link: RedisLink | None = None  # the subscriber connection, set by the engine
-        self.feeds: dict[str, Feed] = {}
         self.nick_feed = Feed(prefix + NICK_CHANNEL, None)
         self.nick_feed.refs = 1
-        self.feeds[self.nick_feed.channel] = self.nick_feed
+        self.dm_feed = Feed(prefix + DM_CHANNEL, None)
+        self.dm_feed.refs = 1
+        self.feeds: dict[str, Feed] = {self.nick_feed.channel: self.nick_feed, self.dm_feed.channel: self.dm_feed}
         self.markers: dict[str, Marker] = {}
         self.stopped = False
         self._tokens = (f"{uuid.uuid4().hex[:12]}.{n}" for n in itertools.count(1))
@@ -129,7 +133,7 @@ class Feeds:
         feed = self.feeds.get(channel)
         if feed is None:
             feed = self.feeds[channel] = Feed(channel, room)
-            self.metrics.hub_rooms.set(len(self.feeds) - 1)
+            self.metrics.hub_rooms.set(len(self.feeds) - 2)
         feed.refs += 1
         if not feed.confirmed and not feed.subscribing:
             self._start_subscribing(feed)
@@ -157,7 +161,7 @@ class Feeds:
         if feed.refs > 0:
             return
         del self.feeds[feed.channel]
-        self.metrics.hub_rooms.set(len(self.feeds) - 1)
+        self.metrics.hub_rooms.set(len(self.feeds) - 2)
         if feed.paused is not None and feed.paused.active():
             feed.paused.cancel()
         self._fire_id_waiters(feed, all_of_them=True)
@@ -175,7 +179,7 @@ class Feeds:
 
     async def _subscribe(self, feed: Feed) -> None:
         if feed.room is None:
-            feed.stale = False  # nick changes are not kept anywhere: nothing to catch up
+            feed.stale = False  # nick changes and direct messages are not kept anywhere: nothing to catch up
         feed.holding = feed.stale  # from the confirmation on, live events wait behind the stream's
         try:
             if self.link is None:
@@ -344,6 +348,8 @@ class Feeds:
             if feed.room is None:
                 if isinstance(event, NickChange) and member is not None:
                     self._deliver_nick(member, event)
+                elif isinstance(event, Direct):
+                    self._deliver_direct(event)
                 return
             if isinstance(event, Message):
                 if event.id <= feed.last_id:

@@ -16,8 +16,8 @@ keys from their arguments):
   ``P active``: rooms with members or subscribers; ``P nick:LOWER``: who
   holds a nick; ``P guests``: guest numbers; ``P epoch``: changes when
   Redis lost its data;
-- channels ``P ch:R`` (a room's events, in id order) and ``P ch:*nick``
-  (nick changes; ``*`` is never in a room name).
+- channels ``P ch:R`` (a room's events, in id order), ``P ch:*nick``
+  (nick changes) and ``P ch:*dm`` (direct messages); ``*`` is never in a room name.
 
 Expiry uses Redis's clock (TIME), so the hosts' clocks never matter.
 """
@@ -293,5 +293,13 @@ return 0
 RELEASE_NICK = _PRELUDE + r"""
 local k = P .. 'nick:' .. ARGV[2]
 if redis.call('GET', k) == ARGV[3] then redis.call('DEL', k) end
+return 1
+"""
+
+# ARGV: P, lower-case nick, the Direct JSON. 0 if nobody holds the nick (nothing is sent), else 1: published
+# to every process, each delivering to its own connections of that nick.
+DIRECT = _PRELUDE + r"""
+if redis.call('EXISTS', P .. 'nick:' .. ARGV[2]) == 0 then return 0 end
+redis.call('PUBLISH', P .. 'ch:*dm', ARGV[3])
 return 1
 """

@@ -115,6 +115,9 @@
         renderMembers();
         note("system", msg.old + " is now " + msg.new);
         break;
+      case "dm": // a direct message (docs/protocols.md, "Direct messages"): shown in whatever room is open
+        note("dm", "[dm " + msg.from + " \u2192 " + msg.to + "] " + msg.text);
+        break;
     }
   }
 
@@ -166,7 +169,13 @@
   }
 
   async function send(text) {
+    const dm = /^\/dm (\S+) (.+)$/s.exec(text); // "/dm NICK text", as in the line chat
     try {
+      if (dm) {
+        await request("dm", { nick: dm[1], text: dm[2] });
+        note("dm", "[dm " + state.nick + " \u2192 " + dm[1] + "] " + dm[2]);
+        return true;
+      }
       await request("publish", { room: state.room, text });
       return true;
     } catch (e) {
