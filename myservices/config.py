@@ -37,11 +37,13 @@ if TYPE_CHECKING:
     from myservices.accounts import AccountsConfig
     from myservices.hub.config import HubConfig
     from myservices.kv import KeyValueConfig
+    from myservices.tokens import TokensConfig
 
 ENV_PREFIX = "MYSERVICES__"
 ENV_ALIASES: Mapping[str, tuple[str, ...]] = {
     "MYSERVICES_DATABASE_URL": ("database", "url"),
     "MYSERVICES_DATA_DIR": ("daemon", "data_dir"),
+    "MYSERVICES_TOKEN_SECRET": ("tokens", "secret"),
 }
 ENV_PASSWORD = "MYSERVICES_DATABASE_PASSWORD"
 ENV_PASSWORD_FILE = "MYSERVICES_DATABASE_PASSWORD_FILE"
@@ -136,6 +138,7 @@ class Config:
     hub: HubConfig
     accounts: AccountsConfig
     kv: KeyValueConfig
+    tokens: TokensConfig
     services: Mapping[str, ServiceConfig]
 
     def enabled_services(self) -> list[tuple[str, ServiceConfig]]:

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from myservices.hub import Hub
     from myservices.kv import KeyValueStore
     from myservices.metrics import Metrics
+    from myservices.tokens import TokenService
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ class BuildContext:
     counter: DurableCounter
     accounts: AccountStore
     kv: KeyValueStore
+    tokens: TokenService
     readiness: Readiness
     services: Mapping[str, IService]  # those built so far, by name (built in the order of the kinds)
     worker: int | None = None  # with [daemon] workers: which worker process this tree is

@@ -41,6 +41,7 @@ from myservices.ports import ListenOptions
 from myservices.registry import ServiceKind, load_config, service_kinds
 from myservices.reload import Load, ReloadService, daemon_settings, hub_settings
 from myservices.sdnotify import Notifier, NotifyService, Watchdog
+from myservices.tokens import TokenService
 from myservices.workers.worker import MetricsFlush, WorkerLink
 
 
@@ -207,11 +208,13 @@ def build_service_tree(
     hasher.setServiceParent(tree)  # its threads stop after the front ends
     counter = DurableCounter(database, "http_requests", reactor, block=config.database.counter_block)
     CounterService(counter).setServiceParent(tree)  # gives back the unused numbers after the front ends stop
+    accounts = AccountStore(database, hasher, a, clock=reactor)
     ctx = BuildContext(
         reactor=reactor, config=config, database=database, metrics=metrics, hub=hub,
         counter=counter,
-        accounts=AccountStore(database, hasher, a),
+        accounts=accounts,
         kv=KeyValueStore(database, config.kv),
+        tokens=TokenService.from_config(config.tokens, accounts, reactor),
         # tree.listeners fills as services are built; the checks read it when they run
         readiness=Readiness(
             tree.listeners, database, reactor, lambda: bool(tree.running),

@@ -113,6 +113,21 @@ def _hub_lease(txn: Txn) -> None:
     txn.execute(f"{verb} INTO hub_lease (name, owner, host, pid, expires) VALUES (?, '', '', 0, 0)", ("memory",))
 
 
+def _password_changed_at(txn: Txn) -> None:
+    # when an account's password last changed (NULL: never): tokens issued before it are refused
+    if txn.dialect == "mysql":
+        txn.execute(
+            "SELECT COUNT(*) FROM information_schema.COLUMNS"
+            " WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ? AND COLUMN_NAME = ?",
+            ("accounts", "password_changed_at"),
+        )
+    else:
+        txn.execute("SELECT COUNT(*) FROM pragma_table_info(?) WHERE name = ?", ("accounts", "password_changed_at"))
+    row = txn.fetchone()
+    if row is None or not row[0]:  # safe to run again: MySQL commits DDL at once
+        txn.execute("ALTER TABLE accounts ADD COLUMN password_changed_at DOUBLE NULL")
+
+
 # Append new migrations with the next version; never change one that has shipped.
 MIGRATIONS: Sequence[Migration] = (
     Migration(1, "chat history", _chat_messages),
@@ -120,6 +135,7 @@ MIGRATIONS: Sequence[Migration] = (
     Migration(3, "accounts and key-value items", _accounts_and_kv),
     Migration(4, "chat room ids", _chat_rooms),
     Migration(5, "the memory engine's lease", _hub_lease),
+    Migration(6, "accounts: time of the last password change", _password_changed_at),
 )
 
 _LOCK_NAME = "myservices.schema_migration"

@@ -380,6 +380,8 @@ class FramedFactory(RequestCounts, ConnectionTrackingFactory):
 
 def build(name: str, cfg: FramedConfig, ctx: BuildContext) -> IService:
     """The framed JSON listener for C{[services.NAME]}."""
-    services = SharedServices(hub=ctx.hub, accounts=ctx.accounts, kv=ctx.kv, counter=ctx.counter, clock=ctx.reactor)
+    services = SharedServices(
+        hub=ctx.hub, accounts=ctx.accounts, kv=ctx.kv, counter=ctx.counter, clock=ctx.reactor, tokens=ctx.tokens
+    )
     factory = FramedFactory(name, cfg, services, ctx.metrics, ctx.reactor, ctx.config.hub.max_pending)
     return StreamListenerService(name, cfg.endpoint, factory, ctx.reactor, ctx.config.daemon.shutdown_timeout)

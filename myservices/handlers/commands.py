@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from myservices.accounts import Account, AccountStore
     from myservices.counter import DurableCounter
     from myservices.kv import KeyValueStore
+    from myservices.tokens import TokenService
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,7 @@ class SharedServices:
     kv: KeyValueStore
     counter: DurableCounter
     clock: IReactorTime
+    tokens: TokenService
 
 
 class CommandState:

@@ -393,7 +393,9 @@ class PBFactory(RequestCounts, ConnectionTrackingFactory, pb.PBServerFactory):
 
 def build(name: str, cfg: PBConfig, ctx: BuildContext) -> IService:
     """The PB listener for C{[services.NAME]}."""
-    services = SharedServices(hub=ctx.hub, accounts=ctx.accounts, kv=ctx.kv, counter=ctx.counter, clock=ctx.reactor)
+    services = SharedServices(
+        hub=ctx.hub, accounts=ctx.accounts, kv=ctx.kv, counter=ctx.counter, clock=ctx.reactor, tokens=ctx.tokens
+    )
     factory = PBFactory(name, cfg, services, ctx.metrics, ctx.reactor, ctx.config.hub.max_pending)
     return StreamListenerService(name, cfg.endpoint, factory, ctx.reactor, ctx.config.daemon.shutdown_timeout)
 

@@ -66,7 +66,9 @@ class WebSocketConfig(StreamServiceConfig):
 
 def make_factory(name: str, cfg: WebSocketConfig, ctx: BuildContext) -> WebSocketFactory:
     """The factory for C{[services.NAME]}: its connections, whether on its own port or mounted in HTTP."""
-    services = SharedServices(hub=ctx.hub, accounts=ctx.accounts, kv=ctx.kv, counter=ctx.counter, clock=ctx.reactor)
+    services = SharedServices(
+        hub=ctx.hub, accounts=ctx.accounts, kv=ctx.kv, counter=ctx.counter, clock=ctx.reactor, tokens=ctx.tokens
+    )
     h = ctx.config.hub
     chat = ChatSettings(
         services=services, router=router, request_rate=cfg.request_rate, request_burst=cfg.request_burst,
