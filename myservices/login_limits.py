@@ -32,6 +32,12 @@ class SecondsClock(Protocol):
     def seconds(self) -> float: ...
 
 
+def peer_host(address: object) -> str | None:
+    """The IP address of a peer (an IPv4Address or IPv6Address) as limits key it; None for other kinds (Unix)."""
+    host = getattr(address, "host", None)
+    return host if isinstance(host, str) and host else None
+
+
 class WindowLimit:
     """At most C{limit} events per key in any C{window} seconds, for at most C{max_keys} keys."""
 

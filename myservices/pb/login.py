@@ -28,11 +28,20 @@ from zope.interface import implementer
 
 from myservices.errors import BAD_ARGUMENTS, BAD_REQUEST, LOGIN_FAILED, UNAUTHENTICATED, RequestError
 from myservices.handlers.router import Arg, Router
+from myservices.login_limits import peer_host
 from myservices.pb.avatar import AnonymousAvatar, Avatar, UserAvatar
 
 if TYPE_CHECKING:
     from myservices.accounts import Account, AccountStore
     from myservices.pb.server import PBConnection
+
+
+class AddressedCredentials(UsernamePassword):
+    """A username and password, and the client's IP address for the login limits (None: not known)."""
+
+    def __init__(self, username: bytes, password: bytes, address: str | None) -> None:
+        super().__init__(username, password)
+        self.address = address
 
 
 @implementer(ICredentialsChecker)
@@ -59,7 +68,8 @@ class AccountChecker:
         except UnicodeDecodeError:
             raise UnauthorizedLogin("the username or password is not UTF-8") from None
         try:
-            return await self.accounts.authenticate(username, password)
+            address = getattr(credentials, "address", None)
+            return await self.accounts.authenticate(username, password, address=address)
         except RequestError as e:
             if e.error is LOGIN_FAILED:
                 raise UnauthorizedLogin(e.detail) from None
@@ -105,7 +115,8 @@ async def login(gateway: Gateway, username: str | bytes, password: str | None = 
     if isinstance(username, bytes):
         raise RequestError(BAD_ARGUMENTS, '"username" must be a string')
     # the router's checks let no unpaired surrogate through, so both encode
-    return await gateway.login(UsernamePassword(username.encode("utf-8"), password.encode("utf-8")))
+    address = peer_host(gateway.connection.transport.getPeer())
+    return await gateway.login(AddressedCredentials(username.encode("utf-8"), password.encode("utf-8"), address))
 
 
 @gateway_commands.command("loginAnonymous", Arg("mind", object, required=False))
