@@ -63,7 +63,7 @@ class TokensConfig:
 
 def check_tokens(config: Config) -> list[str]:
     """Problems of [tokens] that its declaration cannot say (a Schema check)."""
-    secret = config.tokens.secret  # type: ignore[attr-defined]  # the wiring adds the section
+    secret = config.tokens.secret
     if secret and len(secret) < MIN_SECRET_LENGTH:
         return [f"tokens.secret: expected at least {MIN_SECRET_LENGTH} characters (HS256 needs a 256-bit key)"]
     return []
