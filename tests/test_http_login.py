@@ -136,7 +136,40 @@ class LoginApiTests(TestCase):
 
 
 class CookieOverTlsTests(TestCase):
-    def test_cookie_is_secure_when_the_request_came_over_tls(self) -> None:
+    timeout = 20
+
+    async def test_login_over_tls_sets_a_secure_cookie(self) -> None:
+        from pathlib import Path
+
+        from twisted.internet.endpoints import SSL4ClientEndpoint, connectProtocol
+        from twisted.internet.ssl import Certificate, optionsForClientTLS
+
+        from tests.support import Collector
+        from tests.test_tree import write_self_signed_certificate
+
+        key, cert = write_self_signed_certificate(Path(self.mktemp()).resolve())
+        url = f"sqlite:///{os.path.abspath(self.mktemp())}.sqlite3"
+        endpoint = f'"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}"'
+        text = config(url).replace('"tcp:0:interface=127.0.0.1"', endpoint)
+        tree = await start_tree(self, load(self, text))
+        await tree.listeners["http"].factory.resource.children[b"api"].children[b"login"].accounts.register(
+            "alice", "correct horse"
+        )
+        client = Collector()
+        options = optionsForClientTLS("127.0.0.1", trustRoot=Certificate.loadPEM(cert.read_bytes()))
+        await connectProtocol(SSL4ClientEndpoint(reactor, "127.0.0.1", port_of(tree, "http"), options), client)
+        body = b'{"username": "alice", "password": "correct horse"}'
+        client.transport.write(
+            b"POST /api/login HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        await client.closed
+        head = client.data.split(b"\r\n\r\n")[0].decode()
+        self.assertTrue(head.startswith("HTTP/1.1 200 "), head)
+        cookie = next(line for line in head.split("\r\n") if line.lower().startswith("set-cookie:"))
+        self.assertRegex(cookie, r"; HttpOnly; SameSite=Strict; Path=/; Max-Age=(599|600); Secure$")
+
+    def test_logout_cookie_is_secure_when_the_request_came_over_tls(self) -> None:
         request = DummyRequest([b""])
         request.method = b"POST"
         request.isSecure = lambda: True  # type: ignore[method-assign]
