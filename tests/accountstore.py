@@ -18,13 +18,14 @@ from myservices.passwords import PasswordHasher
 NOW = 1_800_000_000.0  # a fixed start for the Clock: tokens carry real-looking epoch times
 
 
-async def account_store(testcase: TestCase, clock: Clock | None = None, **config: Any) -> AccountStore:
-    """A started store (database migrated) whose services stop when the test ends."""
+async def account_store(
+    testcase: TestCase, clock: Clock | None = None, url: str | None = None, **config: Any
+) -> AccountStore:
+    """A started store (database migrated; SQLite unless C{url}) whose services stop when the test ends."""
     directory = Path(testcase.mktemp()).resolve()
     directory.mkdir(parents=True)
-    database = Database.from_config(
-        DatabaseConfig(url=f"sqlite:///{directory}/accounts.sqlite3"), directory, reactor, migrations=MIGRATIONS
-    )
+    url = url or f"sqlite:///{directory}/accounts.sqlite3"
+    database = Database.from_config(DatabaseConfig(url=url), directory, reactor, migrations=MIGRATIONS)
     database.startService()
     testcase.addCleanup(lambda: database.stopService() if database.running else None)
     hasher = PasswordHasher(reactor, 2**10)

@@ -7,13 +7,16 @@ import json
 from typing import Any
 
 import jwt
+import pytest
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from myservices.accounts import AccountStore
+from myservices.db.migrations import _password_changed_at
 from myservices.errors import BAD_ARGUMENTS, LOGIN_FAILED, TOKEN_EXPIRED, TOKEN_INVALID, RequestError
 from myservices.tokens import MAX_TOKEN_LENGTH, TokensConfig, TokenService, check_tokens
+from tests import mysql
 from tests.accountstore import NOW, account_store
 from tests.support import load
 
@@ -21,10 +24,13 @@ SECRET = "s3cret-" * 10  # 70 bytes: long enough for HS512 too, so PyJWT does no
 
 
 class TokenTests(TestCase):
+    def database_url(self) -> str | None:
+        return None  # SQLite
+
     async def setup(self, **kw: Any) -> tuple[TokenService, AccountStore, Clock]:
         self.clock = Clock()
         self.clock.advance(NOW)
-        self.accounts = await account_store(self, self.clock)
+        self.accounts = await account_store(self, self.clock, url=self.database_url())
         self.alice = await self.accounts.register("alice", "password1")
         self.tokens = TokenService(SECRET, self.accounts, self.clock, kw.get("lifetime", 3600.0), kw.get("leeway", 5.0))
         return self.tokens, self.accounts, self.clock
@@ -164,6 +170,43 @@ class TokenTests(TestCase):
             self.assertNotIn(secret, text)
 
 
+@pytest.mark.mysql
+class MySQLRevocationTests(TestCase):
+    """The time of a password change keeps its sub-second precision in MySQL's DOUBLE."""
+
+    timeout = 30
+
+    async def test_a_password_change_revokes_tokens_issued_a_millisecond_before_it(self) -> None:
+        clock = Clock()
+        clock.advance(NOW + 0.123456)
+        accounts = await account_store(self, clock, url=mysql.create_database(self))
+        alice = await accounts.register("alice", "password1")
+        tokens = TokenService(SECRET, accounts, clock, 3600.0, 5.0)
+        before, _ = tokens.issue(alice)
+        clock.advance(0.001)
+        await accounts.change_password("alice", "password1", "password2")
+        self.assertEqual((await accounts.record("alice")).password_changed_at, NOW + 0.124456)
+        clock.advance(0.001)
+        after, _ = tokens.issue(alice)
+        self.assertEqual((await tokens.verify(after)).account, alice)
+        with self.assertRaises(RequestError) as e:
+            await tokens.verify(before)
+        self.assertIs(e.exception.error, TOKEN_INVALID)
+
+    async def test_the_migration_can_run_again(self) -> None:
+        accounts = await account_store(self, url=mysql.create_database(self))
+        await accounts.database.run(_password_changed_at)
+        self.assertIsNone(await accounts.record("nobody"))
+
+
+class MigrationTests(TestCase):
+    async def test_the_migration_can_run_again_on_sqlite(self) -> None:
+        accounts = await account_store(self)
+        await accounts.database.run(_password_changed_at)
+        await accounts.register("alice", "password1")
+        self.assertIsNone((await accounts.record("alice")).password_changed_at)
+
+
 class TokenConfigTests(TestCase):
     def test_secret_from_the_environment_and_its_minimum_length(self) -> None:
         config = load(self, "", environ={"MYSERVICES_TOKEN_SECRET": SECRET})
@@ -178,3 +221,31 @@ class TokenConfigTests(TestCase):
             load(self, '[tokens]\nsecret = "short"\n')
         self.assertIn("tokens.secret: expected at least 32 characters", str(e.exception))
         self.assertNotIn("short\"", str(e.exception))
+
+
+class WorkersShareOneSecretTests(TestCase):
+    def test_the_supervisor_gives_its_workers_one_random_secret_when_none_is_configured(self) -> None:
+        from myservices.workers.supervisor import Supervisor
+
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        config = load(self, "[daemon]\nworkers = 2\n")
+        supervisor = Supervisor(config, Clock(), 2, command=["true"], environ={"PATH": "/bin"})
+        generated = supervisor.environ["MYSERVICES_TOKEN_SECRET"]
+        self.assertGreaterEqual(len(generated), 32)
+        self.assertNotIn(generated, repr(events))
+        self.assertTrue(any("share a random one" in str(e.get("log_format")) for e in events))
+        # a worker reads it as its configured secret, so every worker signs and accepts the same tokens
+        self.assertEqual(load(self, "", environ=supervisor.environ).tokens.secret, generated)
+        other = Supervisor(config, Clock(), 2, command=["true"], environ={})
+        self.assertNotEqual(other.environ["MYSERVICES_TOKEN_SECRET"], generated)  # per supervisor start
+
+    def test_a_configured_secret_is_left_alone(self) -> None:
+        from myservices.workers.supervisor import Supervisor
+
+        config = load(self, "[daemon]\nworkers = 2\n", environ={"MYSERVICES_TOKEN_SECRET": SECRET})
+        supervisor = Supervisor(config, Clock(), 2, command=["true"], environ={"MYSERVICES_TOKEN_SECRET": SECRET})
+        self.assertEqual(supervisor.environ["MYSERVICES_TOKEN_SECRET"], SECRET)
+        configured = load(self, f'[daemon]\nworkers = 2\n[tokens]\nsecret = "{SECRET}"\n')
+        self.assertNotIn("MYSERVICES_TOKEN_SECRET", Supervisor(configured, Clock(), 2, command=["true"], environ={}).environ)
