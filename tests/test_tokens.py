@@ -217,6 +217,14 @@ class TokenConfigTests(TestCase):
         self.assertEqual(generic.tokens.secret, SECRET)
         from myservices.config import ConfigError
 
+        secret_file = self.mktemp()
+        with open(secret_file, "w") as f:
+            f.write(SECRET + "\n")
+        from_file = load(self, "", environ={"MYSERVICES_TOKEN_SECRET_FILE": secret_file, "MYSERVICES_TOKEN_SECRET": "x"})
+        self.assertEqual(from_file.tokens.secret, SECRET)  # the file wins, as for the database password
+        with self.assertRaises(ConfigError) as missing:
+            load(self, "", environ={"MYSERVICES_TOKEN_SECRET_FILE": "/nonexistent/secret"})
+        self.assertIn("MYSERVICES_TOKEN_SECRET_FILE: cannot read /nonexistent/secret", str(missing.exception))
         with self.assertRaises(ConfigError) as e:
             load(self, '[tokens]\nsecret = "short"\n')
         self.assertIn("tokens.secret: expected at least 32 characters", str(e.exception))
