@@ -202,21 +202,25 @@ class AccountStore:
             username = check_username(username)
         except RequestError:
             self.limits.check_login(None, address)
-            self.limits.login_failed(None, address)
+            self.limits.login_attempted(None, address)
             raise RequestError(LOGIN_FAILED) from None
         self.limits.check_login(username, address)
+        # a failure until it succeeds: concurrent guesses are counted before their hashes are done
+        attempted_at = self.limits.login_attempted(username, address)
         try:
             self.check_password(password)
         except RequestError:
-            self.limits.login_failed(username, address)
             raise RequestError(LOGIN_FAILED) from None
-        found = await self.database.run(_find_txn, username)
-        stored = found[1] if found else None
-        if not await self.hasher.verify(password, stored) or found is None:
-            self.limits.login_failed(username, address)
+        try:
+            found = await self.database.run(_find_txn, username)
+            matches = await self.hasher.verify(password, found[1] if found else None)
+        except BaseException:
+            self.limits.login_unchecked(username, address, attempted_at)  # BUSY, the database down: not a guess
+            raise
+        if not matches or found is None:
             self.log.info("login failed for {username}", username=username, address=address, code="LOGIN_FAILED")
             raise RequestError(LOGIN_FAILED)
-        self.limits.login_succeeded(username)
+        self.limits.login_succeeded(username, address, attempted_at)
         account = Account(found[0], username)
         if self.hasher.needs_rehash(found[1]):
             try:

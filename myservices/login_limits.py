@@ -11,7 +11,10 @@ L{LoginLimits} applies them the way fail2ban and django-axes do:
 - a login is refused with RATE_LIMITED, before any password check, while its
   address or its username has too many recent failures;
 - a failure counts against the address and the username, whether or not
-  the username exists (the answers are the same, so they tell nothing);
+  the username exists (the answers are the same, so they tell nothing). A
+  login counts as a failure from the moment it is let through until it
+  succeeds, so a burst of concurrent guesses cannot all pass the check while
+  the first ones are still being hashed;
 - a success forgets the failures of that username, not those of the
   address (other accounts guessed from there stay counted);
 - every registration attempt that reaches the database counts against its
@@ -70,8 +73,8 @@ class WindowLimit:
             return None
         return events[0] + self.window - now
 
-    def hit(self, key: str) -> None:
-        """Record one event of C{key} now."""
+    def hit(self, key: str) -> float:
+        """Record one event of C{key} now; return its time (for L{unhit})."""
         now = self.clock.seconds()
         events = self._recent(key, now)
         if events is None:
@@ -81,6 +84,15 @@ class WindowLimit:
         else:
             self._events.move_to_end(key)
         events.append(now)
+        return now
+
+    def unhit(self, key: str, when: float) -> None:
+        """Take back the event of C{key} recorded at C{when} by L{hit}, if it is still kept."""
+        events = self._events.get(key)
+        if events is not None and when in events:
+            events.remove(when)
+            if not events:
+                del self._events[key]
 
     def reset(self, key: str) -> None:
         """Forget C{key}'s events."""
@@ -125,14 +137,26 @@ class LoginLimits:
         if longest is not None:
             raise _retry_error("too many failed logins", longest)
 
-    def login_failed(self, username: str | None, address: str | None) -> None:
+    def login_attempted(self, username: str | None, address: str | None) -> float:
+        """Count a login about to be checked as a failure (L{login_succeeded} takes it back); return its time."""
+        when = self.address_failures.clock.seconds()
         if address is not None and self.settings.failures_per_address:
             self.address_failures.hit(address)
         if username is not None and self.settings.failures_per_account:
             self.account_failures.hit(username)
+        return when
 
-    def login_succeeded(self, username: str) -> None:
+    def login_unchecked(self, username: str, address: str | None, attempted_at: float) -> None:
+        """The login counted at C{attempted_at} could not be checked (the server failed): take it back."""
+        self.account_failures.unhit(username, attempted_at)
+        if address is not None:
+            self.address_failures.unhit(address, attempted_at)
+
+    def login_succeeded(self, username: str, address: str | None, attempted_at: float) -> None:
+        """The login counted at C{attempted_at} succeeded: forget the username's failures, and that attempt."""
         self.account_failures.reset(username)
+        if address is not None:
+            self.address_failures.unhit(address, attempted_at)
 
     def check_registration(self, address: str | None) -> None:
         """Raise RATE_LIMITED if C{address} has created (or tried to create) too many accounts lately."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
@@ -155,3 +157,45 @@ class PBLoginLimitTests(TestCase):
         failure = await failure_of(client.root.callRemote("login", "alice", "correct horse"))
         self.assertEqual(error_code(failure), "RATE_LIMITED")
         self.assertIn("too many failed logins; retry in 300 s", failure.getErrorMessage())
+
+
+class ConcurrentGuessTests(TestCase):
+    async def test_a_burst_of_concurrent_guesses_gets_only_the_limit_checked(self) -> None:
+        from twisted.internet.defer import Deferred, gatherResults
+
+        clock = Clock()
+        clock.advance(NOW)
+        store = await account_store(self, clock, login_failures_per_address=3)
+        await store.register("alice", "password1")
+
+        async def attempt() -> str:
+            try:
+                await store.authenticate("alice", "wrong-password", address="10.0.0.1")
+            except RequestError as e:
+                return e.error.code
+            return "OK"
+
+        codes = await gatherResults([Deferred.fromCoroutine(attempt()) for _ in range(10)])
+        self.assertEqual(sorted(codes), ["LOGIN_FAILED"] * 3 + ["RATE_LIMITED"] * 7)
+
+    async def test_a_server_failure_is_not_counted_as_a_guess(self) -> None:
+        from myservices.errors import BUSY
+
+        clock = Clock()
+        clock.advance(NOW)
+        store = await account_store(self, clock, login_failures_per_address=1, login_failures_per_account=1)
+        await store.register("alice", "password1")
+        verify = store.hasher.verify
+
+        def busy(password: str, stored: str | None) -> Any:
+            from twisted.internet.defer import fail
+
+            return fail(RequestError(BUSY))
+
+        store.hasher.verify = busy  # type: ignore[method-assign]
+        for _ in range(3):
+            with self.assertRaises(RequestError) as e:
+                await store.authenticate("alice", "password1", address="10.0.0.1")
+            self.assertIs(e.exception.error, BUSY)
+        store.hasher.verify = verify  # type: ignore[method-assign]
+        self.assertEqual((await store.authenticate("alice", "password1", address="10.0.0.1")).username, "alice")
