@@ -19,6 +19,7 @@ the secret nor a token is ever logged.
 
 from __future__ import annotations
 
+import math
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -102,7 +103,7 @@ def _number(claims: dict[str, Any], name: str, required: bool) -> float | None:
     value = claims.get(name)
     if value is None and not required:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise _invalid(f"{name}: expected a number (seconds since the epoch)")
     return float(value)
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 from typing import Any
 
@@ -100,6 +102,13 @@ class TokenTests(TestCase):
         await self.assert_refused(jwt.encode({"sub": "alice"}, SECRET, algorithm="HS256"), detail="exp")
         await self.assert_refused(jwt.encode({"exp": int(NOW) + 60}, SECRET, algorithm="HS256"), detail="sub")
         await self.assert_refused(jwt.encode({"sub": "alice", "exp": "soon"}, SECRET, algorithm="HS256"))
+        # Python's JSON reads NaN and Infinity: a token that never expires is refused, not kept forever
+        for never in ("NaN", "Infinity", "1e999"):
+            body = base64.urlsafe_b64encode(f'{{"sub": "alice", "exp": {never}}}'.encode()).rstrip(b"=").decode()
+            header = base64.urlsafe_b64encode(b'{"alg":"HS256","typ":"JWT"}').rstrip(b"=").decode()
+            mac = hmac.new(SECRET.encode(), f"{header}.{body}".encode(), hashlib.sha256).digest()
+            signature = base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+            await self.assert_refused(f"{header}.{body}.{signature}", detail="exp")
         bad_rooms = {"sub": "alice", "exp": int(NOW) + 60, "rooms": "lobby"}
         await self.assert_refused(jwt.encode(bad_rooms, SECRET, algorithm="HS256"), detail="rooms")
         future = {"sub": "alice", "exp": int(NOW) + 600, "iat": NOW + 60}
