@@ -139,13 +139,15 @@ class TokenService:
     def issue(self, account: Account, rooms: Sequence[str] | None = None) -> tuple[str, float]:
         """A token for C{account} (limited to C{rooms} if given) and when it expires (epoch seconds)."""
         now = self.clock.seconds()
-        expires_at = float(int(now + self.lifetime))
-        claims: dict[str, Any] = {"sub": account.username, "iat": now, "exp": int(expires_at)}
+        expires_at = int(now + self.lifetime)  # whole seconds, as most JWT libraries expect of exp
+        claims: dict[str, Any] = {"sub": account.username, "iat": now, "exp": expires_at}
         if rooms is not None:
             try:
+                if isinstance(rooms, str):
+                    raise TypeError("a string is not a list of rooms")
                 claims["rooms"] = list(_rooms(list(rooms)) or ())
-            except RequestError:
-                raise RequestError(BAD_ARGUMENTS, f"rooms: at most {MAX_ROOMS} room names") from None
+            except (RequestError, TypeError):
+                raise RequestError(BAD_ARGUMENTS, f"rooms: a list of at most {MAX_ROOMS} room names") from None
         return jwt.encode(claims, self._key, algorithm=ALGORITHM), expires_at
 
     def decode(self, token: str) -> dict[str, Any]:

@@ -160,9 +160,12 @@ class TokenTests(TestCase):
 
     async def test_rooms_are_bounded_when_issuing(self) -> None:
         tokens, _, _ = await self.setup()
-        with self.assertRaises(RequestError) as e:
-            tokens.issue(self.alice, rooms=[f"r{i}" for i in range(101)])
-        self.assertIs(e.exception.error, BAD_ARGUMENTS)
+        for rooms in ([f"r{i}" for i in range(101)], "lobby", [""], [1]):
+            with self.assertRaises(RequestError) as e:
+                tokens.issue(self.alice, rooms=rooms)  # type: ignore[arg-type]
+            self.assertIs(e.exception.error, BAD_ARGUMENTS)
+        token, _ = tokens.issue(self.alice, rooms=())
+        self.assertEqual((await tokens.verify(token)).rooms, ())
 
     async def test_neither_secret_nor_token_is_logged_or_in_reprs(self) -> None:
         events: list[dict[str, Any]] = []
