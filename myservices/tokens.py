@@ -113,7 +113,9 @@ class TokenService:
 
     log = Logger()
 
-    def __init__(self, secret: str, accounts: AccountStore, clock: SecondsClock, lifetime: float, leeway: float):
+    def __init__(
+        self, secret: str, accounts: AccountStore, clock: SecondsClock, lifetime: float, leeway: float
+    ) -> None:
         self._key = secret.encode("utf-8")
         self.accounts = accounts
         self.clock = clock
@@ -136,7 +138,7 @@ class TokenService:
             )
         return cls(secret, accounts, clock, config.lifetime, config.leeway)
 
-    def issue(self, account: Account, rooms: Sequence[str] | None = None) -> tuple[str, float]:
+    def issue(self, account: Account, rooms: Sequence[str] | None = None) -> tuple[str, int]:
         """A token for C{account} (limited to C{rooms} if given) and when it expires (epoch seconds)."""
         now = self.clock.seconds()
         expires_at = int(now + self.lifetime)  # whole seconds, as most JWT libraries expect of exp
