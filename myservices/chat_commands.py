@@ -13,6 +13,7 @@ from myservices.chat_lines import HELP, gap_line, history_line
 from myservices.errors import BAD_ARGUMENTS, NOT_IN_ROOM, UNAUTHENTICATED, RequestError
 from myservices.handlers.commands import SINCE
 from myservices.hub import Hub, Joined, Message, Session
+from myservices.login_limits import peer_host
 from myservices.logins import Logins
 
 # commands whose arguments are secrets: a log shows only the command
@@ -167,7 +168,7 @@ class ChatCommands:
         return logins
 
     def _address(self) -> str | None:
-        return getattr(self.transport.getPeer(), "host", None)
+        return peer_host(self.transport.getPeer())
 
     @staticmethod
     def _name_and_secret(args: str, usage: str) -> tuple[str, str]:

@@ -37,16 +37,19 @@ if TYPE_CHECKING:
     from myservices.accounts import AccountsConfig
     from myservices.hub.config import HubConfig
     from myservices.kv import KeyValueConfig
+    from myservices.tokens import TokensConfig
 
 ENV_PREFIX = "MYSERVICES__"
 ENV_ALIASES: Mapping[str, tuple[str, ...]] = {
     "MYSERVICES_DATABASE_URL": ("database", "url"),
     "MYSERVICES_DATA_DIR": ("daemon", "data_dir"),
+    "MYSERVICES_TOKEN_SECRET": ("tokens", "secret"),
 }
 ENV_PASSWORD = "MYSERVICES_DATABASE_PASSWORD"
 ENV_PASSWORD_FILE = "MYSERVICES_DATABASE_PASSWORD_FILE"
 ENV_REDIS_PASSWORD = "MYSERVICES_REDIS_PASSWORD"
 ENV_REDIS_PASSWORD_FILE = "MYSERVICES_REDIS_PASSWORD_FILE"
+ENV_TOKEN_SECRET_FILE = "MYSERVICES_TOKEN_SECRET_FILE"  # MYSERVICES_TOKEN_SECRET itself is an alias
 
 
 # a problem that comes from an environment variable, not the file, starts with this and the variable's name
@@ -136,6 +139,7 @@ class Config:
     hub: HubConfig
     accounts: AccountsConfig
     kv: KeyValueConfig
+    tokens: TokensConfig
     services: Mapping[str, ServiceConfig]
 
     def enabled_services(self) -> list[tuple[str, ServiceConfig]]:
@@ -214,6 +218,9 @@ def _validate(
         database = _resolve_database(database, data_dir, environ, problems)
     if built.get("hub") is not None:
         built["hub"] = _resolve_hub(built["hub"], environ, problems)
+    if built.get("tokens") is not None and ENV_TOKEN_SECRET_FILE in environ:
+        secret = _secret_from_environment("", "", ENV_TOKEN_SECRET_FILE, environ, problems)
+        built["tokens"] = dataclasses.replace(built["tokens"], secret=secret or "")
     if problems:
         raise ConfigError(source, problems)
     built["database"] = database

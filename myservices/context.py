@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from myservices.kv import KeyValueStore
     from myservices.logins import Logins
     from myservices.metrics import Metrics
+    from myservices.tokens import TokenService
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class BuildContext:
     kv: KeyValueStore
     logins: Logins
     shared: SharedServices  # what the request/reply front ends' commands work on
+    tokens: TokenService
     readiness: Readiness
     services: Mapping[str, IService]  # those built so far, by name (built in the order of the kinds)
     worker: int | None = None  # with [daemon] workers: which worker process this tree is

@@ -25,6 +25,7 @@ from myservices.hub.config import HubConfig
 from myservices.kv import KeyValueConfig
 from myservices.pb import server as pb
 from myservices.settings import ServiceConfig
+from myservices.tokens import TokensConfig, check_tokens
 from myservices.web import service as http
 from myservices.websocket import service as websocket
 from myservices.workers.checks import check_workers
@@ -53,7 +54,9 @@ KINDS = (
 )
 
 # the top-level sections besides [daemon], [database] and [services.NAME]: fields of Config
-SECTIONS: Mapping[str, type] = {"hub": HubConfig, "accounts": AccountsConfig, "kv": KeyValueConfig}
+SECTIONS: Mapping[str, type] = {
+    "hub": HubConfig, "accounts": AccountsConfig, "kv": KeyValueConfig, "tokens": TokensConfig,
+}
 
 
 def service_kinds() -> dict[str, ServiceKind]:
@@ -68,7 +71,8 @@ def config_classes() -> dict[str, type[ServiceConfig]]:
 def schema() -> Schema:
     """What a config file of this daemon may hold."""
     hub_kinds = frozenset(kind.name for kind in KINDS if kind.uses_hub)
-    return Schema(sections=SECTIONS, kinds=config_classes(), checks=(partial(check_workers, hub_kinds=hub_kinds),))
+    checks = (partial(check_workers, hub_kinds=hub_kinds), check_tokens)
+    return Schema(sections=SECTIONS, kinds=config_classes(), checks=checks)
 
 
 def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:

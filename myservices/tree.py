@@ -43,6 +43,7 @@ from myservices.ports import ListenOptions
 from myservices.registry import ServiceKind, load_config, service_kinds
 from myservices.reload import Load, ReloadService, daemon_settings, hub_settings
 from myservices.sdnotify import Notifier, NotifyService, Watchdog
+from myservices.tokens import TokenService
 from myservices.workers.worker import MetricsFlush, WorkerLink
 
 
@@ -203,7 +204,7 @@ def build_service_tree(
     hasher = PasswordHasher(
         reactor, 2**a.scrypt_cost, concurrency=a.hash_concurrency, max_waiting=a.max_hash_queue
     )
-    accounts = AccountStore(database, hasher, a)
+    accounts = AccountStore(database, hasher, a, clock=reactor)
     hub = Hub(h, reactor, engine, metrics=metrics, node_id=node_id, is_account=accounts.exists)
     HubService(hub, engine).setServiceParent(tree)  # stops after the front ends, before the database
     tree.hub = hub
@@ -211,11 +212,14 @@ def build_service_tree(
     counter = DurableCounter(database, "http_requests", reactor, block=config.database.counter_block)
     CounterService(counter).setServiceParent(tree)  # gives back the unused numbers after the front ends stop
     kv = KeyValueStore(database, config.kv)
-    logins = Logins(hub, accounts)
+    tokens = TokenService.from_config(config.tokens, accounts, reactor)
+    logins = Logins(hub, accounts, tokens)
     ctx = BuildContext(
         reactor=reactor, config=config, database=database, metrics=metrics, hub=hub,
-        counter=counter, accounts=accounts, kv=kv, logins=logins,
-        shared=SharedServices(hub=hub, accounts=accounts, kv=kv, counter=counter, clock=reactor, logins=logins),
+        counter=counter, accounts=accounts, kv=kv, logins=logins, tokens=tokens,
+        shared=SharedServices(
+            hub=hub, accounts=accounts, kv=kv, counter=counter, clock=reactor, tokens=tokens, logins=logins
+        ),
         # tree.listeners fills as services are built; the checks read it when they run
         readiness=Readiness(
             tree.listeners, database, reactor, lambda: bool(tree.running),

@@ -20,10 +20,11 @@ class DocsTests(TestCase):
         from myservices.accounts import AccountsConfig
         from myservices.hub.config import HubConfig
         from myservices.kv import KeyValueConfig
+        from myservices.tokens import TokensConfig
 
         tables = {
             "daemon": DaemonConfig, "database": DatabaseConfig, "hub": HubConfig, "accounts": AccountsConfig,
-            "kv": KeyValueConfig,
+            "kv": KeyValueConfig, "tokens": TokensConfig,
         }
         tables.update({f"services.{name}": kind.config for name, kind in service_kinds().items()})
         for section, cls in tables.items():

@@ -60,7 +60,7 @@ class Harness:
         router.commands["broken"] = Command("broken", broken, ())
         ids = {**COMMANDS, "slow": SLOW, "failing": FAILING, "broken": BROKEN}
         hub = memory_hub(HubConfig(publish_rate=1e6, publish_burst=10**6), self.clock)
-        services = SharedServices(hub=hub, accounts=None, kv=None, counter=None, clock=self.clock)  # type: ignore[arg-type]
+        services = SharedServices(hub=hub, accounts=None, kv=None, counter=None, clock=self.clock, tokens=None)  # type: ignore[arg-type]
         config = FramedConfig(endpoint="tcp:0", **cfg)
         self.factory = FramedFactory(
             "framed", config, services, Metrics(), self.clock, 4096, router=router, command_ids=ids

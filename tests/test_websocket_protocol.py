@@ -49,7 +49,7 @@ class Harness:
         self.clock = Clock()
         hub = memory_hub(HubConfig(publish_rate=1e6, publish_burst=10**6), self.clock)
         self.hub = hub
-        services = SharedServices(hub=hub, accounts=None, kv=None, counter=None, clock=self.clock)  # type: ignore[arg-type]
+        services = SharedServices(hub=hub, accounts=None, kv=None, counter=None, clock=self.clock, tokens=None)  # type: ignore[arg-type]
         chat = ChatSettings(services=services, router=router, request_rate=options.pop("request_rate", 1000.0),
                             request_burst=options.pop("request_burst", 1000), max_queued=4, limits={})
         settings: dict[str, Any] = dict(

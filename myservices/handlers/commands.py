@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from myservices.counter import DurableCounter
     from myservices.kv import KeyValueStore
     from myservices.logins import LoggedIn, Logins
+    from myservices.tokens import TokenService
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ class SharedServices:
     kv: KeyValueStore
     counter: DurableCounter
     clock: IReactorTime
+    tokens: TokenService
     logins: Logins | None = None
 
 

@@ -29,11 +29,20 @@ from zope.interface import Attribute, Interface, implementer
 from myservices.errors import BAD_ARGUMENTS, BAD_REQUEST, LOGIN_FAILED, UNAUTHENTICATED, RequestError
 from myservices.handlers.router import Arg, Router
 from myservices.logins import LoggedIn, Logins
+from myservices.login_limits import peer_host
 from myservices.pb.avatar import AnonymousAvatar, Avatar, UserAvatar
 
 if TYPE_CHECKING:
     from myservices.accounts import AccountStore
     from myservices.pb.server import PBConnection
+
+
+class AddressedCredentials(UsernamePassword):
+    """A username and password, and the client's IP address for the login limits (None: not known)."""
+
+    def __init__(self, username: bytes, password: bytes, address: str | None) -> None:
+        super().__init__(username, password)
+        self.address = address
 
 
 @implementer(ICredentialsChecker)
@@ -79,15 +88,6 @@ class ITokenCredentials(Interface):
 class TokenCredentials:
     def __init__(self, token: str, address: str | None) -> None:
         self.token = token
-        self.address = address
-
-
-@implementer(IUsernamePassword)
-class AddressedPassword(UsernamePassword):
-    """A username and password, and the client's address (failed logins are limited per address)."""
-
-    def __init__(self, username: bytes, password: bytes, address: str | None) -> None:
-        super().__init__(username, password)
         self.address = address
 
 
@@ -146,7 +146,7 @@ async def login(gateway: Gateway, username: str | bytes, password: str | None = 
         raise RequestError(BAD_ARGUMENTS, '"username" must be a string')
     # the router's checks let no unpaired surrogate through, so both encode
     return await gateway.login(
-        AddressedPassword(username.encode("utf-8"), password.encode("utf-8"), gateway.connection.address)
+        AddressedCredentials(username.encode("utf-8"), password.encode("utf-8"), gateway.connection.address)
     )
 
 

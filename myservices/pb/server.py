@@ -45,6 +45,7 @@ from myservices.metrics import Metrics, RequestCounts
 from myservices.outbound import Outbound
 from myservices.pb.banana import encode as banana_encode
 from myservices.pb.errors import RequestFailed
+from myservices.login_limits import peer_host
 from myservices.pb.login import GatewayRoot, make_portal
 from myservices.ratelimit import TokenBucket
 from myservices.context import BuildContext
@@ -152,7 +153,7 @@ class PBConnection(HalfCloseableProtocol, pb.Broker):
     @property
     def address(self) -> str | None:
         """The client's IP address (failed logins are limited per address)."""
-        return getattr(self.transport.getPeer(), "host", None) if self.transport is not None else None
+        return peer_host(self.transport.getPeer()) if self.transport is not None else None
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.closing = True

@@ -1,4 +1,4 @@
-"""The HTTP service: the durable request counter, health, readiness and metrics on one twisted.web Site."""
+"""The HTTP service: the durable request counter, health, readiness, metrics and login on one twisted.web Site."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from twisted.application.service import IService
 from myservices.context import BuildContext
 from myservices.listeners import StreamListenerService
 from myservices.settings import DURATION, SIZE, KiB, MiB, ServiceConfig, StreamServiceConfig, setting
+from myservices.web.auth import LoginApi, LogoutApi
 from myservices.web.channel import HttpLimits
 from myservices.web.pages import static_directory
 from myservices.web.resources import CounterApi, CounterPage, DatabaseErrors, Healthz, JsonRoot, MetricsPage, Readyz
@@ -80,6 +81,8 @@ def build(name: str, cfg: HttpConfig, ctx: BuildContext) -> IService:
         root.putChild(b"metrics", MetricsPage(ctx.metrics, ctx.reactor))
     api = JsonRoot()
     api.putChild(b"counter", CounterApi(counter, errors))
+    api.putChild(b"login", LoginApi(ctx.accounts, ctx.tokens))
+    api.putChild(b"logout", LogoutApi())
     root.putChild(b"api", api)
     limits = HttpLimits(
         max_body_size=cfg.max_body_size,

@@ -31,6 +31,7 @@ from myservices.handlers.commands import CommandState, SharedServices, logged_in
 from myservices.handlers.pipeline import classify, event_body, invoke
 from myservices.handlers.router import Router
 from myservices.hub import Event, Subscriber
+from myservices.login_limits import peer_host
 from myservices.ratelimit import TokenBucket
 from myservices.websocket.protocol import CLOSE_UNSUPPORTED_DATA
 
@@ -115,10 +116,8 @@ class ChatRoute:
         self.settings = settings
         self.factory: WebSocketFactory = conn.factory
         self.max_pending = self.factory.max_pending
-        peer = conn.transport.getPeer()
-        self.state = CommandState(
-            settings.services, Subscriber(self.deliver, self.close), getattr(peer, "host", None), settings.anonymous
-        )
+        address = peer_host(conn.transport.getPeer())
+        self.state = CommandState(settings.services, Subscriber(self.deliver, self.close), address, settings.anonymous)
         self.bucket = TokenBucket(settings.request_rate, settings.request_burst, settings.services.clock)
         self.queue: deque[tuple[str, Any, dict[str, Any]]] = deque()
         self.waiting = False

@@ -45,6 +45,7 @@ from myservices.listeners import ListenError
 from myservices.logs import LogOutput
 from myservices.sdnotify import Notifier, Watchdog
 from myservices.settings import UDP_ENDPOINT
+from myservices.tokens import ENV_TOKEN_SECRET, generate_secret
 from myservices.workers.link import LinkProtocol, Message, adopt_link
 from myservices.workers.process import WorkerProcess, describe_exit, worker_command
 from myservices.workers.sockets import SharedSockets
@@ -77,6 +78,13 @@ class Supervisor(Service):
         self.notifier = Notifier() if notifier is None else notifier
         self.command = list(command) if command is not None else worker_command(config.source)
         self.environ = dict(os.environ if environ is None else environ)
+        if not config.tokens.secret:
+            # the workers must sign and accept the same tokens: one random secret for all, until the supervisor stops
+            self.environ[ENV_TOKEN_SECRET] = generate_secret()
+            self.log.warn(
+                "tokens: no secret configured ([tokens] secret or {variable}): the workers share a random one; "
+                "tokens do not survive a restart", variable=ENV_TOKEN_SECRET,
+            )
         self.handle_sighup = handle_sighup
         d = config.daemon
         self.log_output = LogOutput(d.log_format, d.log_level) if LogOutput.wanted(d.log_format, d.log_level) else None
