@@ -303,6 +303,7 @@ class ChatFactory(ConnectionTrackingFactory):
     idle_timeout: float
     max_line_length: int
     max_in_flight: int
+    anonymous: str
     live_settings = ("max_connections", "idle_timeout", "max_line_length", "max_in_flight", "anonymous")
 
     def __init__(

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from myservices.accounts import Account, AccountStore, check_username
 from myservices.errors import UNAUTHENTICATED, RequestError
 from myservices.hub import Hub, Session
+from myservices.tokens import TokenService
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class LoggedIn:
 class Logins:
     """Registration, login (password or token), logout, password change and tokens, on a hub session."""
 
-    def __init__(self, hub: Hub, accounts: AccountStore, tokens: Any = None) -> None:
+    def __init__(self, hub: Hub, accounts: AccountStore, tokens: TokenService | None = None) -> None:
         self.hub = hub
         self.accounts = accounts
         self.tokens = tokens
@@ -72,7 +72,8 @@ class Logins:
     def issue_token(self, session: Session, account: Account, rooms: Sequence[str] | None = None) -> tuple[str, float]:
         """A new token for the logged-in account (and its expiry, seconds since the epoch)."""
         self._account(session)
-        return self._tokens().issue(account, rooms=list(rooms) if rooms is not None else None)  # type: ignore[no-any-return]
+        token, expires_at = self._tokens().issue(account, rooms=list(rooms) if rooms is not None else None)
+        return token, float(expires_at)
 
     @staticmethod
     def _account(session: Session) -> str:
@@ -80,7 +81,7 @@ class Logins:
             raise RequestError(UNAUTHENTICATED, "log in first")
         return session.account
 
-    def _tokens(self) -> Any:
+    def _tokens(self) -> TokenService:
         if self.tokens is None:
             raise RequestError(UNAUTHENTICATED, "tokens are not enabled on this server")
         return self.tokens

@@ -157,7 +157,7 @@ class CliTests(TestCase):
             self.assertEqual((r.code, r.err), (0, b""), args)
             self.assertEqual(r.out, f"registered {['alice', 'bob', 'carol'][n]}\n".encode())
         r = await run(port, "login", "bob", "--json", password="a good password")
-        self.assertEqual((r.code, r.out), (0, b'{"username": "bob", "nick": "bob"}\n'))
+        self.assertEqual((r.code, r.out), (0, b'{"username": "bob", "nick": "bob", "admin": false}\n'))
 
     def test_register_without_an_account_says_what_to_type(self) -> None:
         self.patch(os, "environ", {**os.environ, "MYSERVICES_PASSWORD": "a good password"})

@@ -121,9 +121,10 @@ def has_column(txn: Txn, table: str, column: str) -> bool:
             " WHERE table_schema = DATABASE() AND table_name = ? AND column_name = ?",
             (table, column),
         )
-        return bool(txn.fetchone()[0])
-    txn.execute("SELECT COUNT(*) FROM pragma_table_info(?) WHERE name = ?", (table, column))
-    return bool(txn.fetchone()[0])
+    else:
+        txn.execute("SELECT COUNT(*) FROM pragma_table_info(?) WHERE name = ?", (table, column))
+    row = txn.fetchone()
+    return row is not None and bool(row[0])
 
 
 def _password_changed_at(txn: Txn) -> None:

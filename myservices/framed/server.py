@@ -356,6 +356,7 @@ class FramedFactory(RequestCounts, ConnectionTrackingFactory):
 
     protocol = FramedProtocol
     # read when a connection opens (max_body_size, request_rate, request_burst) or at each use
+    anonymous: str
     live_settings = (
         "max_connections", "idle_timeout", "max_body_size", "max_in_flight", "request_rate", "request_burst", "anonymous",
     )
