@@ -36,6 +36,7 @@ from myservices.validate import Validator
 if TYPE_CHECKING:
     from myservices.accounts import AccountsConfig
     from myservices.hub.config import HubConfig
+    from myservices.hub.policy_config import RoomsConfig
     from myservices.kv import KeyValueConfig
 
 ENV_PREFIX = "MYSERVICES__"
@@ -136,6 +137,7 @@ class Config:
     hub: HubConfig
     accounts: AccountsConfig
     kv: KeyValueConfig
+    rooms: RoomsConfig
     services: Mapping[str, ServiceConfig]
 
     def enabled_services(self) -> list[tuple[str, ServiceConfig]]:

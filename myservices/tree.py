@@ -30,6 +30,8 @@ from myservices.db import MIGRATIONS, Database, Migration
 from myservices.health import Readiness
 from myservices.hub import HistoryStore, Hub, HubService, MemoryEngine
 from myservices.hub.lease import HubLease
+from myservices.hub.moderation import Moderation
+from myservices.hub.policy import RoomPolicies
 from myservices.hub.redis import RedisEngine
 from myservices.kv import KeyValueStore
 from myservices.lag import ReactorLagMonitor
@@ -197,7 +199,9 @@ def build_service_tree(
         engine = MemoryEngine(h, reactor, history=history, metrics=metrics)
         hub_health = _always_ok
         node_id = "local"
-    hub = Hub(h, reactor, engine, metrics=metrics, node_id=node_id)
+    policies = RoomPolicies(config.rooms, database, reactor)
+    hub = Hub(h, reactor, engine, metrics=metrics, node_id=node_id, policy=policies)
+    hub.moderation = Moderation(hub, policies)
     HubService(hub, engine).setServiceParent(tree)  # stops after the front ends, before the database
     tree.hub = hub
     a = config.accounts

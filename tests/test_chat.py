@@ -366,6 +366,8 @@ class SQLiteChatTests(ChatTestsMixin, TestCase):
             ("/part lobby", "NOT_IN_ROOM"),
             ("/unsub lobby", "NOT_IN_ROOM"),
             ("/msg lobby \x01", "TEXT_INVALID"),
+            ("/create secret", "UNAUTHENTICATED"),
+            ("/close lobby", "FORBIDDEN"),
         ]
         seen = set()
         for line, code in cases:
@@ -397,8 +399,9 @@ class SQLiteChatTests(ChatTestsMixin, TestCase):
         # the codes the chat cannot produce for a well-behaved server are covered elsewhere
         elsewhere = {
             "SLOW_CONSUMER", "BUSY", "DATABASE_UNAVAILABLE", "ENGINE_UNAVAILABLE", "SHUTTING_DOWN", "INTERNAL", "TOO_LARGE", "TIMEOUT",
-            "BAD_REQUEST", "NOT_FOUND", "UNSUPPORTED_VERSION", "UNAUTHENTICATED", "LOGIN_FAILED", "USERNAME_TAKEN",
+            "BAD_REQUEST", "NOT_FOUND", "UNSUPPORTED_VERSION", "LOGIN_FAILED", "USERNAME_TAKEN",
             "QUOTA_EXCEEDED", "HUB_UNAVAILABLE",
+            "TOKEN_INVALID", "TOKEN_EXPIRED", "NICK_OFFLINE",  # tokens and direct messages: tested with them
         }
         self.assertEqual(seen | elsewhere, set(ERRORS))
 

@@ -55,7 +55,7 @@ class ConfigErrorsTests(TestCase):
             endpoint = "tcp:1234"
             """
         )
-        self.assertIn("colour: unknown key (expected daemon, database, hub, accounts, kv or services)", problems)
+        self.assertIn("colour: unknown key (expected daemon, database, hub, accounts, kv, rooms or services)", problems)
         self.assertTrue(any(p.startswith("services.ecko: unknown service (expected one of chat, echo, framed, http, pb, udp, websocket") for p in problems))
 
     def test_wrong_type(self) -> None:

@@ -3,13 +3,13 @@
 from myservices.hub.config import HubConfig
 from myservices.hub.core import Hub, HubService
 from myservices.hub.engine import MemoryEngine
-from myservices.hub.events import Event, Message, NickChange, Presence, UnencodableEvent
+from myservices.hub.events import Event, Kick, Message, NickChange, Presence, UnencodableEvent
 from myservices.hub.history import HistoryRejected, HistoryStore
 from myservices.hub.interfaces import EngineNode, HubEngine, Joined, RoomInfo, Subscriber
 from myservices.hub.rooms import Session
 
 __all__ = [
-    "EngineNode", "Event", "HistoryRejected", "HistoryStore", "Hub", "HubConfig", "HubEngine", "HubService",
+    "EngineNode", "Event", "HistoryRejected", "Kick", "HistoryStore", "Hub", "HubConfig", "HubEngine", "HubService",
     "Joined", "MemoryEngine", "Message", "NickChange", "Presence", "RoomInfo", "Session", "Subscriber",
     "UnencodableEvent",
 ]

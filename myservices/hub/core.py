@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred
@@ -24,13 +25,16 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 import myservices.hub.rules as rules
-from myservices.errors import INTERNAL, NICK_TAKEN, NOT_IN_ROOM, RATE_LIMITED, TOO_MANY_ROOMS, RequestError
+from myservices.errors import FORBIDDEN, INTERNAL, NICK_TAKEN, NOT_IN_ROOM, RATE_LIMITED, TOO_MANY_ROOMS, RequestError
 from myservices.hub.config import HubConfig
-from myservices.hub.events import Event, Message, NickChange, Presence, UnencodableEvent
-from myservices.hub.interfaces import HubEngine, Joined, RoomInfo, Subscriber
+from myservices.hub.events import Event, Kick, Message, NickChange, Presence, UnencodableEvent
+from myservices.hub.interfaces import HubEngine, Joined, OpenPolicy, RoomInfo, RoomPolicy, Subscriber
 from myservices.hub.rooms import LocalRoom, Session
 from myservices.metrics import Metrics
 from myservices.ratelimit import TokenBucket
+
+if TYPE_CHECKING:
+    from myservices.hub.moderation import Moderation
 
 
 class Hub:
@@ -51,6 +55,7 @@ class Hub:
         engine: HubEngine,
         metrics: Metrics | None = None,
         node_id: str = "local",
+        policy: RoomPolicy | None = None,
     ) -> None:
         self.config = config
         self.clock = clock
@@ -60,6 +65,8 @@ class Hub:
         self.sessions: dict[str, Session] = {}  # by member id
         self.local: dict[str, LocalRoom] = {}  # this hub's connections per room
         self._member_numbers = itertools.count(1)
+        self.policy: RoomPolicy = policy if policy is not None else OpenPolicy()
+        self.moderation: Moderation | None = None  # private rooms, kicks, bans (set by the wiring)
         engine.attach(self)
 
     # --- the rules: checks, not operations --------------------------------------------
@@ -72,6 +79,12 @@ class Hub:
 
     def check_text(self, text: str) -> str:
         return rules.check_text(self.config, text)
+
+    async def check_allowed(self, session: Session, name: str, action: str) -> None:
+        """RequestError(FORBIDDEN) unless C{session} may do C{action} in room C{name} (token rooms, then the policy)."""
+        if session.token_rooms is not None and name not in session.token_rooms:
+            raise RequestError(FORBIDDEN, f'this login is limited to other rooms than "{name}"')
+        await self.policy.check(session, name, action)
 
     # --- sessions and nicks -----------------------------------------------------------
 
@@ -151,6 +164,7 @@ class Hub:
         """
         name = self.check_room(name)
         self._check_room_budget(session, name)
+        await self.check_allowed(session, name, "join")
 
         def attach() -> None:
             self._local_room(name).members[session] = None
@@ -182,6 +196,7 @@ class Hub:
         """Receive what is published to C{name}, without presence; with C{since}, what was missed after it."""
         name = self.check_room(name)
         self._check_room_budget(session, name)
+        await self.check_allowed(session, name, "subscribe")
 
         def attach() -> None:
             self._local_room(name).subscribers[session] = None
@@ -206,17 +221,29 @@ class Hub:
             self._forget_if_empty(name)
         await self.engine.unsubscribe(session.member_id, name)
 
-    async def rooms(self) -> list[RoomInfo]:
-        """Every room or topic in use, sorted by name."""
-        return await self.engine.rooms()
+    async def rooms(self, by: Session | None = None) -> list[RoomInfo]:
+        """Every room or topic in use, sorted by name; with C{by}, only those it may see listed."""
+        infos = await self.engine.rooms()
+        if by is None:
+            return infos
+        names = [i.name for i in infos]
+        if by.token_rooms is not None:
+            names = [n for n in names if n in by.token_rooms]
+        visible = await self.policy.listed(by, names)
+        return [i for i in infos if i.name in visible]
 
-    async def who(self, name: str) -> list[str]:
-        """Nicks of the members (not subscribers) of C{name}, in joining order."""
-        return await self.engine.members(self.check_room(name))
-
-    async def history(self, name: str, limit: int | None = None) -> list[Message]:
-        """The last C{limit} messages of C{name} (oldest first; at most C{history_size})."""
+    async def who(self, name: str, by: Session | None = None) -> list[str]:
+        """Nicks of the members (not subscribers) of C{name}, in joining order; C{by} must be allowed to read it."""
         name = self.check_room(name)
+        if by is not None:
+            await self.check_allowed(by, name, "read")
+        return await self.engine.members(name)
+
+    async def history(self, name: str, limit: int | None = None, by: Session | None = None) -> list[Message]:
+        """The last C{limit} messages of C{name} (oldest first; at most C{history_size}); C{by} must be allowed to read."""
+        name = self.check_room(name)
+        if by is not None:
+            await self.check_allowed(by, name, "read")
         limit = self.config.history_size if limit is None else min(limit, self.config.history_size)
         return await self.engine.history(name, limit)
 
@@ -234,11 +261,15 @@ class Hub:
             raise RequestError(NOT_IN_ROOM, f'join "{name}" before sending to it')
         if not session.bucket.allow():
             raise RequestError(RATE_LIMITED, f"at most {self.config.publish_rate:g} messages per second")
+        await self.check_allowed(session, name, "publish")
         return await self.engine.publish(name, session.nick, text)
 
     # --- from the engine: delivery to this hub's connections --------------------------------
 
     def receive(self, room: str, event: Event) -> None:
+        if isinstance(event, Kick):
+            self._kicked(event)
+            return
         local = self.local.get(room)
         if local is not None:
             self._send(local.members if isinstance(event, Presence) else local.audience(), event)
@@ -253,6 +284,27 @@ class Hub:
             if local is not None:
                 audience.update(local.members)
         self._send(audience, event)
+
+    def _kicked(self, kick: Kick) -> None:
+        """Remove the connections C{kick} names from its room; each is told why, then everyone sees its PART."""
+        local = self.local.get(kick.room)
+        if local is None:
+            return
+        for session in [*local.members, *(s for s in local.subscribers if s not in local.members)]:
+            named = session.nick.lower() in kick.nicks or session.account in kick.accounts
+            if not (kick.everyone or named):
+                continue
+            self._send([session], Presence(kind="kick", room=kick.room, nick=session.nick, reason=kick.reason))
+            Deferred.fromCoroutine(self._remove(session, kick.room)).addErrback(self._remove_failed, session, kick.room)
+
+    async def _remove(self, session: Session, name: str) -> None:
+        if name in session.rooms:
+            await self._leave(session, name)
+        if name in session.topics:
+            await self._unsubscribe(session, name)
+
+    def _remove_failed(self, failure: Failure, session: Session, room: str) -> None:
+        self.log.failure("removing {session} from {room} failed", failure, session=session, room=room)
 
     def _send(self, sessions: Iterable[Session], event: Event) -> None:
         delivered = 0

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from myservices.errors import ErrorCode
-from myservices.hub.events import Event, Message, NickChange
+from myservices.hub.events import Event, Kick, Message, NickChange
 
 
 @dataclass(frozen=True, eq=False)
@@ -182,3 +182,6 @@ class HubEngine(Protocol):
 
     async def history(self, room: str, limit: int) -> list[Message]:
         """The last C{limit} messages of C{room} (oldest first)."""
+
+    async def kick(self, kick: Kick) -> None:
+        """Hand C{kick} to every hub serving C{kick.room} (L{EngineNode.receive}): they remove those it names."""

@@ -22,7 +22,7 @@ from myservices.handlers import commands as shared
 from myservices.handlers.commands import CommandState
 from myservices.handlers.pipeline import event_body
 from myservices.handlers.router import Arg, Command, Router
-from myservices.hub import Event, NickChange, Subscriber
+from myservices.hub import Event, NickChange, Presence, Subscriber
 from myservices.pb.plain import serialize
 
 if TYPE_CHECKING:
@@ -122,6 +122,9 @@ USER_METHODS: Mapping[str, tuple[Command, bool]] = {
     "kv_list": _shared("kv.list"),
     "publish": _shared("hub.publish"),
     "join": (pb_commands.commands["pb.join"], False),
+    # room policy: private rooms (owners), kicks, bans, closing (admins)
+    **{f"room_{name}": _shared(f"hub.{name}") for name in ("create", "invite", "remove", "delete", "kick", "ban", "unban",
+                                                 "close", "reopen")},
 }
 ROOM_METHODS: Mapping[str, Command] = {
     "publish": pb_commands.commands["room.publish"],
@@ -157,6 +160,7 @@ class Avatar(pb.Avatar):
         self._state = CommandState(connection.factory.services, Subscriber(self.deliver, self.close))
         self._state.account = self.account
         session = await self._state.session()
+        session.account = self.account.username if self.account is not None else None  # the room policy's identity
         if self.account is not None:
             try:
                 await self._state.services.hub.set_nick(session, self.account.username)
@@ -187,6 +191,12 @@ class Avatar(pb.Avatar):
 
     def deliver(self, event: Event) -> None:
         kind, body = event_body(event)
+        if isinstance(event, Presence) and event.kind == "kick":  # removed from the room: told, then the handle ends
+            handle = self.rooms.get(event.room)
+            if handle is not None:
+                handle.send(kind, body)
+                handle.deactivate(event.reason)
+            return
         if isinstance(event, NickChange):
             handles = [h for h in self.rooms.values() if h.presence and h.room in event.rooms]
         else:

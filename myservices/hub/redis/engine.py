@@ -26,7 +26,7 @@ from twisted.logger import Logger
 
 from myservices.errors import DATABASE_UNAVAILABLE, RequestError
 from myservices.hub.config import HubConfig, parse_redis_url
-from myservices.hub.events import Event, Message, NickChange
+from myservices.hub.events import Event, Kick, Message, NickChange
 from myservices.hub.history import HistoryStore
 from myservices.hub.interfaces import EngineNode, Joined, RoomInfo, missed_since
 import myservices.hub.redis.scripts as scripts
@@ -312,6 +312,11 @@ class RedisEngine(Service):
                           old=old, new=new)
         finally:
             self.feeds.abandon(feed, marker)
+
+    async def kick(self, kick: Kick) -> None:
+        # this process's connections only: a kick does not travel through Redis yet (the policy still
+        # refuses a banned member or a closed room on every other process within [rooms] cache_ttl)
+        self._deliver(kick.room, kick)
 
     async def members(self, room: str) -> list[str]:
         return list(await self.commands.eval(scripts.WHO, [self.prefix, room]))
