@@ -19,11 +19,12 @@ class DocsTests(TestCase):
         sections = {m.group(1): m.end() for m in re.finditer(r"^### \[([^\]]+)\]$", text, re.MULTILINE)}
         from myservices.accounts import AccountsConfig
         from myservices.hub.config import HubConfig
+        from myservices.hub.policy_config import RoomsConfig
         from myservices.kv import KeyValueConfig
 
         tables = {
             "daemon": DaemonConfig, "database": DatabaseConfig, "hub": HubConfig, "accounts": AccountsConfig,
-            "kv": KeyValueConfig,
+            "kv": KeyValueConfig, "rooms": RoomsConfig,
         }
         tables.update({f"services.{name}": kind.config for name, kind in service_kinds().items()})
         for section, cls in tables.items():
