@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from myservices.hub.events import Event, Message, NickChange, Presence
+from myservices.hub.events import Event, Kick, Message, NickChange, Presence
 
 
 def message_prefix(room: str, ts: float, nick: str, text: str) -> str:
@@ -24,6 +24,15 @@ def message_prefix(room: str, ts: float, nick: str, text: str) -> str:
 def nick_change(event: NickChange, member_id: str, marker: str) -> str:
     return json.dumps(
         {"t": "nick", "old": event.old, "new": event.new, "rooms": list(event.rooms), "member": member_id, "m": marker},
+        ensure_ascii=False,
+    )
+
+
+def kick(event: Kick) -> str:
+    """A kick, published on the channel every process listens to (it names its room)."""
+    return json.dumps(
+        {"t": "kick", "room": event.room, "nicks": sorted(event.nicks), "accounts": sorted(event.accounts),
+         "everyone": event.everyone, "reason": event.reason},
         ensure_ascii=False,
     )
 
@@ -50,6 +59,12 @@ def decode(text: str) -> tuple[Event | None, str | None, str | None]:
     elif kind == "nick":
         event = NickChange(old=str(data["old"]), new=str(data["new"]), rooms=tuple(str(r) for r in data["rooms"]))
         member = str(data["member"])
+    elif kind == "kick":
+        event = Kick(
+            room=str(data["room"]), nicks=frozenset(str(n) for n in data["nicks"]),
+            accounts=frozenset(str(a) for a in data["accounts"]), everyone=bool(data["everyone"]),
+            reason=str(data["reason"]),
+        )
     elif kind == "mark":
         event = None
     else:

@@ -32,6 +32,7 @@ from myservices.hub.interfaces import EngineNode, Joined, RoomInfo, missed_since
 import myservices.hub.redis.scripts as scripts
 from myservices.hub.redis.client import EngineUnavailable, RedisLink
 from myservices.hub.redis.codec import decode_message, message_prefix, nick_change
+from myservices.hub.redis.codec import kick as kick_payload
 from myservices.hub.redis.feeds import Feed, Feeds
 from myservices.hub.redis.presence import LocalPresence
 from myservices.hub.redis.storage import EpochChanged, Storage
@@ -314,9 +315,8 @@ class RedisEngine(Service):
             self.feeds.abandon(feed, marker)
 
     async def kick(self, kick: Kick) -> None:
-        # this process's connections only: a kick does not travel through Redis yet (the policy still
-        # refuses a banned member or a closed room on every other process within [rooms] cache_ttl)
-        self._deliver(kick.room, kick)
+        # on the channel every process listens to (the nick changes'): each hands it to its hubs, this one too
+        await self.commands.call("PUBLISH", self.feeds.nick_feed.channel, kick_payload(kick))
 
     async def members(self, room: str) -> list[str]:
         return list(await self.commands.eval(scripts.WHO, [self.prefix, room]))
