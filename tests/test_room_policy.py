@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from twisted.trial.unittest import TestCase
 
 from myservices.framed.client import FramedError
+from tests import mysql
 from tests.pbclient import Listener, failure_of, pb_connect
 from tests.support import chat_client, framed_client, load, port_of, start_tree
 from tests.test_bad_input import four_front_ends
@@ -40,12 +42,19 @@ async def presence(client: Any, kind: str) -> dict[str, Any]:
             return data
 
 
-class RoomPolicyTests(TestCase):
+class RoomPolicyTestsMixin:
     timeout = 60
+
+    def database_url(self) -> str | None:
+        return None  # SQLite
 
     async def asyncSetUp(self) -> Any:
         path = self.mktemp() + ".sqlite3"
-        self.tree = await start_tree(self, load(self, four_front_ends(path) + ROOMS))
+        config = four_front_ends(path) + ROOMS
+        url = self.database_url()
+        if url is not None:
+            config = config.replace(f'url = "sqlite:///{path}"', f'url = "{url}"')
+        self.tree = await start_tree(self, load(self, config))
         accounts = self.tree.listeners["pb"].factory.services.accounts
         for name in ("alice", "bob", "root"):
             await accounts.register(name, "correct horse")
@@ -186,3 +195,13 @@ class RoomPolicyTests(TestCase):
         failure = await failure_of(room.callRemote("who"))
         self.assertEqual(code_of(failure), "NOT_IN_ROOM")
         self.assertEqual(await tree.hub.who("lobby"), [])
+
+
+class SQLiteRoomPolicyTests(RoomPolicyTestsMixin, TestCase):
+    pass
+
+
+@pytest.mark.mysql
+class MySQLRoomPolicyTests(RoomPolicyTestsMixin, TestCase):
+    def database_url(self) -> str | None:
+        return mysql.create_database(self)

@@ -27,15 +27,15 @@ from myservices.hub.interfaces import Identity
 from myservices.hub.policy_config import ACCOUNTS, ADMINS, ANYONE, RoomsConfig, Who
 from myservices.hub.policy_store import (
     RoomState,
-    ban_txn,
-    close_txn,
-    create_txn,
-    delete_txn,
-    invite_txn,
-    load_states_txn,
-    remove_txn,
-    reopen_txn,
-    unban_txn,
+    room_ban_txn,
+    room_close_txn,
+    room_create_txn,
+    room_delete_txn,
+    room_invite_txn,
+    room_remove_txn,
+    room_reopen_txn,
+    room_states_txn,
+    room_unban_txn,
 )
 
 if TYPE_CHECKING:
@@ -143,7 +143,7 @@ class RoomPolicies:
 
     async def _load(self, rooms: Sequence[str]) -> dict[str, RoomState]:
         changes, read_at = self._changes, self.clock.seconds()
-        states: dict[str, RoomState] = await self.database.run(load_states_txn, list(rooms))
+        states: dict[str, RoomState] = await self.database.run(room_states_txn, list(rooms), read_at)
         if changes == self._changes and self.config.cache_ttl > 0:  # nothing changed here while it was read
             for room, state in states.items():
                 self._cache.pop(room, None)
@@ -163,7 +163,7 @@ class RoomPolicies:
         """Make C{room} a private room owned by C{owner}."""
         try:
             await self.database.run(
-                create_txn, room, owner, self.clock.seconds(), self.config.max_private_rooms_per_account
+                room_create_txn, room, owner, self.clock.seconds(), self.config.max_private_rooms_per_account
             )
         finally:
             self.forget(room)
@@ -171,7 +171,7 @@ class RoomPolicies:
     async def delete(self, room: str) -> None:
         """Make private room C{room} public again (owner and members forgotten)."""
         try:
-            await self.database.run(delete_txn, room)
+            await self.database.run(room_delete_txn, room)
         finally:
             self.forget(room)
 
@@ -179,7 +179,7 @@ class RoomPolicies:
         """Make C{username} a member of private room C{room}; False if it was one."""
         try:
             added: bool = await self.database.run(
-                invite_txn, room, username, self.clock.seconds(), self.config.max_private_members
+                room_invite_txn, room, username, self.clock.seconds(), self.config.max_private_members
             )
         finally:
             self.forget(room)
@@ -188,7 +188,7 @@ class RoomPolicies:
     async def remove(self, room: str, username: str) -> bool:
         """End C{username}'s membership of C{room}; False if it was not a member."""
         try:
-            removed: bool = await self.database.run(remove_txn, room, username)
+            removed: bool = await self.database.run(room_remove_txn, room, username)
         finally:
             self.forget(room)
         return removed
@@ -197,7 +197,7 @@ class RoomPolicies:
         """Refuse C{username} in C{room} for C{seconds}; the time the ban ends."""
         until = self.clock.seconds() + seconds
         try:
-            await self.database.run(ban_txn, room, username, until, by)
+            await self.database.run(room_ban_txn, room, username, self.clock.seconds(), until, by)
         finally:
             self.forget(room)
         return until
@@ -205,7 +205,7 @@ class RoomPolicies:
     async def unban(self, room: str, username: str) -> bool:
         """Lift C{username}'s ban in C{room}; False if there was none."""
         try:
-            lifted: bool = await self.database.run(unban_txn, room, username, self.clock.seconds())
+            lifted: bool = await self.database.run(room_unban_txn, room, username, self.clock.seconds())
         finally:
             self.forget(room)
         return lifted
@@ -213,14 +213,14 @@ class RoomPolicies:
     async def close(self, room: str, by: str) -> None:
         """Close C{room}: only admins may join, subscribe, publish or read it until it is reopened."""
         try:
-            await self.database.run(close_txn, room, self.clock.seconds(), by)
+            await self.database.run(room_close_txn, room, self.clock.seconds(), by)
         finally:
             self.forget(room)
 
     async def reopen(self, room: str) -> bool:
         """Reopen C{room}; False if it was not closed."""
         try:
-            reopened: bool = await self.database.run(reopen_txn, room)
+            reopened: bool = await self.database.run(room_reopen_txn, room)
         finally:
             self.forget(room)
         return reopened
