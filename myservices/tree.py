@@ -41,7 +41,7 @@ from myservices.metrics import Metrics
 from myservices.passwords import PasswordHasher
 from myservices.ports import ListenOptions
 from myservices.registry import ServiceKind, load_config, service_kinds
-from myservices.reload import Load, ReloadService, daemon_settings, hub_settings
+from myservices.reload import Load, ReloadService, daemon_settings, hub_settings, rooms_settings
 from myservices.sdnotify import Notifier, NotifyService, Watchdog
 from myservices.workers.worker import MetricsFlush, WorkerLink
 
@@ -247,7 +247,8 @@ def build_service_tree(
 
     reload = ReloadService(
         os.path.abspath(config.source), load, config, tree.listeners,
-        {"daemon": daemon_settings(tree.listeners, log_output), "hub": hub_settings(hub)},
+        {"daemon": daemon_settings(tree.listeners, log_output), "hub": hub_settings(hub),
+         "rooms": rooms_settings(policies)},
         reactor, handle_sighup=handle_sighup, reloaded=reloaded,
     )
     reload.setServiceParent(tree)

@@ -8,6 +8,7 @@ line chat, and the kicked connections are told why.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -195,6 +196,18 @@ class RoomPolicyTestsMixin:
         failure = await failure_of(room.callRemote("who"))
         self.assertEqual(code_of(failure), "NOT_IN_ROOM")
         self.assertEqual(await tree.hub.who("lobby"), [])
+
+
+    async def test_rules_change_on_reload(self) -> None:
+        tree = await self.asyncSetUp()
+        line = await chat_client(self, port_of(tree, "chat"), "liner")
+        self.assertEqual((await line.command("/join lobby2"))[-1], "OK join lobby2")
+        await line.command("/part lobby2")
+        path = Path(tree.config.source)
+        path.write_text(path.read_text() + '[[rooms.rules]]\npattern = "lob*"\njoin = "accounts"\n')
+        self.assertTrue(tree.getServiceNamed("reload").reload(environ={}))
+        self.assertEqual((await line.command("/join lobby2"))[-1].split(" ")[:2], ["ERR", "FORBIDDEN"])
+        self.assertEqual((await line.command("/join staff-x"))[-1].split(" ")[:2], ["ERR", "FORBIDDEN"])
 
 
 class SQLiteRoomPolicyTests(RoomPolicyTestsMixin, TestCase):
