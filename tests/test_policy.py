@@ -17,7 +17,7 @@ from twisted.trial.unittest import TestCase
 
 from myservices.db.migrations import MIGRATIONS, migrate_txn
 from myservices.db.pool import Txn
-from myservices.errors import FORBIDDEN, NOT_FOUND, QUOTA_EXCEEDED, UNAUTHENTICATED, RequestError
+from myservices.errors import FORBIDDEN, DatabaseUnavailable, NOT_FOUND, QUOTA_EXCEEDED, UNAUTHENTICATED, RequestError
 from myservices.hub import Event, Hub, HubConfig, MemoryEngine, Message, Presence, Session, Subscriber
 from myservices.hub.moderation import Moderation
 from myservices.hub.policy import RoomPolicies
@@ -352,6 +352,28 @@ class CacheTests(PolicyTestsMixin, TestCase):
         d, fn, args = held[0]
         d.callback(self.successResultOf(real(fn, *args)))
         self.assertEqual([r.private for r in results], [False, False, False])
+
+    def test_while_the_database_is_down_the_last_state_read_stands(self) -> None:
+        alice, _ = self.user("alice")
+        root, _ = self.user("root")
+        run_now(self.hub.join(alice, "lobby"))
+        run_now(self.moderation.ban(root, "lobby", "alice", 600))
+        forbidden(self, self.hub.publish(alice, "lobby", "x", as_member=False))  # read before the outage
+        real, down = self.db.run, [True]
+
+        def failing(fn: Any, *args: Any) -> Deferred[Any]:
+            self.db.runs.append(fn.__name__)
+            return fail(DatabaseUnavailable("down")) if down else real(fn, *args)
+
+        self.db.run = failing  # type: ignore[method-assign]
+        self.clock.advance(5)
+        before = len(self.db.runs)
+        forbidden(self, self.hub.publish(alice, "lobby", "x", as_member=False))  # still banned
+        forbidden(self, self.hub.publish(alice, "lobby", "x", as_member=False))
+        self.assertEqual(len(self.db.runs), before + 1)  # asked once, not on every check
+        with self.assertRaises(DatabaseUnavailable):
+            run_now(self.hub.join(alice, "never-read"))  # nothing known of it: refused
+        self.assertEqual(len(self.flushLoggedErrors(DatabaseUnavailable)), 0)
 
     def test_the_cache_is_bounded(self) -> None:
         self.make(max_cached_rooms=3)

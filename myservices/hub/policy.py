@@ -11,7 +11,9 @@ restarts) and are cached per room: a check costs a database query only when
 the room's entry is missing or older than C{[rooms] cache_ttl}. A change made
 by this process drops its entry at once; a change made by another process is
 seen here within C{cache_ttl} seconds (the staleness bound). A ban's end is
-compared with the clock at each check, so it ends on time.
+compared with the clock at each check, so it ends on time. While the database
+is down, a room's last state read stands (asked again every C{cache_ttl});
+a room never read is answered DATABASE_UNAVAILABLE.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ from typing import TYPE_CHECKING
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 
-from myservices.errors import FORBIDDEN, RequestError
+from myservices.errors import FORBIDDEN, DatabaseUnavailable, RequestError
 from myservices.hub.interfaces import Identity
 from myservices.hub.policy_config import ACCOUNTS, ADMINS, ANYONE, RoomsConfig, Who
 from myservices.hub.policy_store import (
@@ -57,6 +60,8 @@ def permits(who: Who, identity: Identity) -> bool:
 
 class RoomPolicies:
     """Rules, private rooms, bans and closed rooms: the daemon's L{myservices.hub.interfaces.RoomPolicy}."""
+
+    log = Logger()
 
     def __init__(self, config: RoomsConfig, database: Database, clock: IReactorTime) -> None:
         self.config = config
@@ -143,7 +148,17 @@ class RoomPolicies:
 
     async def _load(self, rooms: Sequence[str]) -> dict[str, RoomState]:
         changes, read_at = self._changes, self.clock.seconds()
-        states: dict[str, RoomState] = await self.database.run(room_states_txn, list(rooms), read_at)
+        try:
+            states: dict[str, RoomState] = await self.database.run(room_states_txn, list(rooms), read_at)
+        except DatabaseUnavailable:
+            # what was read last stands while the database is down (each room asks again a cache_ttl later);
+            # a room never read is refused (DATABASE_UNAVAILABLE): nothing is known of it
+            stale = {room: self._cache[room][1] for room in rooms if room in self._cache}
+            if len(stale) < len(rooms):
+                raise
+            self.log.warn("room policy: the database is not available; using what was read before for {rooms}",
+                          rooms=len(rooms))
+            states = stale
         if changes == self._changes and self.config.cache_ttl > 0:  # nothing changed here while it was read
             for room, state in states.items():
                 self._cache.pop(room, None)
