@@ -189,10 +189,13 @@ class RoomPolicyTestsMixin:
         avatar = await client.login("bob", "correct horse")
         listener = Listener()
         room = (await avatar.callRemote("join", "lobby", listener))["object"]
-        root = await self.framed_user("root")
-        await root.call("hub.kick", room="lobby", nick="bob")
+        admin = await (await pb_connect(self, port_of(tree, "pb"))).login("root", "correct horse")
+        failure = await failure_of(avatar.callRemote("room_kick", "lobby", "root"))
+        self.assertEqual(code_of(failure), "FORBIDDEN")  # bob is no admin
+        self.assertEqual(await admin.callRemote("room_kick", "lobby", "bob", reason="off topic"),
+                         {"room": "lobby", "nick": "bob"})
         event = await listener.next("presence", kind="kick")
-        self.assertEqual(event["reason"], "kicked by root")
+        self.assertEqual(event["reason"], "kicked by root: off topic")
         failure = await failure_of(room.callRemote("who"))
         self.assertEqual(code_of(failure), "NOT_IN_ROOM")
         self.assertEqual(await tree.hub.who("lobby"), [])
