@@ -287,6 +287,29 @@ class ModerationTests(PolicyTestsMixin, TestCase):
         rows = self.db.conn.execute("SELECT username FROM room_bans").fetchall()
         self.assertEqual(rows, [("carol",)])
 
+    def test_a_ban_while_the_join_is_under_way_still_keeps_the_member_out(self) -> None:
+        root, _ = self.user("root")
+        alice, alice_sub = self.user("alice")
+        bob, _ = self.user("bob")
+        run_now(self.hub.join(bob, "lobby"))
+        real_join, real_subscribe = self.engine.join, self.engine.subscribe
+
+        async def join(*args: Any, **kw: Any) -> Any:
+            run_now(self.moderation.ban(root, "lobby", "alice", 60))  # found nobody to kick: alice is not in yet
+            return await real_join(*args, **kw)
+
+        self.engine.join = join  # type: ignore[method-assign]
+        forbidden(self, self.hub.join(alice, "lobby"))
+        self.assertEqual((alice.rooms, run_now(self.hub.who("lobby"))), ({}, ["bob"]))
+
+        async def subscribe(*args: Any, **kw: Any) -> Any:
+            run_now(self.moderation.close(root, "news"))
+            return await real_subscribe(*args, **kw)
+
+        self.engine.subscribe = subscribe  # type: ignore[method-assign]
+        forbidden(self, self.hub.subscribe(bob, "news"))
+        self.assertEqual(bob.topics, {})
+
     def test_a_closed_room_is_emptied_and_refuses_everyone_but_admins_until_reopened(self) -> None:
         root, _ = self.user("root")
         alice, alice_sub = self.user("alice")

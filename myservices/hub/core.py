@@ -173,6 +173,7 @@ class Hub:
         joined = await self.engine.join(self.node_id, session.member_id, name, session.nick, attach, since)
         if session.closed and name in session.rooms:
             await self._leave(session, name)  # closed while the room was loading
+        await self._recheck(session, name, "join")
         return joined
 
     async def part(self, session: Session, name: str) -> None:
@@ -205,7 +206,16 @@ class Hub:
         joined = await self.engine.subscribe(self.node_id, session.member_id, name, attach, since)
         if session.closed and name in session.topics:
             await self._unsubscribe(session, name)
+        await self._recheck(session, name, "subscribe")
         return joined
+
+    async def _recheck(self, session: Session, name: str, action: str) -> None:
+        # a ban, removal or close while the room was loading found nobody to kick: ask again now it is attached
+        try:
+            await self.check_allowed(session, name, action)
+        except Exception:
+            await self._remove(session, name)
+            raise
 
     async def unsubscribe(self, session: Session, name: str) -> None:
         name = self.check_room(name)
