@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from myservices.chat_lines import HELP, gap_line, history_line
-from myservices.errors import BAD_ARGUMENTS, NOT_IN_ROOM, UNAUTHENTICATED, RequestError
+from myservices.chat_lines import HELP, gap_line, history_line, stamp
+from myservices.errors import BAD_ARGUMENTS, FORBIDDEN, NOT_IN_ROOM, UNAUTHENTICATED, RequestError
 from myservices.handlers.commands import SINCE
 from myservices.hub import Hub, Joined, Message, Session
 from myservices.login_limits import peer_host
@@ -24,6 +24,9 @@ def redacted(line: str) -> str:
     """C{line} fit for a log: the arguments of a command that carries a password or token left out."""
     command = line.split(" ", 1)[0].lower()
     return f"{command} [redacted]" if command in SECRET_COMMANDS else line
+
+if TYPE_CHECKING:
+    from myservices.hub.moderation import Moderation
 
 
 class ChatCommands:
@@ -118,13 +121,13 @@ class ChatCommands:
 
     async def do_rooms(self, args: str) -> None:
         self._words(args, 0, 0, "/rooms")
-        for info in await self.hub.rooms():
+        for info in await self.hub.rooms(by=self._session()):
             self.send_line(f"ROOM {info.name} {info.members} {info.subscribers}")
         self.send_line("END rooms")
 
     async def do_who(self, args: str) -> None:
         room = self._room_arg(self._words(args, 0, 1, "/who [ROOM]"), "/who ROOM")
-        for nick in await self.hub.who(room):
+        for nick in await self.hub.who(room, by=self._session()):
             self.send_line(f"WHO {room} {nick}")
         self.send_line(f"END who {room}")
 
@@ -138,7 +141,7 @@ class ChatCommands:
                 raise RequestError(BAD_ARGUMENTS, "usage: /history [ROOM] [N] (N: a number of messages)")
             limit = int(n) if len(n) <= 9 else 10**9  # more than history_size is history_size
         room = self._room_arg(words, "/history ROOM [N]")
-        self._send_history(room, await self.hub.history(room, limit))
+        self._send_history(room, await self.hub.history(room, limit, by=self._session()))
         self.send_line(f"END history {room}")
 
     async def do_sub(self, args: str) -> None:
@@ -208,7 +211,7 @@ class ChatCommands:
         self._words(args, 0, 0, "/whoami")
         session = self._session()
         who = session.account or "-"
-        return f"OK whoami {session.nick} {who}{' admin' if session.admin else ''}"
+        return f"OK whoami {session.nick} {who}{' admin' if self.hub.policy.is_admin(session) else ''}"
 
     async def do_dm(self, args: str) -> str:
         nick, _, text = args.partition(" ")
@@ -225,6 +228,60 @@ class ChatCommands:
     async def do_quit(self, args: str) -> None:
         self.send_line("BYE goodbye")
         self.close_gracefully()
+
+    # --- room policy: private rooms (owners), kicks, bans, closing (admins) --------------------
+
+    def _moderation(self) -> Moderation:
+        if self.hub.moderation is None:
+            raise RequestError(FORBIDDEN, "room moderation is not available on this server")
+        return self.hub.moderation
+
+    async def do_create(self, args: str) -> str:
+        (room,) = self._words(args, 1, 1, "/create ROOM")
+        return f"OK create {await self._moderation().create(self._session(), room)}"
+
+    async def do_invite(self, args: str) -> str:
+        room, user = self._words(args, 2, 2, "/invite ROOM USER")
+        name, username, _ = await self._moderation().invite(self._session(), room, user)
+        return f"OK invite {name} {username}"
+
+    async def do_remove(self, args: str) -> str:
+        room, user = self._words(args, 2, 2, "/remove ROOM USER")
+        name, username, _ = await self._moderation().remove(self._session(), room, user)
+        return f"OK remove {name} {username}"
+
+    async def do_delete(self, args: str) -> str:
+        (room,) = self._words(args, 1, 1, "/delete ROOM")
+        return f"OK delete {await self._moderation().delete(self._session(), room)}"
+
+    async def do_kick(self, args: str) -> str:
+        room, _, rest = args.strip().partition(" ")
+        nick, _, reason = rest.strip().partition(" ")
+        if not room or not nick:
+            raise RequestError(BAD_ARGUMENTS, "usage: /kick ROOM NICK [REASON]")
+        name, who = await self._moderation().kick(self._session(), room, nick, reason.strip()[:200])
+        return f"OK kick {name} {who}"
+
+    async def do_ban(self, args: str) -> str:
+        room, user, seconds = self._words(args, 3, 3, "/ban ROOM USER SECONDS")
+        if not (seconds.isascii() and seconds.isdigit()) or len(seconds) > 12:
+            raise RequestError(BAD_ARGUMENTS, "usage: /ban ROOM USER SECONDS (SECONDS: a whole number)")
+        name, username, until = await self._moderation().ban(self._session(), room, user, int(seconds))
+        return f"OK ban {name} {username} {stamp(until)}"
+
+    async def do_unban(self, args: str) -> str:
+        room, user = self._words(args, 2, 2, "/unban ROOM USER")
+        name, username, _ = await self._moderation().unban(self._session(), room, user)
+        return f"OK unban {name} {username}"
+
+    async def do_close(self, args: str) -> str:
+        (room,) = self._words(args, 1, 1, "/close ROOM")
+        return f"OK close {await self._moderation().close(self._session(), room)}"
+
+    async def do_reopen(self, args: str) -> str:
+        (room,) = self._words(args, 1, 1, "/reopen ROOM")
+        name, _ = await self._moderation().reopen(self._session(), room)
+        return f"OK reopen {name}"
 
     def _send_history(self, room: str, messages: list[Message]) -> None:
         for m in messages:

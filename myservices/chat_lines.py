@@ -21,7 +21,7 @@ def encode_event(event: Event) -> bytes:
     if isinstance(event, Message):
         line = f"MSG {event.room} {event.id} {event.nick} {event.text}"
     elif isinstance(event, Presence):
-        line = f"{event.kind.upper()} {event.room} {event.nick}"
+        line = f"{event.kind.upper()} {event.room} {event.nick}" + (f" {event.reason}" if event.reason else "")
     elif isinstance(event, NickChange):
         line = f"NICK {event.old} {event.new}"
     elif isinstance(event, Direct):
@@ -64,6 +64,12 @@ HELP = [
     "/sub TOPIC [SINCE]   receive what is published to TOPIC, without joining (SINCE: as for /join)",
     "/unsub TOPIC         stop receiving TOPIC",
     "/pub TOPIC TEXT      publish TEXT to TOPIC (no need to subscribe)",
+    "/create ROOM         create a private room (logged in): only its members may join, read or publish",
+    "/invite ROOM USER    make account USER a member of your private room (/remove ROOM USER undoes it)",
+    "/delete ROOM         make your private room public again",
+    "/kick ROOM NICK [WHY]  remove NICK from ROOM (admins; owners in their private room)",
+    "/ban ROOM USER SECS  keep account USER out of ROOM for SECS seconds (admins; /unban ROOM USER)",
+    "/close ROOM          remove everyone; only admins may use ROOM until /reopen ROOM (admins)",
     "/quit                disconnect",
     "start a line with // to send text that begins with /",
 ]

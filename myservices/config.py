@@ -36,6 +36,7 @@ from myservices.validate import Validator
 if TYPE_CHECKING:
     from myservices.accounts import AccountsConfig
     from myservices.hub.config import HubConfig
+    from myservices.hub.policy_config import RoomsConfig
     from myservices.kv import KeyValueConfig
     from myservices.tokens import TokensConfig
 
@@ -140,6 +141,7 @@ class Config:
     accounts: AccountsConfig
     kv: KeyValueConfig
     tokens: TokensConfig
+    rooms: RoomsConfig
     services: Mapping[str, ServiceConfig]
 
     def enabled_services(self) -> list[tuple[str, ServiceConfig]]:

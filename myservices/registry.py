@@ -22,6 +22,7 @@ from myservices.config import Config, Schema, read_config
 from myservices.context import BuildContext
 from myservices.framed import server as framed
 from myservices.hub.config import HubConfig
+from myservices.hub.policy_config import RoomsConfig
 from myservices.kv import KeyValueConfig
 from myservices.pb import server as pb
 from myservices.settings import ServiceConfig
@@ -55,7 +56,7 @@ KINDS = (
 
 # the top-level sections besides [daemon], [database] and [services.NAME]: fields of Config
 SECTIONS: Mapping[str, type] = {
-    "hub": HubConfig, "accounts": AccountsConfig, "kv": KeyValueConfig, "tokens": TokensConfig,
+    "hub": HubConfig, "accounts": AccountsConfig, "kv": KeyValueConfig, "tokens": TokensConfig, "rooms": RoomsConfig,
 }
 
 

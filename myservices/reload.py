@@ -2,7 +2,8 @@
 
 Live: limits of each service (the keys a factory lists in C{live_settings}),
 the WebSocket service's allowed_origins, the hub's publish rate and size
-limits, and ``[daemon]`` shutdown_timeout, close_timeout and log_level.
+limits, every key of ``[rooms]`` (admins, rules, private-room limits), and
+``[daemon]`` shutdown_timeout, close_timeout and log_level.
 Anything else (endpoints, the database, accounts, enabling a service, the
 log format) is logged as needing a restart. An invalid file changes nothing.
 Connections stay open either way.
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
     from myservices.config import DaemonConfig
     from myservices.hub import Hub
     from myservices.hub.config import HubConfig
+    from myservices.hub.policy import RoomPolicies
+    from myservices.hub.policy_config import RoomsConfig
     from myservices.logs import LogOutput
 
 log = Logger()
@@ -243,5 +246,15 @@ def hub_settings(hub: Hub) -> Reconfigure:
         if live:
             hub.config = dataclasses.replace(hub.config, **live)
         return [key for key in changed if key not in HUB_LIVE]
+
+    return reconfigure
+
+
+def rooms_settings(policies: RoomPolicies) -> Reconfigure:
+    """Every key of ``[rooms]`` is live: the policy reads its config at each check (rules, admins, limits)."""
+
+    def reconfigure(cfg: RoomsConfig, changed: Sequence[str]) -> list[str]:
+        policies.config = cfg
+        return []
 
     return reconfigure

@@ -24,6 +24,7 @@ SIZE = "size"  # bytes: 65536 or "64 KiB"
 DURATION = "duration"  # seconds
 PATH = "path"  # relative to the config file
 STRINGS = "strings"  # an array of strings, kept as a tuple
+PARSED = "parsed"  # any TOML value, converted by the setting's own parse function (arrays of tables, ...)
 
 
 def setting(
@@ -34,9 +35,15 @@ def setting(
     min: float | None = None,
     max: float | None = None,
     secret: bool = False,
+    parse: Any = None,
+    expected: str | None = None,
 ) -> Any:
-    """Declare a config key: its default (none means required), bounds and one-line doc."""
-    meta = {"doc": doc, "kind": kind, "min": min, "max": max, "secret": secret}
+    """Declare a config key: its default (none means required), bounds and one-line doc.
+
+    With C{kind=PARSED}, C{parse(value)} converts the TOML value or raises ValueError saying what is
+    wrong (the loader puts the key's path in front); C{expected} describes the value for the docs.
+    """
+    meta = {"doc": doc, "kind": kind, "min": min, "max": max, "secret": secret, "parse": parse, "expected": expected}
     return field(default=default, metadata=meta, repr=not secret)
 
 

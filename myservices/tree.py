@@ -32,6 +32,8 @@ from myservices.db import MIGRATIONS, Database, Migration
 from myservices.health import Readiness
 from myservices.hub import HistoryStore, Hub, HubService, MemoryEngine
 from myservices.hub.lease import HubLease
+from myservices.hub.moderation import Moderation
+from myservices.hub.policy import RoomPolicies
 from myservices.hub.redis import RedisEngine
 from myservices.kv import KeyValueStore
 from myservices.lag import ReactorLagMonitor
@@ -41,7 +43,7 @@ from myservices.metrics import Metrics
 from myservices.passwords import PasswordHasher
 from myservices.ports import ListenOptions
 from myservices.registry import ServiceKind, load_config, service_kinds
-from myservices.reload import Load, ReloadService, daemon_settings, hub_settings
+from myservices.reload import Load, ReloadService, daemon_settings, hub_settings, rooms_settings
 from myservices.sdnotify import Notifier, NotifyService, Watchdog
 from myservices.tokens import TokenService
 from myservices.workers.worker import MetricsFlush, WorkerLink
@@ -205,7 +207,11 @@ def build_service_tree(
         reactor, 2**a.scrypt_cost, concurrency=a.hash_concurrency, max_waiting=a.max_hash_queue
     )
     accounts = AccountStore(database, hasher, a, clock=reactor)
-    hub = Hub(h, reactor, engine, metrics=metrics, node_id=node_id, is_account=accounts.exists)
+    policies = RoomPolicies(config.rooms, database, reactor)
+    hub = Hub(
+        h, reactor, engine, metrics=metrics, node_id=node_id, is_account=accounts.exists, policy=policies
+    )
+    hub.moderation = Moderation(hub, policies)
     HubService(hub, engine).setServiceParent(tree)  # stops after the front ends, before the database
     tree.hub = hub
     hasher.setServiceParent(tree)  # its threads stop after the front ends
@@ -251,7 +257,8 @@ def build_service_tree(
 
     reload = ReloadService(
         os.path.abspath(config.source), load, config, tree.listeners,
-        {"daemon": daemon_settings(tree.listeners, log_output), "hub": hub_settings(hub)},
+        {"daemon": daemon_settings(tree.listeners, log_output), "hub": hub_settings(hub),
+         "rooms": rooms_settings(policies)},
         reactor, handle_sighup=handle_sighup, reloaded=reloaded,
     )
     reload.setServiceParent(tree)

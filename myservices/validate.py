@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from myservices.endpoints import EndpointSyntaxError, check_stream_endpoint, parse_udp_endpoint, resolve_endpoint_paths
-from myservices.settings import DURATION, PATH, SIZE, STREAM_ENDPOINT, STRINGS, UDP_ENDPOINT, parse_size
+from myservices.settings import DURATION, PARSED, PATH, SIZE, STREAM_ENDPOINT, STRINGS, UDP_ENDPOINT, parse_size
 
 
 class Validator:
@@ -78,6 +78,8 @@ class Validator:
             except EndpointSyntaxError as e:
                 raise ValueError(str(e)) from None
             return value
+        elif kind == PARSED:
+            return meta["parse"](value)
         elif kind == STRINGS:
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise ValueError(f"expected {expected}, got {_toml_type(value)}")
@@ -124,6 +126,8 @@ def _expected(hint: Any, f: dataclasses.Field[Any]) -> str:
         return "a path (a non-empty string)"
     if kind == STRINGS:
         return "an array of strings"
+    if kind == PARSED:
+        return str(meta.get("expected") or "a value")
     if kind == SIZE:
         text = "a size in bytes"
     elif kind == DURATION:
@@ -171,6 +175,8 @@ def describe_settings(cls: type) -> list[tuple[str, str, str, str]]:
         default = "required" if f.default is dataclasses.MISSING else repr(f.default)
         if f.default is None:
             default = "unset"
+        elif isinstance(f.default, tuple) and not f.default:
+            default = "[]"
         elif isinstance(f.default, tuple):  # STRINGS, written as TOML writes an array
             default = "[" + ", ".join(f'"{v}"' for v in f.default) + "]"
         rows.append((f.name, _expected(hints[f.name], f), default, f.metadata.get("doc", "")))

@@ -366,6 +366,8 @@ class SQLiteChatTests(ChatTestsMixin, TestCase):
             ("/part lobby", "NOT_IN_ROOM"),
             ("/unsub lobby", "NOT_IN_ROOM"),
             ("/msg lobby \x01", "TEXT_INVALID"),
+            ("/create secret", "UNAUTHENTICATED"),
+            ("/close lobby", "FORBIDDEN"),
         ]
         seen = set()
         for line, code in cases:
@@ -401,7 +403,7 @@ class SQLiteChatTests(ChatTestsMixin, TestCase):
         elsewhere = {
             "SLOW_CONSUMER", "BUSY", "DATABASE_UNAVAILABLE", "ENGINE_UNAVAILABLE", "SHUTTING_DOWN", "INTERNAL", "TOO_LARGE", "TIMEOUT",
             "BAD_REQUEST", "NOT_FOUND", "UNSUPPORTED_VERSION", "UNAUTHENTICATED", "LOGIN_FAILED", "USERNAME_TAKEN",
-            "QUOTA_EXCEEDED", "HUB_UNAVAILABLE", "FORBIDDEN", "TOKEN_INVALID", "TOKEN_EXPIRED",
+            "QUOTA_EXCEEDED", "HUB_UNAVAILABLE", "FORBIDDEN", "TOKEN_INVALID", "TOKEN_EXPIRED", "NICK_OFFLINE",
         }
         self.assertEqual(seen | elsewhere, set(ERRORS))
 

@@ -55,7 +55,9 @@ class ConfigErrorsTests(TestCase):
             endpoint = "tcp:1234"
             """
         )
-        self.assertIn("colour: unknown key (expected daemon, database, hub, accounts, kv, tokens or services)", problems)
+        self.assertIn(
+            "colour: unknown key (expected daemon, database, hub, accounts, kv, tokens, rooms or services)", problems
+        )
         self.assertTrue(any(p.startswith("services.ecko: unknown service (expected one of chat, echo, framed, http, pb, udp, websocket") for p in problems))
 
     def test_wrong_type(self) -> None:

@@ -19,12 +19,13 @@ class DocsTests(TestCase):
         sections = {m.group(1): m.end() for m in re.finditer(r"^### \[([^\]]+)\]$", text, re.MULTILINE)}
         from myservices.accounts import AccountsConfig
         from myservices.hub.config import HubConfig
+        from myservices.hub.policy_config import RoomsConfig
         from myservices.kv import KeyValueConfig
         from myservices.tokens import TokensConfig
 
         tables = {
             "daemon": DaemonConfig, "database": DatabaseConfig, "hub": HubConfig, "accounts": AccountsConfig,
-            "kv": KeyValueConfig, "tokens": TokensConfig,
+            "kv": KeyValueConfig, "tokens": TokensConfig, "rooms": RoomsConfig,
         }
         tables.update({f"services.{name}": kind.config for name, kind in service_kinds().items()})
         for section, cls in tables.items():

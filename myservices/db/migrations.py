@@ -113,6 +113,44 @@ def _hub_lease(txn: Txn) -> None:
     txn.execute(f"{verb} INTO hub_lease (name, owner, host, pid, expires) VALUES (?, '', '', 0, 0)", ("memory",))
 
 
+def _room_policy(txn: Txn) -> None:
+    # private rooms, their members, bans and closed rooms (myservices/hub/policy_store.py); usernames in lower case
+    if txn.dialect == "mysql":
+        table_options, binary = " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4", " COLLATE utf8mb4_bin"
+    else:
+        table_options, binary = "", ""
+    owner_index = ", INDEX room_private_owner (owner)" if txn.dialect == "mysql" else ""
+    txn.execute(
+        "CREATE TABLE IF NOT EXISTS room_private ("
+        " room VARCHAR(255) NOT NULL PRIMARY KEY,"
+        f" owner VARCHAR(64){binary} NOT NULL,"
+        f" created_at DOUBLE NOT NULL{owner_index})" + table_options
+    )
+    if txn.dialect == "sqlite":
+        txn.execute("CREATE INDEX IF NOT EXISTS room_private_owner ON room_private (owner)")
+    txn.execute(
+        "CREATE TABLE IF NOT EXISTS room_members ("
+        " room VARCHAR(255) NOT NULL,"
+        f" username VARCHAR(64){binary} NOT NULL,"
+        " added_at DOUBLE NOT NULL,"
+        " PRIMARY KEY (room, username))" + table_options
+    )
+    txn.execute(
+        "CREATE TABLE IF NOT EXISTS room_bans ("
+        " room VARCHAR(255) NOT NULL,"
+        f" username VARCHAR(64){binary} NOT NULL,"
+        " until DOUBLE NOT NULL,"
+        f" banned_by VARCHAR(64){binary} NOT NULL,"
+        " PRIMARY KEY (room, username))" + table_options
+    )
+    txn.execute(
+        "CREATE TABLE IF NOT EXISTS room_closed ("
+        " room VARCHAR(255) NOT NULL PRIMARY KEY,"
+        " closed_at DOUBLE NOT NULL,"
+        f" closed_by VARCHAR(64){binary} NOT NULL)" + table_options
+    )
+
+
 def has_column(txn: Txn, table: str, column: str) -> bool:
     """Whether C{table} has C{column} (so a migration that adds one can run again after an interruption)."""
     if txn.dialect == "mysql":
@@ -147,6 +185,7 @@ MIGRATIONS: Sequence[Migration] = (
     Migration(5, "the memory engine's lease", _hub_lease),
     Migration(6, "accounts: time of the last password change", _password_changed_at),
     Migration(7, "whether a chat message came from a logged-in account", _chat_message_account),
+    Migration(8, "room policy: private rooms, members, bans, closed rooms", _room_policy),
 )
 
 _LOCK_NAME = "myservices.schema_migration"

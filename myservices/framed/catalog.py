@@ -31,6 +31,16 @@ COMMANDS: dict[str, int] = {
     "hub.subscribe": 47,
     "hub.unsubscribe": 48,
     "hub.dm": 49,
+    # room policy (private rooms, moderation)
+    "hub.create": 60,
+    "hub.invite": 61,
+    "hub.remove": 62,
+    "hub.delete": 63,
+    "hub.kick": 64,
+    "hub.ban": 65,
+    "hub.unban": 66,
+    "hub.close": 67,
+    "hub.reopen": 68,
 }
 
 # server pushes: body {"id": 0, "push": NAME, "data": {...}}

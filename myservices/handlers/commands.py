@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 
-from myservices.errors import BAD_ARGUMENTS, RequestError
+from myservices.errors import BAD_ARGUMENTS, FORBIDDEN, RequestError
 from myservices.handlers.pipeline import message_json
 from myservices.handlers.router import ANY, Arg, Router
 from myservices.hub import Hub, Joined, Session, Subscriber
@@ -18,6 +18,7 @@ from myservices.hub.rules import MAX_MESSAGE_ID
 if TYPE_CHECKING:
     from myservices.accounts import Account, AccountStore
     from myservices.counter import DurableCounter
+    from myservices.hub.moderation import Moderation
     from myservices.kv import KeyValueStore
     from myservices.logins import LoggedIn, Logins
     from myservices.tokens import TokenService
@@ -194,7 +195,7 @@ async def logout(s: CommandState) -> dict[str, Any]:
 @router.command("whoami")
 async def whoami(s: CommandState) -> dict[str, Any]:
     session = await s.session()
-    return {"username": session.account, "nick": session.nick, "admin": session.admin}
+    return {"username": session.account, "nick": session.nick, "admin": s.services.hub.policy.is_admin(session)}
 
 
 @router.command("passwd", Arg("old", str, max_length=4096), Arg("new", str, max_length=4096), login=True)
@@ -286,19 +287,19 @@ async def hub_publish(s: CommandState, room: str, text: str) -> dict[str, Any]:
 @router.command("hub.history", _room(), Arg("limit", int, required=False, min=0))
 async def hub_history(s: CommandState, room: str, limit: int | None = None) -> dict[str, Any]:
     name = s.services.hub.check_room(room)
-    messages = await s.services.hub.history(name, limit)
+    messages = await s.services.hub.history(name, limit, by=await s.session())
     return {"room": name, "messages": [message_json(m) for m in messages]}
 
 
 @router.command("hub.who", _room())
 async def hub_who(s: CommandState, room: str) -> dict[str, Any]:
     name = s.services.hub.check_room(room)
-    return {"room": name, "members": await s.services.hub.who(name)}
+    return {"room": name, "members": await s.services.hub.who(name, by=await s.session())}
 
 
 @router.command("hub.rooms")
 async def hub_rooms(s: CommandState) -> dict[str, Any]:
-    rooms = await s.services.hub.rooms()
+    rooms = await s.services.hub.rooms(by=await s.session())
     return {"rooms": [{"name": r.name, "members": r.members, "subscribers": r.subscribers} for r in rooms]}
 
 
@@ -321,3 +322,64 @@ async def hub_dm(s: CommandState, nick: str, text: str) -> dict[str, Any]:
     # to every connection of that nick (ignoring case), on every front end; never kept in history
     event = await s.services.hub.direct(await s.session(), nick, text)
     return {"nick": event.target, "ts": event.ts}
+
+
+# --- room policy: private rooms (owners), kicks, bans, closing (admins) ----------------------------
+
+def _moderation(s: CommandState) -> Moderation:
+    moderation = s.services.hub.moderation
+    if moderation is None:
+        raise RequestError(FORBIDDEN, "room moderation is not available on this server")
+    return moderation
+
+
+@router.command("hub.create", _room())
+async def hub_create(s: CommandState, room: str) -> dict[str, Any]:
+    """A private room owned by the logged-in account."""
+    return {"room": await _moderation(s).create(await s.session(), room), "private": True}
+
+
+@router.command("hub.invite", _room(), _USERNAME)
+async def hub_invite(s: CommandState, room: str, username: str) -> dict[str, Any]:
+    name, user, added = await _moderation(s).invite(await s.session(), room, username)
+    return {"room": name, "username": user, "added": added}
+
+
+@router.command("hub.remove", _room(), _USERNAME)
+async def hub_remove(s: CommandState, room: str, username: str) -> dict[str, Any]:
+    name, user, removed = await _moderation(s).remove(await s.session(), room, username)
+    return {"room": name, "username": user, "removed": removed}
+
+
+@router.command("hub.delete", _room())
+async def hub_delete(s: CommandState, room: str) -> dict[str, Any]:
+    return {"room": await _moderation(s).delete(await s.session(), room), "private": False}
+
+
+@router.command("hub.kick", _room(), Arg("nick", str, max_length=256), Arg("reason", str, required=False, max_length=200))
+async def hub_kick(s: CommandState, room: str, nick: str, reason: str = "") -> dict[str, Any]:
+    name, who = await _moderation(s).kick(await s.session(), room, nick, reason)
+    return {"room": name, "nick": who}
+
+
+@router.command("hub.ban", _room(), _USERNAME, Arg("seconds", int, min=1, max=10 * 365 * 86400))
+async def hub_ban(s: CommandState, room: str, username: str, seconds: int) -> dict[str, Any]:
+    name, user, until = await _moderation(s).ban(await s.session(), room, username, seconds)
+    return {"room": name, "username": user, "until": until}
+
+
+@router.command("hub.unban", _room(), _USERNAME)
+async def hub_unban(s: CommandState, room: str, username: str) -> dict[str, Any]:
+    name, user, lifted = await _moderation(s).unban(await s.session(), room, username)
+    return {"room": name, "username": user, "lifted": lifted}
+
+
+@router.command("hub.close", _room())
+async def hub_close(s: CommandState, room: str) -> dict[str, Any]:
+    return {"room": await _moderation(s).close(await s.session(), room), "closed": True}
+
+
+@router.command("hub.reopen", _room())
+async def hub_reopen(s: CommandState, room: str) -> dict[str, Any]:
+    name, reopened = await _moderation(s).reopen(await s.session(), room)
+    return {"room": name, "reopened": reopened}

@@ -78,7 +78,10 @@ def event_body(event: Event) -> tuple[str, dict[str, Any]]:
     if isinstance(event, Message):
         return "message", message_json(event)
     if isinstance(event, Presence):
-        return "presence", {"kind": event.kind, "room": event.room, "nick": event.nick}
+        body = {"kind": event.kind, "room": event.room, "nick": event.nick}
+        if event.reason:  # a kick: why this connection was removed from the room
+            body["reason"] = event.reason
+        return "presence", body
     if isinstance(event, NickChange):
         return "nick", {"old": event.old, "new": event.new}
     if isinstance(event, Direct):

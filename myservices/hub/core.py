@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING
 
 from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred
@@ -35,11 +36,14 @@ from myservices.errors import (
     RequestError,
 )
 from myservices.hub.config import HubConfig
-from myservices.hub.events import Direct, Event, Message, NickChange, Presence, UnencodableEvent
-from myservices.hub.interfaces import HubEngine, Joined, RoomInfo, Subscriber
+from myservices.hub.events import Direct, Event, Kick, Message, NickChange, Presence, UnencodableEvent
+from myservices.hub.interfaces import HubEngine, Joined, OpenPolicy, RoomInfo, RoomPolicy, Subscriber
 from myservices.hub.rooms import LocalRoom, Session
 from myservices.metrics import Metrics
 from myservices.ratelimit import TokenBucket
+
+if TYPE_CHECKING:
+    from myservices.hub.moderation import Moderation
 
 
 class Hub:
@@ -61,12 +65,11 @@ class Hub:
         metrics: Metrics | None = None,
         node_id: str = "local",
         is_account: Callable[[str], Awaitable[bool]] | None = None,
-        admins: Iterable[str] = (),
+        policy: RoomPolicy | None = None,
     ) -> None:
         self.config = config
         # whether a nick is a registered username (reserved for its account); None: no accounts
         self.is_account = is_account
-        self.admins = frozenset(a.lower() for a in admins)
         self.clock = clock
         self.engine = engine
         self.metrics = metrics if metrics is not None else Metrics()
@@ -74,6 +77,8 @@ class Hub:
         self.sessions: dict[str, Session] = {}  # by member id
         self.local: dict[str, LocalRoom] = {}  # this hub's connections per room
         self._member_numbers = itertools.count(1)
+        self.policy: RoomPolicy = policy if policy is not None else OpenPolicy()
+        self.moderation: Moderation | None = None  # private rooms, kicks, bans (set by the wiring)
         engine.attach(self)
 
     # --- the rules: checks, not operations --------------------------------------------
@@ -86,6 +91,12 @@ class Hub:
 
     def check_text(self, text: str) -> str:
         return rules.check_text(self.config, text)
+
+    async def check_allowed(self, session: Session, name: str, action: str) -> None:
+        """RequestError(FORBIDDEN) unless C{session} may do C{action} in room C{name} (token rooms, then the policy)."""
+        if session.token_rooms is not None and name not in session.token_rooms:
+            raise RequestError(FORBIDDEN, f'this login is limited to other rooms than "{name}"')
+        await self.policy.check(session, name, action)
 
     # --- sessions and nicks -----------------------------------------------------------
 
@@ -204,7 +215,6 @@ class Hub:
         """
         username = username.lower()
         session.token_rooms = frozenset(token_rooms) if token_rooms is not None else None
-        session.admin = username in self.admins
         if session.account == username or session.closed:
             return
         old, old_owner = session.nick, self._owner(session)
@@ -238,7 +248,7 @@ class Hub:
         if session.account is None or session.closed:
             return
         old, old_owner = session.nick, self._owner(session)
-        session.account, session.admin, session.token_rooms = None, False, None
+        session.account, session.token_rooms = None, None
         await self._rename(session, old, await self._guest_nick(session.member_id), old_owner)
 
     async def reserve_for_registration(self, username: str, session: Session | None) -> str | None:
@@ -290,6 +300,7 @@ class Hub:
         name = self.check_room(name)
         self._may(session, write=False)
         self._check_room_budget(session, name)
+        await self.check_allowed(session, name, "join")
         if name not in session.rooms:
             self._churn(session)
 
@@ -300,6 +311,7 @@ class Hub:
         joined = await self.engine.join(self.node_id, session.member_id, name, session.nick, attach, since)
         if session.closed and name in session.rooms:
             await self._leave(session, name)  # closed while the room was loading
+        await self._recheck(session, name, "join")
         return joined
 
     async def part(self, session: Session, name: str) -> None:
@@ -325,6 +337,7 @@ class Hub:
         name = self.check_room(name)
         self._may(session, write=False)
         self._check_room_budget(session, name)
+        await self.check_allowed(session, name, "subscribe")
 
         def attach() -> None:
             self._local_room(name).subscribers[session] = None
@@ -333,7 +346,16 @@ class Hub:
         joined = await self.engine.subscribe(self.node_id, session.member_id, name, attach, since)
         if session.closed and name in session.topics:
             await self._unsubscribe(session, name)
+        await self._recheck(session, name, "subscribe")
         return joined
+
+    async def _recheck(self, session: Session, name: str, action: str) -> None:
+        # a ban, removal or close while the room was loading found nobody to kick: ask again now it is attached
+        try:
+            await self.check_allowed(session, name, action)
+        except Exception:
+            await self._remove(session, name)
+            raise
 
     async def unsubscribe(self, session: Session, name: str) -> None:
         name = self.check_room(name)
@@ -349,17 +371,29 @@ class Hub:
             self._forget_if_empty(name)
         await self.engine.unsubscribe(session.member_id, name)
 
-    async def rooms(self) -> list[RoomInfo]:
-        """Every room or topic in use, sorted by name."""
-        return await self.engine.rooms()
+    async def rooms(self, by: Session | None = None) -> list[RoomInfo]:
+        """Every room or topic in use, sorted by name; with C{by}, only those it may see listed."""
+        infos = await self.engine.rooms()
+        if by is None:
+            return infos
+        names = [i.name for i in infos]
+        if by.token_rooms is not None:
+            names = [n for n in names if n in by.token_rooms]
+        visible = await self.policy.listed(by, names)
+        return [i for i in infos if i.name in visible]
 
-    async def who(self, name: str) -> list[str]:
-        """Nicks of the members (not subscribers) of C{name}, in joining order."""
-        return await self.engine.members(self.check_room(name))
-
-    async def history(self, name: str, limit: int | None = None) -> list[Message]:
-        """The last C{limit} messages of C{name} (oldest first; at most C{history_size})."""
+    async def who(self, name: str, by: Session | None = None) -> list[str]:
+        """Nicks of the members (not subscribers) of C{name}, in joining order; C{by} must be allowed to read it."""
         name = self.check_room(name)
+        if by is not None:
+            await self.check_allowed(by, name, "read")
+        return await self.engine.members(name)
+
+    async def history(self, name: str, limit: int | None = None, by: Session | None = None) -> list[Message]:
+        """The last C{limit} messages of C{name} (oldest first; at most C{history_size}); C{by} must be allowed to read."""
+        name = self.check_room(name)
+        if by is not None:
+            await self.check_allowed(by, name, "read")
         limit = self.config.history_size if limit is None else min(limit, self.config.history_size)
         return await self.engine.history(name, limit)
 
@@ -381,11 +415,15 @@ class Hub:
                 RATE_LIMITED, f"at most {self.config.publish_rate:g} messages per second",
                 retry_after=session.bucket.wait(),
             )
+        await self.check_allowed(session, name, "publish")
         return await self.engine.publish(name, session.nick, text, session.account is not None)
 
     # --- from the engine: delivery to this hub's connections --------------------------------
 
     def receive(self, room: str, event: Event) -> None:
+        if isinstance(event, Kick):
+            self._kicked(event)
+            return
         local = self.local.get(room)
         if local is not None:
             self._send(local.members if isinstance(event, Presence) else local.audience(), event)
@@ -400,6 +438,27 @@ class Hub:
             if local is not None:
                 audience.update(local.members)
         self._send(audience, event)
+
+    def _kicked(self, kick: Kick) -> None:
+        """Remove the connections C{kick} names from its room; each is told why, then everyone sees its PART."""
+        local = self.local.get(kick.room)
+        if local is None:
+            return
+        for session in [*local.members, *(s for s in local.subscribers if s not in local.members)]:
+            named = session.nick.lower() in kick.nicks or session.account in kick.accounts
+            if not (kick.everyone or named):
+                continue
+            self._send([session], Presence(kind="kick", room=kick.room, nick=session.nick, reason=kick.reason))
+            Deferred.fromCoroutine(self._remove(session, kick.room)).addErrback(self._remove_failed, session, kick.room)
+
+    async def _remove(self, session: Session, name: str) -> None:
+        if name in session.rooms:
+            await self._leave(session, name)
+        if name in session.topics:
+            await self._unsubscribe(session, name)
+
+    def _remove_failed(self, failure: Failure, session: Session, room: str) -> None:
+        self.log.failure("removing {session} from {room} failed", failure, session=session, room=room)
 
     def _send(self, sessions: Iterable[Session], event: Event) -> None:
         delivered = 0

@@ -53,11 +53,32 @@ class Message(Event):
 
 @dataclass(eq=False)
 class Presence(Event):
-    """A member joined or left a room (C{kind} is "join" or "part")."""
+    """A member joined or left a room (C{kind} is "join" or "part").
+
+    C{kind} "kick" is sent only to a connection removed from a room (kicked,
+    banned, removed from a private room, or the room closed), just before its
+    PART, with C{reason} saying why.
+    """
 
     kind: str = ""
     room: str = ""
     nick: str = ""
+    reason: str = ""
+
+
+@dataclass(eq=False)
+class Kick(Event):
+    """An order to every hub serving C{room}: remove these connections from it (never sent to a client).
+
+    A connection goes if its nick (any case) is in C{nicks}, its account in
+    C{accounts}, or C{everyone}; each is told C{reason} first.
+    """
+
+    room: str = ""
+    nicks: frozenset[str] = frozenset()  # lower case
+    accounts: frozenset[str] = frozenset()
+    everyone: bool = False
+    reason: str = ""
 
 
 @dataclass(eq=False)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from myservices.errors import ErrorCode
-from myservices.hub.events import Direct, Event, Message, NickChange
+from myservices.hub.events import Direct, Event, Kick, Message, NickChange
 
 
 @dataclass(frozen=True, eq=False)
@@ -100,6 +100,9 @@ class RoomPolicy(Protocol):
     async def listed(self, who: Identity, rooms: Sequence[str]) -> set[str]:
         """The names among C{rooms} that C{who} may see listed (private rooms only to their members)."""
 
+    def is_admin(self, who: Identity) -> bool:
+        """Whether C{who} is an admin (may do anything in any room)."""
+
 
 class OpenPolicy:
     """Every room is public and open to everyone (the policy before any rule or private room exists)."""
@@ -109,6 +112,9 @@ class OpenPolicy:
 
     async def listed(self, who: Identity, rooms: Sequence[str]) -> set[str]:
         return set(rooms)
+
+    def is_admin(self, who: Identity) -> bool:
+        return who.admin
 
 
 class EngineNode(Protocol):
@@ -193,3 +199,6 @@ class HubEngine(Protocol):
         Raises RequestError(NICK_OFFLINE) when no connection anywhere holds
         C{event.target}. Never stored: direct messages are not history.
         """
+
+    async def kick(self, kick: Kick) -> None:
+        """Hand C{kick} to every hub serving C{kick.room} (L{EngineNode.receive}): they remove those it names."""

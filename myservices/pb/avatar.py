@@ -22,7 +22,7 @@ from myservices.handlers import commands as shared
 from myservices.handlers.commands import CommandState
 from myservices.handlers.pipeline import direct_json, event_body
 from myservices.handlers.router import Arg, Command, Router
-from myservices.hub import Direct, Event, NickChange, Subscriber
+from myservices.hub import Direct, Event, NickChange, Presence, Subscriber
 from myservices.pb.listener import DirectListener, listener_commands
 from myservices.pb.plain import serialize
 
@@ -125,6 +125,9 @@ USER_METHODS: Mapping[str, tuple[Command, bool]] = {
     "join": (pb_commands.commands["pb.join"], False),
     "dm": _shared("hub.dm"),
     "listen": (listener_commands.commands["pb.listen"], False),
+    # room policy: private rooms (owners), kicks, bans, closing (admins)
+    **{f"room_{name}": _shared(f"hub.{name}") for name in ("create", "invite", "remove", "delete", "kick", "ban", "unban",
+                                                 "close", "reopen")},
 }
 ROOM_METHODS: Mapping[str, Command] = {
     "publish": pb_commands.commands["room.publish"],
@@ -193,6 +196,12 @@ class Avatar(pb.Avatar):
                 self.direct_listener.send("dm", direct_json(event))
             return
         kind, body = event_body(event)
+        if isinstance(event, Presence) and event.kind == "kick":  # removed from the room: told, then the handle ends
+            handle = self.rooms.get(event.room)
+            if handle is not None:
+                handle.send(kind, body)
+                handle.deactivate(event.reason)
+            return
         if isinstance(event, NickChange):
             handles = [h for h in self.rooms.values() if h.presence and h.room in event.rooms]
         else:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from myservices.hub.events import Direct, Event, Message, NickChange, Presence
+from myservices.hub.events import Direct, Event, Kick, Message, NickChange, Presence
 
 
 def message_prefix(room: str, ts: float, nick: str, text: str, account: bool = False) -> str:
@@ -35,6 +35,15 @@ def direct_payload(event: Direct, marker: str) -> str:
     return json.dumps(
         {"t": "dm", "from": event.sender, "to": event.target, "text": event.text, "ts": event.ts,
          "account": event.account, "origin": event.origin, "m": marker},
+        ensure_ascii=False,
+    )
+
+
+def kick(event: Kick) -> str:
+    """A kick, published on the channel every process listens to (it names its room)."""
+    return json.dumps(
+        {"t": "kick", "room": event.room, "nicks": sorted(event.nicks), "accounts": sorted(event.accounts),
+         "everyone": event.everyone, "reason": event.reason},
         ensure_ascii=False,
     )
 
@@ -65,6 +74,12 @@ def decode(text: str) -> tuple[Event | None, str | None, str | None]:
         event = Direct(
             sender=str(data["from"]), target=str(data["to"]), text=str(data["text"]), ts=float(data["ts"]),
             account=bool(data["account"]), origin=str(data["origin"]),
+        )
+    elif kind == "kick":
+        event = Kick(
+            room=str(data["room"]), nicks=frozenset(str(n) for n in data["nicks"]),
+            accounts=frozenset(str(a) for a in data["accounts"]), everyone=bool(data["everyone"]),
+            reason=str(data["reason"]),
         )
     elif kind == "mark":
         event = None

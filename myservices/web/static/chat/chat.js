@@ -103,6 +103,10 @@
         if (msg.room === state.room) addMessage(msg, false);
         break;
       case "presence":
+        if (msg.kind === "kick") {  // to us alone: removed from a room (our part follows)
+          note("system", "you were removed from " + msg.room + ": " + msg.reason);
+          break;
+        }
         if (msg.room !== state.room) break;
         if (msg.kind === "join" && !state.members.includes(msg.nick)) state.members.push(msg.nick);
         if (msg.kind === "part") state.members = state.members.filter((n) => n !== msg.nick);
