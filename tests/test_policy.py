@@ -103,8 +103,10 @@ class PolicyTestsMixin:
         sub = Sub()
         hub = hub or self.hub
         session = run_now(hub.open_session(Subscriber(sub.deliver, sub.close)))
-        session.account = account
-        run_now(hub.set_nick(session, nick or account or session.nick))
+        if account is not None:
+            run_now(hub.login(session, account))
+        else:
+            run_now(hub.set_nick(session, nick or session.nick))
         return session, sub
 
 
