@@ -18,7 +18,7 @@ from twisted.trial.unittest import TestCase
 from myservices.db.migrations import MIGRATIONS, migrate_txn
 from myservices.db.pool import Txn
 from myservices.errors import FORBIDDEN, DatabaseUnavailable, NOT_FOUND, QUOTA_EXCEEDED, UNAUTHENTICATED, RequestError
-from myservices.hub import Event, Hub, HubConfig, MemoryEngine, Message, Presence, Session, Subscriber
+from myservices.hub import Event, Hub, HubConfig, MemoryEngine, Presence, Session, Subscriber
 from myservices.hub.moderation import Moderation
 from myservices.hub.policy import RoomPolicies
 from myservices.hub.policy_config import RoomsConfig, parse_rules

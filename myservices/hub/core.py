@@ -28,15 +28,15 @@ import myservices.hub.rules as rules
 from myservices.errors import (
     FORBIDDEN,
     INTERNAL,
-    NICK_TAKEN,
     NOT_IN_ROOM,
     RATE_LIMITED,
     TOO_MANY_ROOMS,
-    UNAUTHENTICATED,
     RequestError,
 )
 from myservices.hub.config import HubConfig
-from myservices.hub.events import Direct, Event, Kick, Message, NickChange, Presence, UnencodableEvent
+from myservices.hub.direct import DirectMessages
+from myservices.hub.events import Event, Kick, Message, NickChange, Presence, UnencodableEvent
+from myservices.hub.identities import Identities
 from myservices.hub.interfaces import HubEngine, Joined, OpenPolicy, RoomInfo, RoomPolicy, Subscriber
 from myservices.hub.rooms import LocalRoom, Session
 from myservices.metrics import Metrics
@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from myservices.hub.moderation import Moderation
 
 
-class Hub:
+class Hub(Identities, DirectMessages):
     """The front ends' view of the hub: one per process, attached to an engine as node C{node_id}.
 
     Message ids increase per room and never repeat; the engine assigns them.
@@ -135,141 +135,6 @@ class Hub:
         Deferred.fromCoroutine(self.close_session(session)).addErrback(
             lambda f: self.log.failure("detaching {session} failed", f, session=session)
         )
-
-    async def _guest_nick(self, owner: str) -> str:
-        while True:
-            nick = f"guest{await self.engine.guest_number()}"
-            if await self.engine.claim_nick(nick, owner):
-                return nick
-
-    @staticmethod
-    def _owner(session: Session) -> str:
-        """Who holds the session's nick in the engine: the account (all its connections share the nick) or the member."""
-        return f"@{session.account}" if session.account is not None else session.member_id
-
-    async def _release(self, session: Session, nick: str | None = None, owner: str | None = None) -> None:
-        """Free the nick C{session} held (as C{owner}), unless another connection of its account here still uses it.
-
-        Another process's connections of the account hold it again at their next refresh.
-        """
-        nick = session.nick if nick is None else nick
-        owner = self._owner(session) if owner is None else owner
-        if owner.startswith("@") and any(
-            s is not session and not s.closed and s.account == owner[1:] for s in self.sessions.values()
-        ):
-            return
-        await self.engine.release_nick(nick, owner)
-
-    def _may(self, session: Session, write: bool) -> None:
-        """UNAUTHENTICATED if this service does not let an anonymous connection do this."""
-        if session.account is not None or session.anonymous == "chat":
-            return
-        if session.anonymous == "none":
-            raise RequestError(UNAUTHENTICATED, "this service is for logged-in users: log in first")
-        if write:
-            raise RequestError(UNAUTHENTICATED, "anonymous users may only read here: log in to write")
-
-    def _churn(self, session: Session) -> None:
-        if not session.churn.allow():
-            raise RequestError(
-                RATE_LIMITED, f"at most {self.config.churn_rate:g} nick changes, joins and parts per second",
-                retry_after=session.churn.wait(),
-            )
-
-    async def set_nick(self, session: Session, nick: str) -> str:
-        """Take a new nick (unique among all connected users, ignoring case); returns the old one.
-
-        A registered username is reserved for its account; a logged-in
-        connection's nick is its username, so it cannot pick another.
-        """
-        self.check_nick(nick)
-        old = session.nick
-        if old == nick or session.closed:
-            return old  # a session that is gone takes no nick: nothing would ever release it
-        if session.account is not None:
-            raise RequestError(FORBIDDEN, f"logged in as {session.account}: an account's nick is its username")
-        self._may(session, write=True)
-        self._churn(session)
-        if old.lower() != nick.lower():
-            if self.is_account is not None and await self.is_account(nick.lower()):
-                raise RequestError(NICK_TAKEN, f'nick "{nick}" belongs to an account: log in to use it')
-            if not await self.engine.claim_nick(nick, session.member_id):
-                raise RequestError(NICK_TAKEN, f'nick "{nick}" is in use')
-        if session.closed:  # closed while the nick was being claimed: its close released the old one
-            await self.engine.release_nick(nick, session.member_id)
-            return old
-        await self._rename(session, old, nick)
-        return old
-
-    async def _rename(self, session: Session, old: str, new: str, old_owner: str | None = None) -> None:
-        session.nick = new
-        if old.lower() != new.lower():
-            await self._release(session, old, old_owner)
-        await self.engine.rename(self.node_id, session.member_id, old, new, list(session.rooms))
-
-    async def login(self, session: Session, username: str, token_rooms: Iterable[str] | None = None) -> None:
-        """Make C{session} the account C{username}'s (authenticated by the caller): its nick becomes the username.
-
-        Every connection of an account shares its nick. C{token_rooms}: the
-        rooms a token limits the session to (None: no limit).
-        """
-        username = username.lower()
-        session.token_rooms = frozenset(token_rooms) if token_rooms is not None else None
-        if session.account == username or session.closed:
-            return
-        old, old_owner = session.nick, self._owner(session)
-        session.account = username
-        if not await self.engine.claim_nick(username, self._owner(session)):
-            if old.lower() == username:  # its own claim from before it logged in: hand it to the account
-                await self.engine.release_nick(old, old_owner)
-                await self.engine.claim_nick(username, self._owner(session))
-            else:
-                # an anonymous connection took the name before it was registered: it gives it up
-                await self._evict(username)
-                await self.engine.claim_nick(username, self._owner(session))
-        if session.closed:
-            await self._release(session, username)
-            return
-        if old == username:  # it held the name already (it registered it under that nick)
-            return
-        await self._rename(session, old, username, old_owner)
-
-    async def _evict(self, nick: str) -> None:
-        for other in list(self.sessions.values()):
-            if other.account is None and other.nick.lower() == nick and not other.closed:
-                guest = await self._guest_nick(other.member_id)
-                await self._rename(other, other.nick, guest)
-                return
-        self.log.warn("hub: nick {nick} of an account is held by an anonymous connection of another process",
-                      nick=nick)
-
-    async def logout(self, session: Session) -> None:
-        """The session is anonymous again, with a new guest nick (the username stays reserved)."""
-        if session.account is None or session.closed:
-            return
-        old, old_owner = session.nick, self._owner(session)
-        session.account, session.token_rooms = None, None
-        await self._rename(session, old, await self._guest_nick(session.member_id), old_owner)
-
-    async def reserve_for_registration(self, username: str, session: Session | None) -> str | None:
-        """Hold C{username} while it is registered, so no anonymous connection takes it meanwhile.
-
-        Returns the owner to pass to L{end_registration}, or raises NICK_TAKEN
-        if another connection uses it as its nick now (the registering
-        connection itself may).
-        """
-        owner = f"@{username}"
-        if await self.engine.claim_nick(username, owner):
-            return owner
-        if session is not None and session.nick.lower() == username:
-            return None
-        if any(s.account == username for s in self.sessions.values()):
-            return None  # held by its own account already
-        raise RequestError(NICK_TAKEN, f'"{username}" is in use as a nick now; pick another username')
-
-    async def end_registration(self, username: str, owner: str | None) -> None:
-        if owner is not None and not any(s.account == username for s in self.sessions.values()):
-            await self.engine.release_nick(username, owner)
 
     # --- rooms and topics -----------------------------------------------------------------
 
@@ -484,42 +349,6 @@ class Hub:
         except Exception:
             self.log.failure("closing {session} failed", session=session)
 
-    # --- direct messages ------------------------------------------------------------------
-
-    async def direct(self, session: Session, nick: str, text: str) -> Direct:
-        """Send C{text} to every connection named C{nick} (ignoring case), on every front end and process.
-
-        Rate limited with publishing (the same bucket). Never stored. The
-        sender's other connections with its nick get a copy; the sending
-        connection gets none, except when it writes to itself (allowed, as
-        on IRC). RequestError(NICK_OFFLINE) if nobody holds C{nick}.
-        """
-        self.check_nick(nick)
-        self.check_text(text)
-        self._may(session, write=True)
-        if not session.bucket.allow():
-            raise RequestError(
-                RATE_LIMITED, f"at most {self.config.publish_rate:g} messages per second",
-                retry_after=session.bucket.wait(),
-            )
-        event = Direct(
-            sender=session.nick, target=nick, text=text, ts=self.clock.seconds(),
-            account=session.account is not None, origin=session.member_id,
-        )
-        await self.engine.direct(event)  # raises NICK_OFFLINE
-        self.metrics.hub_directs.inc()
-        return event
-
-    def receive_direct(self, event: Direct) -> None:
-        # a scan of this hub's sessions: nicks are not indexed (several connections may share one)
-        target, sender = event.target.lower(), event.sender.lower()
-        self._send(
-            (
-                s for s in self.sessions.values()
-                if s.nick.lower() == target or (s.nick.lower() == sender and s.member_id != event.origin)
-            ),
-            event,
-        )
 
 
 class HubService(MultiService):

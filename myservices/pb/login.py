@@ -29,7 +29,6 @@ from zope.interface import Attribute, Interface, implementer
 from myservices.errors import BAD_ARGUMENTS, BAD_REQUEST, LOGIN_FAILED, UNAUTHENTICATED, RequestError
 from myservices.handlers.router import Arg, Router
 from myservices.logins import LoggedIn, Logins
-from myservices.login_limits import peer_host
 from myservices.pb.avatar import AnonymousAvatar, Avatar, UserAvatar
 
 if TYPE_CHECKING:

@@ -8,7 +8,7 @@ from functools import partial
 from twisted.application.service import IService
 
 from myservices.settings import DURATION, SIZE, STRINGS, KiB, MiB, StreamServiceConfig, setting
-from myservices.handlers.commands import SharedServices, router
+from myservices.handlers.commands import router
 from myservices.listeners import StreamListenerService
 from myservices.context import BuildContext
 from myservices.websocket.protocol import WebSocketFactory

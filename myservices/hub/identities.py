@@ -1,0 +1,171 @@
+"""Who a hub session is: guest nicks, chosen nicks, logging in to an account, and the reservation of account names.
+
+A mixin of L{myservices.hub.Hub}. A registered username is reserved: only
+its account's connections hold it, as their nick, on every front end and in
+every process (anonymous nick changes are checked against the accounts, and
+the engine holds an account's nick for all its connections at once).
+Anonymous users hold their nicks one connection each.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING
+
+from myservices.errors import FORBIDDEN, NICK_TAKEN, RATE_LIMITED, UNAUTHENTICATED, RequestError
+from myservices.hub.rooms import Session
+
+if TYPE_CHECKING:
+    from twisted.logger import Logger
+
+    from myservices.hub.config import HubConfig
+    from myservices.hub.interfaces import HubEngine
+
+
+class Identities:
+    """Nicks and logins of a hub's sessions (see the module docstring)."""
+
+    if TYPE_CHECKING:  # the hub's
+        config: HubConfig
+        engine: HubEngine
+        node_id: str
+        sessions: dict[str, Session]
+        log: Logger
+        is_account: Callable[[str], Awaitable[bool]] | None
+
+        def check_nick(self, nick: str) -> str: ...
+
+    async def _guest_nick(self, owner: str) -> str:
+        while True:
+            nick = f"guest{await self.engine.guest_number()}"
+            if await self.engine.claim_nick(nick, owner):
+                return nick
+
+    @staticmethod
+    def _owner(session: Session) -> str:
+        """Who holds the session's nick in the engine: the account (all its connections share the nick) or the member."""
+        return f"@{session.account}" if session.account is not None else session.member_id
+
+    async def _release(self, session: Session, nick: str | None = None, owner: str | None = None) -> None:
+        """Free the nick C{session} held (as C{owner}), unless another connection of its account here still uses it.
+
+        Another process's connections of the account hold it again at their next refresh.
+        """
+        nick = session.nick if nick is None else nick
+        owner = self._owner(session) if owner is None else owner
+        if owner.startswith("@") and any(
+            s is not session and not s.closed and s.account == owner[1:] for s in self.sessions.values()
+        ):
+            return
+        await self.engine.release_nick(nick, owner)
+
+    def _may(self, session: Session, write: bool) -> None:
+        """UNAUTHENTICATED if this service does not let an anonymous connection do this."""
+        if session.account is not None or session.anonymous == "chat":
+            return
+        if session.anonymous == "none":
+            raise RequestError(UNAUTHENTICATED, "this service is for logged-in users: log in first")
+        if write:
+            raise RequestError(UNAUTHENTICATED, "anonymous users may only read here: log in to write")
+
+    def _churn(self, session: Session) -> None:
+        if not session.churn.allow():
+            raise RequestError(
+                RATE_LIMITED, f"at most {self.config.churn_rate:g} nick changes, joins and parts per second",
+                retry_after=session.churn.wait(),
+            )
+
+    async def set_nick(self, session: Session, nick: str) -> str:
+        """Take a new nick (unique among all connected users, ignoring case); returns the old one.
+
+        A registered username is reserved for its account; a logged-in
+        connection's nick is its username, so it cannot pick another.
+        """
+        self.check_nick(nick)
+        old = session.nick
+        if old == nick or session.closed:
+            return old  # a session that is gone takes no nick: nothing would ever release it
+        if session.account is not None:
+            raise RequestError(FORBIDDEN, f"logged in as {session.account}: an account's nick is its username")
+        self._may(session, write=True)
+        self._churn(session)
+        if old.lower() != nick.lower():
+            if self.is_account is not None and await self.is_account(nick.lower()):
+                raise RequestError(NICK_TAKEN, f'nick "{nick}" belongs to an account: log in to use it')
+            if not await self.engine.claim_nick(nick, session.member_id):
+                raise RequestError(NICK_TAKEN, f'nick "{nick}" is in use')
+        if session.closed:  # closed while the nick was being claimed: its close released the old one
+            await self.engine.release_nick(nick, session.member_id)
+            return old
+        await self._rename(session, old, nick)
+        return old
+
+    async def _rename(self, session: Session, old: str, new: str, old_owner: str | None = None) -> None:
+        session.nick = new
+        if old.lower() != new.lower():
+            await self._release(session, old, old_owner)
+        await self.engine.rename(self.node_id, session.member_id, old, new, list(session.rooms))
+
+    async def login(self, session: Session, username: str, token_rooms: Iterable[str] | None = None) -> None:
+        """Make C{session} the account C{username}'s (authenticated by the caller): its nick becomes the username.
+
+        Every connection of an account shares its nick. C{token_rooms}: the
+        rooms a token limits the session to (None: no limit).
+        """
+        username = username.lower()
+        session.token_rooms = frozenset(token_rooms) if token_rooms is not None else None
+        if session.account == username or session.closed:
+            return
+        old, old_owner = session.nick, self._owner(session)
+        session.account = username
+        if not await self.engine.claim_nick(username, self._owner(session)):
+            if old.lower() == username:  # its own claim from before it logged in: hand it to the account
+                await self.engine.release_nick(old, old_owner)
+                await self.engine.claim_nick(username, self._owner(session))
+            else:
+                # an anonymous connection took the name before it was registered: it gives it up
+                await self._evict(username)
+                await self.engine.claim_nick(username, self._owner(session))
+        if session.closed:
+            await self._release(session, username)
+            return
+        if old == username:  # it held the name already (it registered it under that nick)
+            return
+        await self._rename(session, old, username, old_owner)
+
+    async def _evict(self, nick: str) -> None:
+        for other in list(self.sessions.values()):
+            if other.account is None and other.nick.lower() == nick and not other.closed:
+                guest = await self._guest_nick(other.member_id)
+                await self._rename(other, other.nick, guest)
+                return
+        self.log.warn("hub: nick {nick} of an account is held by an anonymous connection of another process",
+                      nick=nick)
+
+    async def logout(self, session: Session) -> None:
+        """The session is anonymous again, with a new guest nick (the username stays reserved)."""
+        if session.account is None or session.closed:
+            return
+        old, old_owner = session.nick, self._owner(session)
+        session.account, session.token_rooms = None, None
+        await self._rename(session, old, await self._guest_nick(session.member_id), old_owner)
+
+    async def reserve_for_registration(self, username: str, session: Session | None) -> str | None:
+        """Hold C{username} while it is registered, so no anonymous connection takes it meanwhile.
+
+        Returns the owner to pass to L{end_registration}, or raises NICK_TAKEN
+        if another connection uses it as its nick now (the registering
+        connection itself may).
+        """
+        owner = f"@{username}"
+        if await self.engine.claim_nick(username, owner):
+            return owner
+        if session is not None and session.nick.lower() == username:
+            return None
+        if any(s.account == username for s in self.sessions.values()):
+            return None  # held by its own account already
+        raise RequestError(NICK_TAKEN, f'"{username}" is in use as a nick now; pick another username')
+
+    async def end_registration(self, username: str, owner: str | None) -> None:
+        if owner is not None and not any(s.account == username for s in self.sessions.values()):
+            await self.engine.release_nick(username, owner)
