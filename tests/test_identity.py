@@ -7,8 +7,12 @@ clients: line chat, WebSocket, framed JSON and PB.
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
+import jwt
+
+from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from myservices.framed.client import FramedError
@@ -19,6 +23,12 @@ from tests.test_pb import code_of
 from tests.wsclient import ws_connect
 
 PASSWORD = "correct horse"
+SECRET = "a test secret of at least thirty-two characters"
+
+
+def minted(sub: str, exp: float, **claims: Any) -> str:
+    """A token as an application backend mints it with the shared secret (docs/security.md)."""
+    return str(jwt.encode({"sub": sub, "exp": exp, **claims}, SECRET, algorithm="HS256"))
 
 
 def identity_config(url: str, services: str = "", hub: str = "", chat: str = "", framed: str = "") -> str:
@@ -42,6 +52,8 @@ endpoint = "tcp:0:interface=127.0.0.1"
 {framed}
 [services.pb]
 endpoint = "tcp:0:interface=127.0.0.1"
+[tokens]
+secret = "{SECRET}"
 {services}
 """
 
@@ -148,6 +160,13 @@ class IdentityTests(TestCase):
         self.assertEqual((await ws.request("nick", nick="dave"))["error"]["code"], "NICK_TAKEN")
 
     async def test_wrong_passwords_fail_alike_on_the_line_chat_and_are_never_logged(self) -> None:
+        seen: list[str] = []
+
+        def observe(event: Any) -> None:
+            seen.append(repr(event))
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
         tree = await self.start()
         await self.accounts.register("erin", PASSWORD)
         line = await chat_client(self, port_of(tree, "chat"))
@@ -155,6 +174,9 @@ class IdentityTests(TestCase):
             self.assertEqual(await line.command(command), ["ERR LOGIN_FAILED wrong username or password"])
         self.assertEqual((await line.command("/login onlyone"))[-1].split(" ")[:2], ["ERR", "TOKEN_INVALID"])
         self.assertEqual((await line.command("/login"))[-1].split(" ")[:2], ["ERR", "BAD_ARGUMENTS"])
+        self.assertEqual(await line.command("/login erin correct horse"), ["NICK guest1 erin", "OK login erin"])
+        self.assertTrue(any("login failed" in e for e in seen))  # the failures are logged, without the password
+        self.assertEqual([e for e in seen if "wrong-password" in e or "correct horse" in e], [])
 
     async def test_read_only_anonymous_users_may_read_but_not_write(self) -> None:
         tree = await self.start(chat='anonymous = "read"', framed='anonymous = "none"')
@@ -182,3 +204,96 @@ class IdentityTests(TestCase):
         self.assertGreater(error["retry_after"], 0)
         self.assertLessEqual(error["retry_after"], 2)
         self.assertEqual((await ws.request("join", room="lobby"))["error"]["code"], "RATE_LIMITED")
+
+
+class TokenLoginTests(TestCase):
+    """A token from one front end logs in on every other; it expires, and a password change revokes it."""
+
+    timeout = 30
+
+    async def start(self) -> ServiceTree:
+        url = f"sqlite:///{os.path.abspath(self.mktemp())}.sqlite3"
+        tree = await start_tree(self, load(self, identity_config(url)))
+        await tree.listeners["pb"].factory.services.accounts.register("alice", PASSWORD)
+        return tree
+
+    async def test_a_token_from_one_front_end_logs_in_on_every_other(self) -> None:
+        tree = await self.start()
+        framed = await framed_client(self, port_of(tree, "framed"))
+        await framed.call("login", username="alice", password=PASSWORD)
+        issued = await framed.call("token")
+        self.assertGreater(issued["expires_at"], time.time())
+        token = issued["token"]
+        line = await chat_client(self, port_of(tree, "chat"))
+        self.assertEqual((await line.command(f"/login {token}"))[-1], "OK login alice")
+        ws = await ws_connect(self, port_of(tree, "websocket"), "/chat")
+        await ws.event("welcome")
+        self.assertEqual((await ws.call("login", token=token))["username"], "alice")
+        pb = await pb_connect(self, port_of(tree, "pb"))
+        avatar = await pb.root.callRemote("loginToken", token)
+        self.assertEqual((await avatar.callRemote("whoami"))["username"], "alice")
+        # the web page's way: the cookie of POST /api/login, read at the WebSocket handshake
+        page = await ws_connect(self, port_of(tree, "websocket"), "/chat", headers={"Cookie": f"myservices_token={token}"})
+        welcome = await page.event("welcome")
+        self.assertEqual((welcome["username"], welcome["nick"]), ("alice", "alice"))
+
+    async def test_an_expired_or_forged_token_is_refused_everywhere(self) -> None:
+        tree = await self.start()
+        expired = minted("alice", time.time() - 60)
+        forged = str(jwt.encode({"sub": "alice", "exp": time.time() + 60}, "another secret of thirty-two chars!!",
+                                algorithm="HS256"))
+        for token, code in ((expired, "TOKEN_EXPIRED"), (forged, "TOKEN_INVALID")):
+            line = await chat_client(self, port_of(tree, "chat"))
+            self.assertEqual((await line.command(f"/login {token}"))[-1].split(" ")[:2], ["ERR", code])
+            ws = await ws_connect(self, port_of(tree, "websocket"), "/chat")
+            await ws.event("welcome")
+            self.assertEqual((await ws.request("login", token=token))["error"]["code"], code)
+            framed = await framed_client(self, port_of(tree, "framed"))
+            self.assertEqual((await framed_error(framed.call("login", token=token))).code, code)
+            pb = await pb_connect(self, port_of(tree, "pb"))
+            self.assertEqual(code_of(await failure_of(pb.root.callRemote("loginToken", token))), code)
+            page = await ws_connect(self, port_of(tree, "websocket"), "/chat", headers={"Cookie": f"myservices_token={token}"})
+            welcome = await page.event("welcome")
+            self.assertEqual((welcome["username"], welcome["login_error"]["code"]), (None, code))
+        # a backend's own token (no iat) works while it is valid
+        line = await chat_client(self, port_of(tree, "chat"))
+        self.assertEqual((await line.command(f"/login {minted('alice', time.time() + 60)}"))[-1], "OK login alice")
+
+    async def test_a_password_change_revokes_the_tokens_issued_before(self) -> None:
+        tree = await self.start()
+        await tree.listeners["pb"].factory.services.accounts.register("bob", "first-password")
+        line = await chat_client(self, port_of(tree, "chat"))
+        await line.command("/login bob first-password")
+        ws = await ws_connect(self, port_of(tree, "websocket"), "/chat")
+        await ws.event("welcome")
+        await ws.call("login", username="bob", password="first-password")
+        old = (await ws.call("token"))["token"]
+        # the line chat: OLD is one word, NEW the rest of the line
+        self.assertEqual(await line.command("/passwd first-password battery staple horse"), ["OK passwd"])
+        framed = await framed_client(self, port_of(tree, "framed"))
+        self.assertEqual((await framed_error(framed.call("login", token=old))).code, "TOKEN_INVALID")
+        self.assertEqual((await framed_error(framed.call("login", username="bob", password="first-password"))).code,
+                         "LOGIN_FAILED")
+        await framed.call("login", username="bob", password="battery staple horse")
+        new = (await framed.call("token"))["token"]
+        self.assertEqual((await ws.call("login", token=new))["username"], "bob")
+        # the JSON front ends take both passwords as they are
+        await ws.call("passwd", old="battery staple horse", new="a fourth password")
+        self.assertEqual((await framed_error(framed.call("login", token=new))).code, "TOKEN_INVALID")
+
+    async def test_a_token_limited_to_rooms_may_use_only_those(self) -> None:
+        tree = await self.start()
+        ws = await ws_connect(self, port_of(tree, "websocket"), "/chat")
+        await ws.event("welcome")
+        result = await ws.call("login", token=minted("alice", time.time() + 60, rooms=["support"]))
+        self.assertEqual(result["rooms"], ["support"])
+        self.assertEqual((await ws.call("join", room="support"))["room"], "support")
+        self.assertEqual((await ws.request("join", room="lobby"))["error"]["code"], "FORBIDDEN")
+        self.assertEqual((await ws.request("publish", room="lobby", text="hi"))["error"]["code"], "FORBIDDEN")
+        # a token of its own, for another connection, is limited the same way
+        line = await chat_client(self, port_of(tree, "chat"))
+        await line.command("/login alice correct horse")
+        await line.command("/join lobby")
+        issued = await ws.call("token", rooms=["support", "Lobby"])
+        framed = await framed_client(self, port_of(tree, "framed"))
+        self.assertEqual((await framed.call("login", token=issued["token"]))["rooms"], ["support", "lobby"])

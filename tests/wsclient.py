@@ -105,10 +105,11 @@ class WsClient(WebSocketClientProtocol):
 
 
 async def ws_connect(
-    testcase: TestCase, port: int, path: str, origin: str | None = None, compression: bool = False
+    testcase: TestCase, port: int, path: str, origin: str | None = None, compression: bool = False,
+    headers: dict[str, str] | None = None,
 ) -> WsClient:
-    """An open WebSocket to ws://127.0.0.1:PORT/PATH, aborted when the test ends."""
-    factory = WebSocketClientFactory(f"ws://127.0.0.1:{port}{path}", origin=origin)
+    """An open WebSocket to ws://127.0.0.1:PORT/PATH (with extra handshake C{headers}), aborted when the test ends."""
+    factory = WebSocketClientFactory(f"ws://127.0.0.1:{port}{path}", origin=origin, headers=headers)
     factory.protocol = WsClient
     if compression:
         from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateResponse, PerMessageDeflateResponseAccept
