@@ -232,6 +232,11 @@ class TokenLoginTests(TestCase):
         pb = await pb_connect(self, port_of(tree, "pb"))
         avatar = await pb.root.callRemote("loginToken", token)
         self.assertEqual((await avatar.callRemote("whoami"))["username"], "alice")
+        # and PB hands out tokens too
+        pb_token = (await avatar.callRemote("token", rooms=["lobby"]))["token"]
+        other = await ws_connect(self, port_of(tree, "websocket"), "/chat")
+        await other.event("welcome")
+        self.assertEqual((await other.call("login", token=pb_token))["rooms"], ["lobby"])
         # the web page's way: the cookie of POST /api/login, read at the WebSocket handshake
         page = await ws_connect(self, port_of(tree, "websocket"), "/chat", headers={"Cookie": f"myservices_token={token}"})
         welcome = await page.event("welcome")

@@ -124,6 +124,8 @@ USER_METHODS: Mapping[str, tuple[Command, bool]] = {
     "publish": _shared("hub.publish"),
     "join": (pb_commands.commands["pb.join"], False),
     "dm": _shared("hub.dm"),
+    "passwd": _shared("passwd"),
+    "token": _shared("token"),
     "listen": (listener_commands.commands["pb.listen"], False),
     # room policy: private rooms (owners), kicks, bans, closing (admins)
     **{f"room_{name}": _shared(f"hub.{name}") for name in ("create", "invite", "remove", "delete", "kick", "ban", "unban",
