@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING
 
-from myservices.errors import FORBIDDEN, NICK_TAKEN, RATE_LIMITED, UNAUTHENTICATED, RequestError
+from myservices.errors import FORBIDDEN, NICK_TAKEN, RATE_LIMITED, UNAUTHENTICATED, USERNAME_TAKEN, RequestError
 from myservices.hub.rooms import Session
 
 if TYPE_CHECKING:
@@ -158,6 +158,9 @@ class Identities:
         connection itself may).
         """
         owner = f"@{username}"
+        if self.is_account is not None and await self.is_account(username):
+            # registered already: its claim (maybe another process's) is not this registration's to take
+            raise RequestError(USERNAME_TAKEN, f'username "{username}" is taken')
         if await self.engine.claim_nick(username, owner):
             return owner
         if session is not None and session.nick.lower() == username:

@@ -87,7 +87,6 @@ class Identity(Protocol):
     """Who a session is, as a room policy sees it."""
 
     account: str | None  # the logged-in account's username; None for anonymous
-    admin: bool  # an admin account (from the config)
     token_rooms: frozenset[str] | None  # a token's "rooms" claim: the only rooms it may use
 
 
@@ -114,7 +113,7 @@ class OpenPolicy:
         return set(rooms)
 
     def is_admin(self, who: Identity) -> bool:
-        return who.admin
+        return False
 
 
 class EngineNode(Protocol):

@@ -20,7 +20,6 @@ class Session:
         self.bucket = bucket
         self.closed = False
         self.account: str | None = None  # the logged-in account's username (then also the nick)
-        self.admin = False  # an admin account (from the config)
         self.token_rooms: frozenset[str] | None = None  # logged in with a token limited to these rooms
         self.anonymous = "chat"  # what the connection may do while not logged in: chat, read or none
         self.churn = bucket  # nick changes, joins and parts (the hub gives it a bucket of its own)

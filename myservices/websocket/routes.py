@@ -27,6 +27,7 @@ from myservices.errors import (
     error_json,
 )
 from myservices.handlers import values
+from myservices.handlers.values import client_error
 from myservices.handlers.commands import CommandState, SharedServices, logged_in_json, router
 from myservices.handlers.pipeline import classify, event_body, invoke
 from myservices.handlers.router import Router
@@ -138,8 +139,11 @@ class ChatRoute:
                 done = await self.state.logins.login_token(session, token, self.state.address)
                 self.state.account = done.account
                 welcome["login"] = logged_in_json(done, session.nick)
-            except RequestError as e:
-                welcome["login_error"] = error_json(e.error, e.detail, e.retry_after)
+            except Exception as e:
+                error = client_error(e)  # a bad token, or the database away: the connection stays a guest's
+                if error is None:
+                    raise
+                welcome["login_error"] = error_json(error.error, error.detail, error.retry_after)
         welcome["username"] = session.account
         welcome["nick"] = session.nick
         self._send(welcome)
