@@ -14,16 +14,15 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from twisted.spread import pb
 
-from myservices.errors import NOT_IN_ROOM, SLOW_CONSUMER, UNAUTHENTICATED, ErrorCode, RequestError
+from myservices.errors import NOT_IN_ROOM, UNAUTHENTICATED, ErrorCode, RequestError
 from myservices.handlers import commands as shared
 from myservices.handlers.commands import CommandState
 from myservices.handlers.pipeline import direct_json, event_body
 from myservices.handlers.router import Arg, Command, Router
 from myservices.hub import Direct, Event, NickChange, Presence, Subscriber
-from myservices.pb.listener import DirectListener, listener_commands
+from myservices.pb.listener import BoundedListener, DirectListener, listener_commands
 from myservices.pb.plain import serialize
 
 if TYPE_CHECKING:
@@ -230,7 +229,7 @@ class AnonymousAvatar(Avatar):
         super().__init__(None)
 
 
-class RoomHandle(pb.Referenceable):
+class RoomHandle(pb.Referenceable, BoundedListener):
     """What ``join`` returns: the membership of one room, with ``publish``, ``who``, ``history`` and ``part``.
 
     Sends the room's events to the client's listener with
@@ -241,17 +240,15 @@ class RoomHandle(pb.Referenceable):
     """
 
     def __init__(self, avatar: Avatar, room: str, listener: pb.RemoteReference, presence: bool) -> None:
+        assert avatar.connection is not None
+        BoundedListener.__init__(self, avatar.connection, listener)
         self.avatar = avatar
         self.room = room
-        self.listener = listener
         self.presence = presence
-        self.unanswered = 0
-        self.active = True
         self.ended = ""
 
     def remoteMessageReceived(self, broker: pb.Broker, message: Any, args: Any, kw: Any) -> Any:
-        conn = self.avatar.connection
-        assert conn is not None
+        conn = self.connection
         name = _method_name(message)
         command = ROOM_METHODS.get(name)
         if command is None:
@@ -269,41 +266,13 @@ class RoomHandle(pb.Referenceable):
         if self.avatar.rooms.get(self.room) is self:
             del self.avatar.rooms[self.room]
 
-    def send(self, kind: str, data: dict[str, Any]) -> None:
-        if not self.active:
-            return
-        conn = self.avatar.connection
-        assert conn is not None
-        if self.unanswered >= conn.factory.max_unanswered:
-            self.drop(SLOW_CONSUMER, f"{self.unanswered} events unanswered")
-            return
-        self.unanswered += 1
-        try:
-            d = self.listener.callRemote(kind, data)
-        except pb.DeadReferenceError:
-            return  # the connection is closing; logout ends the membership
-        d.addCallbacks(self._answered, self._failed, errbackArgs=(kind,))
-
-    def _answered(self, _: Any) -> None:
-        self.unanswered -= 1
-
-    def _failed(self, failure: Failure, kind: str) -> None:
-        self.unanswered -= 1
-        if failure.check(pb.PBConnectionLost, pb.DeadReferenceError):
-            return  # logout ends the membership
-        self.drop(None, f"its remote_{kind} failed: {failure.getErrorMessage()[:200]}")
-
-    def drop(self, error: ErrorCode | None, detail: str) -> None:
-        """Stop sending to the listener and leave the room; the client learns it on its next call."""
-        if not self.active:
-            return
-        conn = self.avatar.connection
-        assert conn is not None
+    def dropped(self, detail: str) -> None:
+        """The listener was dropped: leave the room; the client learns it on its next call."""
         self.deactivate(f"the listener was dropped: {detail}")
         _log.info(
-            "pb: dropped the listener of {peer} in {room}: {detail}", peer=conn.peer, room=self.room, detail=detail
+            "pb: dropped the listener of {peer} in {room}: {detail}", peer=self.connection.peer, room=self.room,
+            detail=detail,
         )
-        conn.factory.count("listener", (error.code if error else "FAILED"))
         Deferred.fromCoroutine(self._part()).addErrback(
             lambda f: _log.failure("pb: leaving {room} after dropping its listener failed", f, room=self.room)
         )

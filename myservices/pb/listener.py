@@ -28,8 +28,12 @@ _log = Logger()
 listener_commands = Router()
 
 
-class DirectListener:
-    """The client's listener for direct messages, bounded like a room's (see the module docstring)."""
+class BoundedListener:
+    """Calls on a client's listener object, at most C{max_unanswered} of them unanswered at a time.
+
+    A listener that raises, or falls that far behind, is dropped (L{drop},
+    which subclasses extend); a lost connection is not its fault.
+    """
 
     def __init__(self, connection: PBConnection, listener: pb.RemoteReference) -> None:
         self.connection = connection
@@ -48,7 +52,7 @@ class DirectListener:
         try:
             d = self.listener.callRemote(kind, data)
         except pb.DeadReferenceError:
-            return  # the connection is closing
+            return  # the connection is closing (its logout ends what this listener stands for)
         d.addCallbacks(self._answered, self._failed, errbackArgs=(kind,))
 
     def _answered(self, _: Any) -> None:
@@ -65,8 +69,18 @@ class DirectListener:
         if not self.active:
             return
         self.active = False
-        _log.info("pb: dropped the direct-message listener of {peer}: {detail}", peer=self.connection.peer, detail=detail)
         self.connection.factory.count("listener", error.code if error else "FAILED")
+        self.dropped(detail)
+
+    def dropped(self, detail: str) -> None:
+        """After L{drop}: what else ends with the listener."""
+
+
+class DirectListener(BoundedListener):
+    """The client's listener for direct messages (see the module docstring)."""
+
+    def dropped(self, detail: str) -> None:
+        _log.info("pb: dropped the direct-message listener of {peer}: {detail}", peer=self.connection.peer, detail=detail)
 
 
 @listener_commands.command(
