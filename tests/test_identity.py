@@ -188,7 +188,8 @@ class IdentityTests(TestCase):
         await line.command("/login fay correct horse")
         self.assertEqual((await line.command("/msg lobby hi"))[-1], "OK msg lobby 1")
         framed = await framed_client(self, port_of(tree, "framed"))
-        for command, args in (("hub.join", {"room": "lobby"}), ("hub.subscribe", {"room": "lobby"})):
+        for command, args in (("hub.join", {"room": "lobby"}), ("hub.subscribe", {"room": "lobby"}),
+                              ("hub.history", {"room": "lobby"}), ("hub.who", {"room": "lobby"}), ("hub.rooms", {})):
             self.assertEqual((await framed_error(framed.call(command, **args))).code, "UNAUTHENTICATED")
         await framed.call("login", username="fay", password=PASSWORD)
         self.assertEqual((await framed.call("hub.join", room="lobby"))["room"], "lobby")

@@ -93,7 +93,9 @@ class Hub(Identities, DirectMessages):
         return rules.check_text(self.config, text)
 
     async def check_allowed(self, session: Session, name: str, action: str) -> None:
-        """RequestError(FORBIDDEN) unless C{session} may do C{action} in room C{name} (token rooms, then the policy)."""
+        """UNAUTHENTICATED if the service keeps guests out of this, FORBIDDEN unless C{session} may do C{action}
+        in room C{name} (token rooms, then the policy)."""
+        self._may(session, write=action == "publish")
         if session.token_rooms is not None and name not in session.token_rooms:
             raise RequestError(FORBIDDEN, f'this login is limited to other rooms than "{name}"')
         await self.policy.check(session, name, action)
@@ -241,6 +243,7 @@ class Hub(Identities, DirectMessages):
         infos = await self.engine.rooms()
         if by is None:
             return infos
+        self._may(by, write=False)
         names = [i.name for i in infos]
         if by.token_rooms is not None:
             names = [n for n in names if n in by.token_rooms]
