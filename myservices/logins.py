@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from myservices.accounts import Account, AccountStore, check_username
-from myservices.errors import UNAUTHENTICATED, RequestError
+from myservices.errors import TOKEN_INVALID, UNAUTHENTICATED, RequestError
 from myservices.hub import Hub, Session
 from myservices.tokens import TokenService
 
@@ -52,7 +52,13 @@ class Logins:
     async def check_token(self, token: str) -> LoggedIn:
         """Who the token names, if its signature, expiry and account hold (TOKEN_INVALID, TOKEN_EXPIRED)."""
         verified = await self._tokens().verify(token)
-        rooms = tuple(verified.rooms) if verified.rooms is not None else None
+        rooms = None
+        if verified.rooms is not None:
+            # as the hub names rooms ("#Support" is "support"), so the claim means what its minter meant
+            try:
+                rooms = tuple(dict.fromkeys(self.hub.check_room(r) for r in verified.rooms))
+            except RequestError as e:
+                raise RequestError(TOKEN_INVALID, f"rooms: {e.detail}") from None
         return LoggedIn(verified.account, rooms, verified.expires_at)
 
     async def login_token(self, session: Session, token: str, address: str | None) -> LoggedIn:

@@ -291,8 +291,8 @@ class TokenLoginTests(TestCase):
         tree = await self.start()
         ws = await ws_connect(self, port_of(tree, "websocket"), "/chat")
         await ws.event("welcome")
-        result = await ws.call("login", token=minted("alice", time.time() + 60, rooms=["support"]))
-        self.assertEqual(result["rooms"], ["support"])
+        result = await ws.call("login", token=minted("alice", time.time() + 60, rooms=["#Support"]))
+        self.assertEqual(result["rooms"], ["support"])  # named as the hub names rooms
         self.assertEqual((await ws.call("join", room="support"))["room"], "support")
         self.assertEqual((await ws.request("join", room="lobby"))["error"]["code"], "FORBIDDEN")
         self.assertEqual((await ws.request("publish", room="lobby", text="hi"))["error"]["code"], "FORBIDDEN")
