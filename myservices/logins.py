@@ -74,10 +74,27 @@ class Logins:
         """Change the logged-in account's password; tokens issued before it stop working."""
         username = self._account(session)
         await self.accounts.change_password(username, old, new, address=address)
+        # whoever else is logged in as this account here (a stolen password?) is not any more; other
+        # processes' connections keep their login until they reconnect, but can mint no token (below)
+        await self.hub.logout_account(username, keep=session)
 
-    def issue_token(self, session: Session, account: Account, rooms: Sequence[str] | None = None) -> tuple[str, float]:
-        """A new token for the logged-in account (and its expiry, seconds since the epoch)."""
+    async def issue_token(
+        self, session: Session, account: Account, rooms: Sequence[str] | None = None
+    ) -> tuple[str, float]:
+        """A new token for the logged-in account (and its expiry, seconds since the epoch).
+
+        TOKEN_INVALID if the password changed since this session logged in: a
+        login the change revoked must not outlive it through a fresh token.
+        """
         self._account(session)
+        record = await self.accounts.record(account.username)
+        changed = record.password_changed_at if record is not None else None
+        if record is None or changed is not None and (session.logged_in_at or 0) < changed:
+            raise RequestError(TOKEN_INVALID, "the password changed since this login: log in again")
+        if session.token_rooms is not None:
+            # a login limited to some rooms hands out tokens limited to (some of) them, never more
+            allowed = session.token_rooms
+            rooms = [r for r in rooms if r in allowed] if rooms is not None else sorted(allowed)
         token, expires_at = self._tokens().issue(account, rooms=list(rooms) if rooms is not None else None)
         return token, float(expires_at)
 

@@ -300,6 +300,93 @@ class TokenLoginTests(TestCase):
         line = await chat_client(self, port_of(tree, "chat"))
         await line.command("/login alice correct horse")
         await line.command("/join lobby")
-        issued = await ws.call("token", rooms=["support", "Lobby"])
+        # a login limited to some rooms mints tokens limited to (some of) them, never more
         framed = await framed_client(self, port_of(tree, "framed"))
-        self.assertEqual((await framed.call("login", token=issued["token"]))["rooms"], ["support", "lobby"])
+        for asked in ({"rooms": ["support", "Lobby"]}, {}):
+            issued = await ws.call("token", **asked)
+            self.assertEqual((await framed.call("login", token=issued["token"]))["rooms"], ["support"])
+        # moderation too stays in the token's rooms
+        self.assertEqual((await ws.request("create", room="elsewhere"))["error"]["code"], "FORBIDDEN")
+
+
+
+class IdentityChangeTests(TestCase):
+    """What a session may do follows its identity: logging out or changing a password takes rights away."""
+
+    timeout = 30
+
+    async def start(self, rules: str = "") -> ServiceTree:
+        url = f"sqlite:///{os.path.abspath(self.mktemp())}.sqlite3"
+        tree = await start_tree(self, load(self, identity_config(url, services=rules, hub="churn_burst = 6")))
+        accounts = tree.listeners["pb"].factory.services.accounts
+        for name in ("alice", "bob"):
+            await accounts.register(name, PASSWORD)
+        return tree
+
+    async def test_logging_out_leaves_the_private_rooms_of_the_account(self) -> None:
+        tree = await self.start()
+        alice = await framed_client(self, port_of(tree, "framed"))
+        await alice.call("login", username="alice", password=PASSWORD)
+        await alice.call("hub.create", room="secret")
+        await alice.call("hub.join", room="secret")
+        await alice.call("hub.invite", room="secret", username="bob")
+        bob = await framed_client(self, port_of(tree, "framed"))
+        await bob.call("login", username="bob", password=PASSWORD)
+        await bob.call("hub.join", room="secret")
+        await bob.call("logout")
+        kicked = await bob.pushes.next("presence")
+        while kicked["kind"] != "kick":
+            kicked = await bob.pushes.next("presence")
+        self.assertEqual(kicked["room"], "secret")
+        self.assertEqual((await alice.call("hub.who", room="secret"))["members"], ["alice"])
+        await alice.call("hub.publish", room="secret", text="not for guests")
+        self.assertEqual((await framed_error(bob.call("hub.history", room="secret"))).code, "FORBIDDEN")
+
+    async def test_a_password_change_logs_out_the_other_sessions_and_stops_their_tokens(self) -> None:
+        tree = await self.start()
+        owner = await chat_client(self, port_of(tree, "chat"))
+        await owner.command("/login alice correct horse")
+        thief = await framed_client(self, port_of(tree, "framed"))
+        await thief.call("login", username="alice", password=PASSWORD)
+        await thief.call("kv.set", key="k", value=1)
+        await owner.command("/passwd correct a new password")  # "correct horse": OLD is one word, so it fails
+        ws = await ws_connect(self, port_of(tree, "websocket"), "/chat")
+        await ws.event("welcome")
+        await ws.call("login", username="alice", password=PASSWORD)
+        await ws.call("passwd", old=PASSWORD, new="a new password")
+        self.assertEqual((await framed_error(thief.call("kv.get", key="k"))).code, "UNAUTHENTICATED")
+        self.assertEqual((await framed_error(thief.call("token"))).code, "UNAUTHENTICATED")
+        self.assertRegex((await thief.call("whoami"))["nick"], r"^guest\d+$")
+        self.assertEqual((await ws.call("whoami"))["username"], "alice")  # the one that changed it stays
+
+    async def test_a_room_that_may_not_be_read_shows_no_history_on_join_nor_in_the_list(self) -> None:
+        tree = await self.start(rules='[[rooms.rules]]\npattern = "members-*"\njoin = "anyone"\nread = "accounts"')
+        alice = await framed_client(self, port_of(tree, "framed"))
+        await alice.call("login", username="alice", password=PASSWORD)
+        await alice.call("hub.join", room="members-x")
+        await alice.call("hub.publish", room="members-x", text="for accounts")
+        guest = await framed_client(self, port_of(tree, "framed"))
+        joined = await guest.call("hub.join", room="members-x")
+        self.assertEqual((joined["history"], joined["members"]), ([], []))
+        self.assertEqual(await guest.call("hub.rooms"), {"rooms": []})
+        self.assertEqual([r["name"] for r in (await alice.call("hub.rooms"))["rooms"]], ["members-x"])
+
+    async def test_logins_and_logouts_are_rate_limited_like_nick_changes(self) -> None:
+        tree = await self.start()
+        line = await chat_client(self, port_of(tree, "chat"))
+        finals = []
+        for _ in range(5):
+            finals.append((await line.command("/login alice correct horse"))[-1])
+            finals.append((await line.command("/logout"))[-1])
+        self.assertEqual(finals[0], "OK login alice")
+        self.assertTrue(any(f.startswith("ERR RATE_LIMITED") for f in finals[6:]), finals)
+
+    async def test_a_public_room_with_history_cannot_be_made_private(self) -> None:
+        tree = await self.start()
+        line = await chat_client(self, port_of(tree, "chat"), "someone")
+        await line.command("/join lobby")
+        await line.command("/msg lobby hello")
+        await line.command("/part lobby")
+        alice = await framed_client(self, port_of(tree, "framed"))
+        await alice.call("login", username="alice", password=PASSWORD)
+        self.assertEqual((await framed_error(alice.call("hub.create", room="lobby"))).code, "FORBIDDEN")

@@ -427,8 +427,12 @@ read = "admins"
         self.assertTrue(rooms.is_admin("root"))
         rule = rooms.rule_for("staff-x")
         assert rule is not None
-        self.assertEqual((rule.join, rule.publish, rule.read), ("accounts", frozenset({"alice", "bob"}), "anyone"))
-        self.assertEqual(rooms.rule_for("lobby").read, "admins")  # type: ignore[union-attr]
+        # what a rule leaves out is as closed as its join: a closed room is not open to read or subscribe
+        self.assertEqual((rule.join, rule.publish, rule.read, rule.subscribe),
+                         ("accounts", frozenset({"alice", "bob"}), "accounts", "accounts"))
+        lobby = rooms.rule_for("lobby")
+        assert lobby is not None
+        self.assertEqual((lobby.read, lobby.join, lobby.publish), ("admins", "anyone", "anyone"))
 
     def test_bad_rules_are_reported_with_their_path(self) -> None:
         from myservices.config import ConfigError

@@ -52,10 +52,22 @@ class CommandState:
         self.address = address
         self.anonymous = anonymous
         self._subscriber = subscriber
-        self.account: Account | None = None
+        self._account: Account | None = None
         self._session: Session | None = None
         self._opening: list[Deferred[Session]] | None = None
         self._closed = False
+
+    @property
+    def account(self) -> Account | None:
+        """The account logged in, while the hub session is still its (a password change elsewhere logs it out)."""
+        account = self._account
+        if account is not None and self._session is not None and self._session.account != account.username:
+            return None
+        return account
+
+    @account.setter
+    def account(self, account: Account | None) -> None:
+        self._account = account
 
     async def session(self) -> Session:
         """The connection's hub session, opened by the first caller (later ones wait for it)."""
@@ -211,7 +223,7 @@ async def token(s: CommandState, rooms: list[Any] | None = None) -> dict[str, An
     if rooms is not None:
         rooms = [s.services.hub.check_room(r) if isinstance(r, str) else _bad_room() for r in rooms]
     assert s.account is not None
-    value, expires_at = s.logins.issue_token(await s.session(), s.account, rooms)
+    value, expires_at = await s.logins.issue_token(await s.session(), s.account, rooms)
     return {"token": value, "expires_at": expires_at}
 
 

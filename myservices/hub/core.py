@@ -14,6 +14,7 @@ room "news" say.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING
@@ -179,7 +180,7 @@ class Hub(Identities, DirectMessages):
         if session.closed and name in session.rooms:
             await self._leave(session, name)  # closed while the room was loading
         await self._recheck(session, name, "join")
-        return joined
+        return await self._readable(session, joined)
 
     async def part(self, session: Session, name: str) -> None:
         """Leave room C{name}; the remaining members and the leaver get a PART event."""
@@ -214,6 +215,14 @@ class Hub(Identities, DirectMessages):
         if session.closed and name in session.topics:
             await self._unsubscribe(session, name)
         await self._recheck(session, name, "subscribe")
+        return await self._readable(session, joined)
+
+    async def _readable(self, session: Session, joined: Joined) -> Joined:
+        """C{joined} without its history and members if C{session} may join the room but not read it."""
+        try:
+            await self.check_allowed(session, joined.room, "read")
+        except RequestError:
+            return dataclasses.replace(joined, history=[], members=[])
         return joined
 
     async def _recheck(self, session: Session, name: str, action: str) -> None:

@@ -13,9 +13,11 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING
 
 from myservices.errors import FORBIDDEN, NICK_TAKEN, RATE_LIMITED, UNAUTHENTICATED, USERNAME_TAKEN, RequestError
+from myservices.hub.events import Event, Presence
 from myservices.hub.rooms import Session
 
 if TYPE_CHECKING:
+    from twisted.internet.interfaces import IReactorTime
     from twisted.logger import Logger
 
     from myservices.hub.config import HubConfig
@@ -33,7 +35,12 @@ class Identities:
         log: Logger
         is_account: Callable[[str], Awaitable[bool]] | None
 
+        clock: IReactorTime
+
         def check_nick(self, nick: str) -> str: ...
+        async def check_allowed(self, session: Session, name: str, action: str) -> None: ...
+        async def _remove(self, session: Session, name: str) -> None: ...
+        def _send(self, sessions: Iterable[Session], event: Event) -> None: ...
 
     async def _guest_nick(self, owner: str) -> str:
         while True:
@@ -113,8 +120,14 @@ class Identities:
         rooms a token limits the session to (None: no limit).
         """
         username = username.lower()
+        if session.closed:
+            return
+        if session.account != username:
+            self._churn(session)  # a rename everyone in its rooms is told of, like /nick
         session.token_rooms = frozenset(token_rooms) if token_rooms is not None else None
-        if session.account == username or session.closed:
+        session.logged_in_at = self.clock.seconds()
+        if session.account == username:
+            await self._leave_refused(session)  # a token for other rooms
             return
         old, old_owner = session.nick, self._owner(session)
         session.account = username
@@ -129,9 +142,29 @@ class Identities:
         if session.closed:
             await self._release(session, username)
             return
-        if old == username:  # it held the name already (it registered it under that nick)
-            return
-        await self._rename(session, old, username, old_owner)
+        if old != username:  # else it held the name already (it registered it under that nick)
+            await self._rename(session, old, username, old_owner)
+        await self._leave_refused(session)
+
+    async def _leave_refused(self, session: Session) -> None:
+        """After its identity changed: the session leaves each room and topic it may no longer be in, told why.
+
+        So logging out (or in as another account, or with a token for other
+        rooms) never keeps what a removal, ban, rule or private room refuses.
+        """
+        for names, action in ((list(session.rooms), "join"), (list(session.topics), "subscribe")):
+            for name in names:
+                try:
+                    await self.check_allowed(session, name, action)
+                except RequestError as e:
+                    self._send([session], Presence(kind="kick", room=name, nick=session.nick, reason=e.detail))
+                    await self._remove(session, name)
+
+    async def logout_account(self, username: str, keep: Session | None = None) -> None:
+        """Log out every connection of account C{username} on this hub but C{keep} (after a password change)."""
+        for other in list(self.sessions.values()):
+            if other is not keep and other.account == username:
+                await self.logout(other)
 
     async def _evict(self, nick: str) -> None:
         for other in list(self.sessions.values()):
@@ -146,9 +179,11 @@ class Identities:
         """The session is anonymous again, with a new guest nick (the username stays reserved)."""
         if session.account is None or session.closed:
             return
+        self._churn(session)
         old, old_owner = session.nick, self._owner(session)
-        session.account, session.token_rooms = None, None
+        session.account, session.token_rooms, session.logged_in_at = None, None, None
         await self._rename(session, old, await self._guest_nick(session.member_id), old_owner)
+        await self._leave_refused(session)
 
     async def reserve_for_registration(self, username: str, session: Session | None) -> str | None:
         """Hold C{username} while it is registered, so no anonymous connection takes it meanwhile.

@@ -77,6 +77,13 @@ class Moderation:
             raise RequestError(NOT_FOUND, f'room "{room}" is not a private room')
         return state
 
+    def _room(self, session: Session, name: str) -> str:
+        """The canonical room name, if the session's login may use that room at all (a token's rooms)."""
+        room = self.hub.check_room(name)
+        if session.token_rooms is not None and room not in session.token_rooms:
+            raise RequestError(FORBIDDEN, f'this login is limited to other rooms than "{room}"')
+        return room
+
     @staticmethod
     def _username(username: str) -> str:
         return check_username(username)
@@ -85,20 +92,23 @@ class Moderation:
 
     async def create(self, session: Session, name: str) -> str:
         """Create the private room C{name}, owned by the session's account; its canonical name."""
-        room = self.hub.check_room(name)
+        room = self._room(session, name)
         owner = self._account(session, "create a private room")
         if not (self.policies.config.private_rooms or self.policies.is_admin(session)):
             raise RequestError(FORBIDDEN, "private rooms are not enabled on this server")
         await self.hub.check_allowed(session, room, "join")
         if any(info.name == room for info in await self.hub.engine.rooms()):
             raise RequestError(FORBIDDEN, f'room "{room}" is in use; a private room needs a name nobody uses')
+        if await self.hub.engine.history(room, 1):
+            # a public room with a past (lobby after a restart) is not anyone's to take over
+            raise RequestError(FORBIDDEN, f'room "{room}" has history; a private room needs a new name')
         await self.policies.create(room, owner)
         self.log.info("room {room} created private by {owner}", room=room, owner=owner)
         return room
 
     async def invite(self, session: Session, name: str, username: str) -> tuple[str, str, bool]:
         """Make account C{username} a member of private room C{name}: (room, username, whether it is new)."""
-        room = self.hub.check_room(name)
+        room = self._room(session, name)
         user = self._username(username)
         state = await self._private(session, room, "invite")
         if user == state.owner:
@@ -107,7 +117,7 @@ class Moderation:
 
     async def remove(self, session: Session, name: str, username: str) -> tuple[str, str, bool]:
         """End C{username}'s membership of private room C{name}; its connections there leave it."""
-        room = self.hub.check_room(name)
+        room = self._room(session, name)
         user = self._username(username)
         state = await self._private(session, room, "remove members")
         if user == state.owner:
@@ -118,7 +128,7 @@ class Moderation:
 
     async def delete(self, session: Session, name: str) -> str:
         """Make private room C{name} public again (owner or admin)."""
-        room = self.hub.check_room(name)
+        room = self._room(session, name)
         await self._private(session, room, "delete the room")
         await self.policies.delete(room)
         return room
@@ -127,7 +137,7 @@ class Moderation:
 
     async def kick(self, session: Session, name: str, nick: str, reason: str = "") -> tuple[str, str]:
         """Remove the connections with C{nick} from C{name} (admin, or owner of the private room)."""
-        room = self.hub.check_room(name)
+        room = self._room(session, name)
         nick = self.hub.check_nick(nick)
         await self._owner_or_admin(session, room, "kick")
         why = f"kicked by {session.nick}" + (f": {reason}" if reason else "")
@@ -137,7 +147,7 @@ class Moderation:
 
     async def ban(self, session: Session, name: str, username: str, seconds: float) -> tuple[str, str, float]:
         """Ban account C{username} from C{name} for C{seconds} (admins): it leaves now; (room, user, until)."""
-        room = self.hub.check_room(name)
+        room = self._room(session, name)
         user = self._username(username)
         by = self._admin(session, "ban")
         if not 0 < seconds <= self.policies.config.max_ban_duration:
@@ -150,14 +160,14 @@ class Moderation:
 
     async def unban(self, session: Session, name: str, username: str) -> tuple[str, str, bool]:
         """Lift the ban of C{username} in C{name} (admins)."""
-        room = self.hub.check_room(name)
+        room = self._room(session, name)
         user = self._username(username)
         self._admin(session, "unban")
         return room, user, await self.policies.unban(room, user)
 
     async def close(self, session: Session, name: str) -> str:
         """Close C{name} (admins): everyone leaves, and only admins may use it until it is reopened."""
-        room = self.hub.check_room(name)
+        room = self._room(session, name)
         by = self._admin(session, "close rooms")
         await self.policies.close(room, by)
         await self.hub.engine.kick(Kick(room=room, everyone=True, reason=f"the room was closed by {session.nick}"))
@@ -166,6 +176,6 @@ class Moderation:
 
     async def reopen(self, session: Session, name: str) -> tuple[str, bool]:
         """Reopen a closed room (admins)."""
-        room = self.hub.check_room(name)
+        room = self._room(session, name)
         self._admin(session, "reopen rooms")
         return room, await self.policies.reopen(room)

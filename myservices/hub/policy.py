@@ -100,11 +100,12 @@ class RoomPolicies:
                 raise RequestError(FORBIDDEN, f'you are banned from room "{room}"', retry_after=left)
 
     async def listed(self, who: Identity, rooms: Sequence[str]) -> set[str]:
-        """The rooms among C{rooms} that C{who} may see: not private ones it is not a member of."""
+        """The rooms among C{rooms} that C{who} may see: those it may read (rules), not private ones it is not in."""
         if who.token_rooms is not None:
             rooms = [r for r in rooms if r in who.token_rooms]
         if self.is_admin(who):
             return set(rooms)
+        rooms = [r for r in rooms if (rule := self.config.rule_for(r)) is None or permits(rule.who("read"), who)]
         states = await self.states(rooms)
         return {r for r in rooms if not states[r].private or states[r].is_member(who.account)}
 

@@ -84,6 +84,10 @@ def parse_rules(value: Any) -> tuple[Rule, ...]:
             raise ValueError(f'{where}: "pattern" must be a non-empty string such as "staff-*"')
         where = f"rule {i} ({pattern})"
         actions = {a: _who(table[a], f"{where}.{a}") for a in RULE_ACTIONS if a in table}
+        # an action the rule leaves out is as closed as its "join": a rule that keeps people out of a room
+        # keeps them from subscribing to it and reading it too, unless it says otherwise
+        gate = actions.get("join", ANYONE)
+        actions = {a: actions.get(a, gate) for a in RULE_ACTIONS}
         rules.append(Rule(pattern=pattern.lower(), **actions))
     return tuple(rules)
 

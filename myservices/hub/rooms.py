@@ -21,6 +21,7 @@ class Session:
         self.closed = False
         self.account: str | None = None  # the logged-in account's username (then also the nick)
         self.token_rooms: frozenset[str] | None = None  # logged in with a token limited to these rooms
+        self.logged_in_at: float | None = None  # when it logged in (a later password change ends what it may do)
         self.anonymous = "chat"  # what the connection may do while not logged in: chat, read or none
         self.churn = bucket  # nick changes, joins and parts (the hub gives it a bucket of its own)
 
