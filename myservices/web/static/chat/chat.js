@@ -28,7 +28,7 @@
 
   const state = {
     ws: null, nick: null, account: null, wantedNick: null, room: null, members: [], nextId: 1,
-    pending: new Map(), retries: 0, retryTimer: null, maxText: 4000,
+    pending: new Map(), retries: 0, retryTimer: null, maxText: 4000, refocus: false,
     lastId: null, // the last message id seen in the current room: a rejoin asks for what came after it
   };
 
@@ -87,6 +87,7 @@
   // after a login or logout: a new connection, whose upgrade carries the cookie as it is now
   function reconnectNow() {
     const ws = state.ws;
+    state.refocus = true;
     dropped();
     if (ws) ws.close(1000);
     clearTimeout(state.retryTimer);
@@ -122,6 +123,11 @@
         state.retries = 0;
         setStatus("connected", "connected");
         renderIdentity();
+        // the login form or the logout button that had the focus is hidden now: hand it to the other
+        if (state.refocus && document.activeElement === document.body) {
+          (state.account ? ui.logout : ui.loginUsername).focus();
+        }
+        state.refocus = false;
         await restore();
         break;
       }
