@@ -374,3 +374,16 @@ class WebChatAccountTests(TestCase):
         answers = await self.in_browser(log_out_and_fail, 3)
         self.assertEqual(answers[:2], ["Wrong username or password."] * 2)  # with alice's, three failures
         self.assertRegex(answers[2], r"^Too many attempts: try again in \d+ s\.$")
+
+        # a cookie whose token the server refuses: the page says so, stays a guest and clears the cookie
+        def bad_cookie(driver: Any) -> str:
+            driver.add_cookie({"name": "myservices_token", "value": "not.a.token", "httpOnly": True, "path": "/"})
+            driver.refresh()
+            _wait(driver, lambda d: _connected(d) and "not logged in" in _who(d))
+            _wait(driver, lambda d: d.get_cookie("myservices_token") is None)
+            return _el(driver, "#login-error").text
+
+        self.assertEqual(
+            await self.in_browser(bad_cookie),
+            "Your login is no longer valid (malformed token): log in again.",
+        )

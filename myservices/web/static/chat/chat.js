@@ -187,6 +187,8 @@
       case "FORBIDDEN": return "Not allowed: " + e.message;
       case "UNAUTHENTICATED": return "Log in first.";
       case "NICK_OFFLINE": return "Nobody with that nick is connected.";
+      case "TOKEN_EXPIRED": return "Your login has expired: log in again.";
+      case "TOKEN_INVALID": return "Your login is no longer valid (" + e.message + "): log in again.";
       default: return e.message + (e.code ? " (" + e.code + ")" : "");
     }
   }
@@ -310,7 +312,7 @@
 
   // the cookie's token was refused at connect: this connection is a guest
   function loginProblem(error) {
-    ui.loginError.textContent = "You are not logged in: " + explain(failure(error));
+    feedback(ui.loginError, explain(failure(error)), true);
     if (error.code === "TOKEN_INVALID" || error.code === "TOKEN_EXPIRED") api("logout").catch(() => {});
   }
 
