@@ -73,9 +73,10 @@ class WindowLimit:
             return None
         return events[0] + self.window - now
 
-    def hit(self, key: str) -> float:
-        """Record one event of C{key} now; return its time (for L{unhit})."""
-        now = self.clock.seconds()
+    def hit(self, key: str, now: float | None = None) -> float:
+        """Record one event of C{key} at C{now} (default: the clock's now); return its time (for L{unhit})."""
+        if now is None:
+            now = self.clock.seconds()
         events = self._recent(key, now)
         if events is None:
             events = self._events[key] = deque(maxlen=self.limit)
@@ -139,11 +140,12 @@ class LoginLimits:
 
     def login_attempted(self, username: str | None, address: str | None) -> float:
         """Count a login about to be checked as a failure (L{login_succeeded} takes it back); return its time."""
+        # both recorded at the time returned: a clock that moves between two reads would leave L{unhit} nothing
         when = self.address_failures.clock.seconds()
         if address is not None and self.settings.failures_per_address:
-            self.address_failures.hit(address)
+            self.address_failures.hit(address, when)
         if username is not None and self.settings.failures_per_account:
-            self.account_failures.hit(username)
+            self.account_failures.hit(username, when)
         return when
 
     def login_unchecked(self, username: str, address: str | None, attempted_at: float) -> None:

@@ -102,6 +102,22 @@ class AccountLimitTests(TestCase):
         # the address has 4 failures (bob's, alice's three): limited for every account
         self.assertIs((await self.error(store, "bob", "password1", "10.0.0.1")).error, RATE_LIMITED)
 
+    async def test_successful_logins_do_not_count_with_a_clock_that_moves(self) -> None:
+        # the reactor's clock moves between any two reads; a success must take back its own attempt
+        store = await self.store(login_failures_per_address=2)
+
+        class Ticking(Clock):
+            def seconds(self) -> float:
+                self.advance(0.001)
+                return super().seconds()
+
+        ticking = Ticking()
+        ticking.advance(NOW)
+        store.limits.address_failures.clock = store.limits.account_failures.clock = ticking
+        for _ in range(3):
+            await store.authenticate("alice", "password1", address="10.0.0.3")
+        self.assertEqual(len(store.limits.address_failures), 0)
+
     async def test_malformed_usernames_count_against_the_address(self) -> None:
         store = await self.store(login_failures_per_address=2)
         for _ in range(2):

@@ -100,13 +100,13 @@ class WebChatBrowserTests(TestCase):
         # terminal -> browser
         line.send("hello browser <b>not bold</b>")
 
-        def sees(driver: Any, text: str) -> str:
+        def sees(driver: Any, text: str, where: str = "messages") -> str:
             from selenium.webdriver.common.by import By
             from selenium.webdriver.support.ui import WebDriverWait
 
-            WebDriverWait(driver, WAIT).until(lambda d: text in d.find_element(By.ID, "messages").text)
+            WebDriverWait(driver, WAIT).until(lambda d: text in d.find_element(By.ID, where).text)
             # text, never markup: the message's HTML stays text
-            return driver.execute_script("return document.querySelectorAll('#messages b').length")
+            return driver.execute_script("return document.querySelectorAll('#messages b, #dms b').length")
 
         self.assertEqual(await self.in_browser(sees, "hello browser <b>not bold</b>"), 0)
 
@@ -124,10 +124,12 @@ class WebChatBrowserTests(TestCase):
         self.assertEqual((await line.read_until("MSG lobby 3"))[-1], "MSG lobby 3 webby hello terminal")
 
         # direct messages both ways: shown as text, sent with "/dm NICK text" as in the line chat
+        # (in the page's own list of direct messages, beside the room's)
         line.send("/dm webby <b>just</b> for you")
-        self.assertEqual(await self.in_browser(sees, "[dm liner \u2192 webby] <b>just</b> for you"), 0)
+        self.assertEqual(await self.in_browser(sees, "liner \u2192 webby: <b>just</b> for you", "dms"), 0)
         await self.in_browser(say, "/dm liner back to you")
         self.assertEqual((await line.read_until("DM"))[-1], "DM webby liner back to you")
+        await self.in_browser(sees, "webby \u2192 liner: back to you", "dms")
 
         # the server drops the page's connection: it shows it, reconnects, and is back in the room
         factory = tree.listeners["websocket"].factory
@@ -167,3 +169,221 @@ class WebChatBrowserTests(TestCase):
         self.assertEqual((len(away), len(hello)), (1, 1), shown)
         self.assertLess(hello[0], away[0])
         self.assertFalse(shown[hello[0]][1], "the page kept what it showed live; it did not reload the history")
+
+
+# --- helpers for the account test: each runs in the selenium thread --------------------------------
+
+
+def _wait(driver: Any, condition: Callable[[Any], Any]) -> Any:
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, WAIT).until(condition)
+
+
+def _el(driver: Any, css: str) -> Any:
+    from selenium.webdriver.common.by import By
+
+    return driver.find_element(By.CSS_SELECTOR, css)
+
+
+def _els(driver: Any, css: str) -> list[Any]:
+    from selenium.webdriver.common.by import By
+
+    return driver.find_elements(By.CSS_SELECTOR, css)
+
+
+def _fill(driver: Any, values: dict[str, str]) -> None:
+    for css, value in values.items():
+        box = _el(driver, css)
+        box.clear()
+        box.send_keys(value)
+
+
+def _who(driver: Any) -> str:
+    return _el(driver, "#who").text
+
+
+def _connected(driver: Any) -> bool:
+    return _el(driver, "#status").get_attribute("data-state") == "connected"
+
+
+class WebChatAccountTests(TestCase):
+    """The page's login form (the cookie), its identity, private rooms, invitations and direct messages."""
+
+    timeout = 120
+
+    def in_browser(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return deferToThread(fn, self.driver, *args)
+
+    async def test_log_in_create_a_private_room_and_talk_directly(self) -> None:
+        # three failed logins from one address, then RATE_LIMITED (the default is 10)
+        tree = await start_tree(self, load(self, ws_config() + "[accounts]\nlogin_failures_per_address = 3\n"))
+        line = await chat_client(self, port_of(tree, "chat"), "liner")
+        self.assertEqual((await line.command("/register alice correct horse"))[-1], "OK register alice")
+        self.assertEqual((await line.command("/register bob battery staple"))[-1], "OK register bob")
+        await line.command("/join lobby")
+
+        self.driver = await deferToThread(browser)
+        self.addCleanup(deferToThread, quit_browser, self.driver)
+        url = f"http://127.0.0.1:{port_of(tree, 'http')}/chat/"
+
+        def open_as_guest(driver: Any) -> str:
+            driver.get(url)
+            _wait(driver, _connected)
+            _wait(driver, lambda d: "not logged in" in _who(d))
+            _el(driver, "#room-form button").click()
+            _wait(driver, lambda d: _el(d, "#room-name").text == "#lobby")
+            return _who(driver)
+
+        guest = await self.in_browser(open_as_guest)
+        self.assertRegex(guest, r"^guest\d+ \(not logged in\)$")
+        guest_nick = guest.split()[0]
+        await line.read_until(f"JOIN lobby {guest_nick}")
+
+        # a wrong password: the form says so, and the page stays a guest
+        def log_in(driver: Any, username: str, password: str) -> None:
+            _fill(driver, {"#login-username": username, "#login-password": password})
+            _el(driver, "#login").click()
+
+        def login_error(driver: Any) -> str:
+            return _wait(driver, lambda d: _el(d, "#login-error.bad").text)  # not "logging in…"
+
+        await self.in_browser(log_in, "alice", "wrong horse")
+        self.assertEqual(await self.in_browser(login_error), "Wrong username or password.")
+        self.assertEqual(await self.in_browser(_who), guest)
+
+        # the right one: the cookie is set, the page reconnects logged in and goes back to its room
+        await self.in_browser(log_in, "alice", "correct horse")
+
+        def logged_in(driver: Any) -> tuple[str, str, bool, bool]:
+            _wait(driver, lambda d: _who(d) == "logged in as alice" and _connected(d))
+            _wait(driver, lambda d: "alice" in _el(d, "#members").text and _el(d, "#text").is_enabled())
+            cookie = driver.get_cookie("myservices_token")
+            return (
+                _el(driver, "#nick").get_attribute("value"), cookie and cookie["httpOnly"],
+                _el(driver, "#login-form").is_displayed(), _el(driver, "#logout").is_displayed(),
+            )
+
+        self.assertEqual(await self.in_browser(logged_in), ("alice", True, False, True))
+        lines = await line.read_until("JOIN lobby alice")
+        self.assertIn(f"PART lobby {guest_nick}", lines)
+
+        # a message from the account: the line client sees it from the nick alice; the page marks accounts
+        def say(driver: Any, text: str) -> None:
+            box = _el(driver, "#text")
+            _wait(driver, lambda d: box.is_enabled())
+            box.send_keys(text)
+            _el(driver, "#send").click()
+
+        await self.in_browser(say, "hello from an account")
+        self.assertRegex((await line.read_until("MSG lobby"))[-1], r"^MSG lobby \d+ alice hello from an account$")
+        line.send("hello from a guest")
+
+        def badges(driver: Any) -> dict[str, bool]:
+            _wait(driver, lambda d: "hello from a guest" in _el(d, "#messages").text)
+            shown = {}
+            for li in _els(driver, "#messages li[data-id]"):
+                nick = li.find_element("css selector", ".nick").text
+                shown[nick] = bool(li.find_elements("css selector", ".badge"))
+            return shown
+
+        self.assertEqual(await self.in_browser(badges), {"alice": True, "liner": False})
+
+        # a private room: created and joined from the page; a line client that is not a member is refused
+        def create(driver: Any, room: str) -> str:
+            _fill(driver, {"#private-room": room})
+            _el(driver, "#create").click()
+            _wait(driver, lambda d: _el(d, "#room-name").text == "#" + room and _el(d, "#invite").is_enabled())
+            return _el(driver, "#private-feedback").text
+
+        self.assertIn("#secret is private", await self.in_browser(create, "secret"))
+        self.assertRegex((await line.command("/join secret"))[-1], r"^ERR FORBIDDEN ")
+
+        # an invitation lets an account in
+        def invite(driver: Any, username: str) -> str:
+            _fill(driver, {"#invite-username": username})
+            _el(driver, "#invite").click()
+            return _wait(driver, lambda d: _el(d, "#invite-feedback").text)
+
+        self.assertEqual(await self.in_browser(invite, "bob"), "Invited bob to #secret.")
+        bob = await chat_client(self, port_of(tree, "chat"))
+        self.assertEqual((await bob.command("/login bob battery staple"))[-1], "OK login bob")
+        self.assertEqual((await bob.command("/join secret"))[-1], "OK join secret")
+
+        # the owner's commands are the owner's: an invitation to a room alice does not own is refused, readably
+        await bob.command("/create bobs")
+
+        def refused_invite(driver: Any) -> str:
+            _fill(driver, {"#room": "bobs"})
+            _el(driver, "#room-form button").click()
+            _wait(driver, lambda d: "join #bobs: Not allowed" in _el(d, "#messages").text)
+            return _el(driver, "#room-name").text
+
+        self.assertEqual(await self.in_browser(refused_invite), "#secret")
+
+        # a direct message from the line client shows in the page's direct messages, as text
+        line.send("/dm alice hi <i>alice</i>")
+
+        def direct(driver: Any) -> tuple[str, int]:
+            _wait(driver, lambda d: "liner \u2192 alice: hi <i>alice</i>" in _el(d, "#dms").text)
+            return _el(driver, "#dm-nick").get_attribute("value"), len(_els(driver, "#dms i"))
+
+        self.assertEqual(await self.in_browser(direct), ("liner", 0))  # ready to answer
+
+        # log out: a guest again, whom the private room refuses on the way back in
+        def log_out(driver: Any) -> tuple[str, str, bool]:
+            _el(driver, "#logout").click()
+            _wait(driver, lambda d: "not logged in" in _who(d) and _connected(d))
+            _wait(driver, lambda d: _el(d, "#room-name").text == "no room")
+            return _who(driver), _el(driver, "#messages li.error:last-child").text, _el(driver, "#create").is_enabled()
+
+        who, error, can_create = await self.in_browser(log_out)
+        self.assertRegex(who, r"^guest\d+ \(not logged in\)$")
+        self.assertTrue(error.startswith("join #secret: Not allowed"), error)
+        self.assertFalse(can_create)
+        self.assertIsNone(await self.in_browser(lambda d: d.get_cookie("myservices_token")))
+
+        # a direct message without being in any room
+        def send_direct(driver: Any, nick: str, text: str) -> None:
+            _fill(driver, {"#dm-nick": nick, "#dm-text": text})
+            _el(driver, "#dm-send").click()
+            _wait(driver, lambda d: f"\u2192 {nick}: {text}" in _el(d, "#dms").text)
+
+        await self.in_browser(send_direct, "liner", "from nowhere")
+        self.assertRegex((await line.read_until("DM"))[-1], r"^DM guest\d+ liner from nowhere$")
+
+        # the form can also create an account, which it then logs in to
+        def register(driver: Any) -> str:
+            _fill(driver, {"#login-username": "carol", "#login-password": "tr0ub4dor"})
+            _el(driver, "#register").click()
+            _wait(driver, lambda d: _who(d) == "logged in as carol" and _connected(d))
+            return _el(driver, "#nick").get_attribute("value")
+
+        self.assertEqual(await self.in_browser(register), "carol")
+
+        # wrong passwords: the page tells a refusal from a wrong password, with the time to wait
+        def log_out_and_fail(driver: Any, times: int) -> list[str]:
+            _el(driver, "#logout").click()
+            _wait(driver, lambda d: "not logged in" in _who(d) and _connected(d))
+            answers = []
+            for _ in range(times):
+                log_in(driver, "carol", "not it")
+                answers.append(login_error(driver))
+            return answers
+
+        answers = await self.in_browser(log_out_and_fail, 3)
+        self.assertEqual(answers[:2], ["Wrong username or password."] * 2)  # with alice's, three failures
+        self.assertRegex(answers[2], r"^Too many attempts: try again in \d+ s\.$")
+
+        # a cookie whose token the server refuses: the page says so, stays a guest and clears the cookie
+        def bad_cookie(driver: Any) -> str:
+            driver.add_cookie({"name": "myservices_token", "value": "not.a.token", "httpOnly": True, "path": "/"})
+            driver.refresh()
+            _wait(driver, lambda d: _connected(d) and "not logged in" in _who(d))
+            _wait(driver, lambda d: d.get_cookie("myservices_token") is None)
+            return _el(driver, "#login-error").text
+
+        self.assertEqual(
+            await self.in_browser(bad_cookie),
+            "Your login is no longer valid (malformed token): log in again.",
+        )
