@@ -18,10 +18,11 @@ from twisted.trial.unittest import TestCase
 from myservices.db.migrations import MIGRATIONS, migrate_txn
 from myservices.db.pool import Txn
 from myservices.errors import FORBIDDEN, DatabaseUnavailable, NOT_FOUND, QUOTA_EXCEEDED, UNAUTHENTICATED, RequestError
-from myservices.hub import Event, Hub, HubConfig, MemoryEngine, Presence, Session, Subscriber
+from myservices.hub import Hub, HubConfig, MemoryEngine, Presence, Session, Subscriber
 from myservices.hub.moderation import Moderation
 from myservices.hub.policy import RoomPolicies
 from myservices.hub.policy_config import RoomsConfig, parse_rules
+from tests.redishubs import Seen
 from tests.support import load, run_now
 
 
@@ -48,16 +49,7 @@ class SyncDatabase:
         )
 
 
-class Sub:
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-
-    def deliver(self, event: Event) -> None:
-        self.events.append(event)
-
-    def close(self, error: Any) -> None:
-        pass
-
+class Sub(Seen):
     def kicks(self) -> list[Presence]:
         return [e for e in self.events if isinstance(e, Presence) and e.kind == "kick"]
 
