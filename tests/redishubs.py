@@ -45,6 +45,10 @@ class Seen:
     def presence(self) -> list[tuple[str, str]]:
         return [(e.kind, e.nick) for e in self.events if isinstance(e, Presence)]
 
+    def accounts(self) -> list[tuple[str, str, bool]]:
+        """The presence events with their account flag."""
+        return [(e.kind, e.nick, e.account) for e in self.events if isinstance(e, Presence)]
+
 
 class FlakyStore(HistoryStore):
     """The real history writer, told to refuse (as when its database is down) or to fail its commits."""

@@ -232,11 +232,13 @@ class FramedTestsMixin:
         self.assertEqual(await alice.pushes.next("nick"), {"old": "guest1", "new": "alice"})
         joined = await alice.call("hub.join", room="#Lobby")
         self.assertEqual(joined, {"room": "lobby", "history": [], "recovered": True, "last_id": 0, "members": ["alice"]})
-        self.assertEqual(await alice.pushes.next("presence"), {"kind": "join", "room": "lobby", "nick": "alice"})
+        self.assertEqual(await alice.pushes.next("presence"),
+                         {"kind": "join", "room": "lobby", "nick": "alice", "account": False})
 
         bob = await chat_client(self, port_of(tree, "chat"), "bob")  # type: ignore[arg-type]
         await bob.command("/join lobby")
-        self.assertEqual(await alice.pushes.next("presence"), {"kind": "join", "room": "lobby", "nick": "bob"})
+        self.assertEqual(await alice.pushes.next("presence"),
+                         {"kind": "join", "room": "lobby", "nick": "bob", "account": False})
 
         self.assertEqual(await alice.call("hub.publish", room="lobby", text="hi from framed ✓"), {"room": "lobby", "id": 1})
         self.assertEqual(await bob.read_until("MSG"), ["MSG lobby 1 alice hi from framed ✓"])

@@ -136,6 +136,31 @@ class HubTests(HubTestsMixin, TestCase):
         self.run_(hub.close_session(alice))
         self.assertEqual(hub.engine.rooms_by_name, {})  # an empty room is forgotten
 
+    def test_join_and_part_say_whether_the_member_is_logged_in_to_an_account(self) -> None:
+        hub = self.make_hub(churn_burst=100)
+        alice, a = self.session(hub, "alice")
+        bob, _ = self.session(hub)
+        self.run_(hub.login(bob, "bob"))
+        carol, _ = self.session(hub, "carol")
+        self.run_(hub.join(alice, "lobby"))
+        self.run_(hub.join(bob, "lobby"))
+        self.run_(hub.join(carol, "lobby"))
+        self.run_(hub.login(carol, "carol"))  # under the nick she had: nobody is told of a nick change
+        self.run_(hub.part(bob, "lobby"))
+        self.run_(hub.part(carol, "lobby"))
+        self.run_(hub.join(carol, "lobby"))
+        self.run_(hub.logout(carol))
+        self.run_(hub.part(carol, "lobby"))
+        guest = carol.nick
+        self.assertEqual(
+            [(type(e).__name__, getattr(e, "kind", ""), getattr(e, "nick", ""), getattr(e, "account", None))
+             for e in a.events],
+            [("Presence", "join", "alice", False), ("Presence", "join", "bob", True),
+             ("Presence", "join", "carol", False), ("Presence", "part", "bob", True),
+             ("Presence", "part", "carol", True), ("Presence", "join", "carol", True),
+             ("NickChange", "", "", None), ("Presence", "part", guest, False)],
+        )
+
     def test_join_sends_the_joiner_its_own_join(self) -> None:
         hub = self.make_hub()
         alice, a = self.session(hub, "alice")

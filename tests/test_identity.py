@@ -143,6 +143,29 @@ class IdentityTests(TestCase):
         history = await ws.call("history", room="lobby")
         self.assertEqual([(m["nick"], m["account"]) for m in history["messages"]], [("alice", True), ("bob", False)])
 
+    async def test_joins_and_parts_say_whether_the_member_is_logged_in_to_an_account(self) -> None:
+        tree = await self.start()
+        await self.accounts.register("alice", PASSWORD)
+        ws = await ws_connect(self, port_of(tree, "websocket"), "/chat")
+        await ws.event("welcome")
+        await ws.call("join", room="lobby")
+        line = await chat_client(self, port_of(tree, "chat"))
+        await line.command("/login alice correct horse")
+        await line.command("/join lobby")
+        self.assertEqual(await ws.event("presence", nick="alice"),
+                         {"type": "presence", "kind": "join", "room": "lobby", "nick": "alice", "account": True})
+        anon = await chat_client(self, port_of(tree, "chat"), "bob")
+        await anon.command("/join lobby")
+        self.assertEqual((await ws.event("presence", nick="bob"))["account"], False)
+        # bob logs in while in the room: his PART says he is an account's now
+        await self.accounts.register("bob", PASSWORD)
+        await anon.command("/login bob correct horse")
+        await anon.command("/part lobby")
+        part = await ws.event("presence", kind="part")
+        self.assertEqual((part["nick"], part["account"]), ("bob", True))
+        # the line chat's PART line stays as it was (a registered username is always that account there)
+        self.assertEqual((await line.read_until("PART"))[-1], "PART lobby bob")
+
     async def test_an_account_on_two_front_ends_shares_its_nick_and_logout_gives_a_guest_nick(self) -> None:
         tree = await self.start()
         await self.accounts.register("dave", PASSWORD)

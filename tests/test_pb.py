@@ -182,7 +182,8 @@ class SQLitePBTests(PBTestsMixin, TestCase):
         room = joined.pop("object")
         self.assertIsInstance(room, pb.RemoteReference)
         self.assertEqual(joined, {"room": "lobby", "history": [], "recovered": True, "last_id": 0, "members": ["alice"]})
-        self.assertEqual(await listener.next("presence"), {"kind": "join", "room": "lobby", "nick": "alice"})
+        self.assertEqual(await listener.next("presence"),
+                         {"kind": "join", "room": "lobby", "nick": "alice", "account": True})
         self.assertEqual(await avatar.callRemote("who", "lobby"), {"room": "lobby", "members": ["alice"]})
         self.assertEqual(await avatar.callRemote("rooms"), {"rooms": [{"name": "lobby", "members": 1, "subscribers": 0}]})
 
@@ -194,7 +195,8 @@ class SQLitePBTests(PBTestsMixin, TestCase):
         self.assertEqual(await room.callRemote("who"), {"room": "lobby", "members": ["alice"]})
         self.assertEqual([m["id"] for m in (await room.callRemote("history"))["messages"]], [1])
         self.assertEqual(await room.callRemote("part"), {"room": "lobby"})
-        self.assertEqual(await listener.next("presence", kind="part"), {"kind": "part", "room": "lobby", "nick": "alice"})
+        self.assertEqual(await listener.next("presence", kind="part"),
+                         {"kind": "part", "room": "lobby", "nick": "alice", "account": True})
         failure = await failure_of(room.callRemote("publish", "after parting"))
         self.assertEqual(code_of(failure), "NOT_IN_ROOM")
         self.assertIn("parted", failure.getErrorMessage())
@@ -314,7 +316,8 @@ class SQLitePBTests(PBTestsMixin, TestCase):
         await good_room.callRemote("publish", "one")
         self.assertEqual((await listener.next("message"))["text"], "one")
         # the broken listener's membership ended: the others see it leave
-        self.assertEqual(await listener.next("presence", kind="part"), {"kind": "part", "room": "lobby", "nick": "bad"})
+        self.assertEqual(await listener.next("presence", kind="part"),
+                         {"kind": "part", "room": "lobby", "nick": "bad", "account": True})
         failure = await failure_of(bad_room.callRemote("publish", "still here?"))
         self.assertEqual(code_of(failure), "NOT_IN_ROOM")
         self.assertIn("remote_message failed: this client has a bug", failure.getErrorMessage())

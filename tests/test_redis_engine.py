@@ -14,7 +14,7 @@ from twisted.internet.defer import Deferred, gatherResults
 from myservices.errors import DATABASE_UNAVAILABLE, ENGINE_UNAVAILABLE, NICK_TAKEN, RequestError
 from myservices.hub import Message, NickChange
 from myservices.hub.redis import scripts
-from myservices.hub.redis.codec import message_prefix
+from myservices.hub.redis.codec import decode, message_prefix
 from tests.redishubs import TIMEOUT, FlakyStore, RedisHubs
 
 
@@ -46,6 +46,38 @@ class RedisEngineTests(RedisHubs):
         self.assertEqual(await a.who("lobby"), ["alice"])
         await self.until(lambda: len(self.engine(b).feeds.rooms()) == 0, "b to unsubscribe from lobby")
         self.assertEqual(await self.stored(), [(i + 1, f"m{i}") for i in range(6)])
+
+    async def test_join_and_part_say_whether_the_member_is_logged_in_to_an_account(self) -> None:
+        a, b = await self.start(churn_burst=100)
+        alice, alice_sees = await self.session(a, "alice")
+        await a.join(alice, "lobby")
+        bob, _ = await self.session(b)
+        await b.login(bob, "bob")
+        carol, _ = await self.session(b, "carol")
+        dave, _ = await self.session(b, "dave2")
+        for session in (bob, carol, dave):
+            await b.join(session, "lobby")
+        await b.login(carol, "carol")  # under the nick she had: only her account flag changes
+        await b.login(dave, "dave")  # renamed: his flag changes with his nick
+        for session in (bob, carol, dave):
+            await b.part(session, "lobby")
+        await b.join(carol, "lobby")
+        await b.logout(carol)
+        guest = carol.nick
+        await b.part(carol, "lobby")
+        expected = [("join", "alice", False), ("join", "bob", True), ("join", "carol", False),
+                    ("join", "dave2", False), ("part", "bob", True), ("part", "carol", True), ("part", "dave", True),
+                    ("join", "carol", True), ("part", guest, False)]
+        await self.until(lambda: len(alice_sees.accounts()) == len(expected), "the JOINs and PARTs")
+        self.assertEqual(alice_sees.accounts(), expected)
+        self.assertEqual([e for e in alice_sees.events if isinstance(e, NickChange)
+                          and e.old == e.new], [])  # carol's login told nobody of a nick change
+
+    async def test_old_presence_events_without_the_account_flag_decode_as_a_guest_s(self) -> None:
+        event, _, _ = decode('{"t": "part", "room": "lobby", "nick": "alice"}')
+        self.assertEqual((event.kind, event.nick, event.account), ("part", "alice", False))
+        event, _, _ = decode('{"t": "join", "room": "lobby", "nick": "alice", "a": true, "m": "x"}')
+        self.assertEqual((event.kind, event.account), ("join", True))
 
     async def test_subscribers_receive_messages_without_presence_and_count_in_rooms(self) -> None:
         a, b = await self.start()
@@ -154,7 +186,8 @@ class RedisEngineTests(RedisHubs):
 
     async def test_a_process_that_stops_refreshing_loses_its_members_within_the_ttl(self) -> None:
         a, b = await self.start(presence_ttl=0.6)
-        alice, _ = await self.session(a, "alice")
+        alice, _ = await self.session(a)
+        await a.login(alice, "alice")
         bob, bob_sees = await self.session(b, "bob")
         await a.join(alice, "lobby")
         await b.join(bob, "lobby")
@@ -163,6 +196,7 @@ class RedisEngineTests(RedisHubs):
         crashed.subscriber.stop()
         start = reactor.seconds()
         await self.until(lambda: ("part", "alice") in bob_sees.presence(), "alice's PART", timeout=5)
+        self.assertIn(("part", "alice", True), bob_sees.accounts())  # the reaper knew she was an account's
         self.assertLess(reactor.seconds() - start, 0.6 + 0.2 + 1.0)  # the ttl, one refresh period, a margin
         self.assertEqual(await b.who("lobby"), ["bob"])
         other, _ = await self.session(b)
@@ -176,6 +210,7 @@ class RedisEngineTests(RedisHubs):
         bob, bob_sees = await self.session(b, "bob")
         await a.join(alice, "lobby")
         await b.join(bob, "lobby")
+        await b.login(bob, "bob")  # his presence is an account's now, and stays so when it is restored
         acknowledged = []
         for i in range(15):
             hub, session = (a, alice) if i % 2 else (b, bob)
@@ -199,6 +234,8 @@ class RedisEngineTests(RedisHubs):
         with self.assertRaises(RequestError) as caught:
             await a.set_nick(other, "Bob")
         self.assertEqual(caught.exception.error, NICK_TAKEN)
+        await b.part(bob, "lobby")
+        await self.until(lambda: alice_sees.accounts()[-1:] == [("part", "bob", True)], "bob's PART, an account's")
 
     async def test_frozen_redis_answers_engine_unavailable_in_time_and_everything_resumes(self) -> None:
         a, b = await self.start()

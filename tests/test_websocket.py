@@ -59,7 +59,8 @@ class WebSocketTestsMixin:
         self.assertEqual(await ann.call("nick", nick="ann"), {"nick": "ann", "old": welcome["nick"]})
         joined = await ann.call("join", room="#Lobby")
         self.assertEqual(joined, {"room": "lobby", "history": [], "recovered": True, "last_id": 0, "members": ["ann"]})
-        self.assertEqual(await ann.event("presence"), {"type": "presence", "kind": "join", "room": "lobby", "nick": "ann"})
+        self.assertEqual(await ann.event("presence"),
+                         {"type": "presence", "kind": "join", "room": "lobby", "nick": "ann", "account": False})
 
         reply = await ann.request("publish", room="lobby", text="hello, wörld")
         self.assertEqual(reply, {"type": "reply", "op": "publish", "id": reply["id"], "result": {"room": "lobby", "id": 1}})
@@ -81,7 +82,8 @@ class WebSocketTestsMixin:
         await bob.call("nick", nick="bobby")
         self.assertEqual(await ann.event("nick", new="bobby"), {"type": "nick", "old": "bob", "new": "bobby"})
         self.assertEqual(await bob.call("part", room="lobby"), {"room": "lobby"})
-        self.assertEqual(await ann.event("presence", kind="part"), {"type": "presence", "kind": "part", "room": "lobby", "nick": "bobby"})
+        self.assertEqual(await ann.event("presence", kind="part"),
+                         {"type": "presence", "kind": "part", "room": "lobby", "nick": "bobby", "account": False})
 
         # a request without an id still gets its reply, without an id
         ann.send_json({"type": "ping"})

@@ -78,9 +78,11 @@ def event_body(event: Event) -> tuple[str, dict[str, Any]]:
     if isinstance(event, Message):
         return "message", message_json(event)
     if isinstance(event, Presence):
-        body = {"kind": event.kind, "room": event.room, "nick": event.nick}
+        body: dict[str, Any] = {"kind": event.kind, "room": event.room, "nick": event.nick}
         if event.reason:  # a kick: why this connection was removed from the room
             body["reason"] = event.reason
+        if event.kind != "kick":  # a JOIN or PART: whether the member was logged in to an account
+            body["account"] = event.account
         return "presence", body
     if isinstance(event, NickChange):
         return "nick", {"old": event.old, "new": event.new}

@@ -176,7 +176,9 @@ class Hub(Identities, DirectMessages):
             self._local_room(name).members[session] = None
             session.rooms[name] = None
 
-        joined = await self.engine.join(self.node_id, session.member_id, name, session.nick, attach, since)
+        joined = await self.engine.join(
+            self.node_id, session.member_id, name, session.nick, attach, since, account=session.account is not None
+        )
         if session.closed and name in session.rooms:
             await self._leave(session, name)  # closed while the room was loading
         await self._recheck(session, name, "join")

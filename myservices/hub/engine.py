@@ -41,7 +41,8 @@ class EngineRoom:
 
     def __init__(self, name: str, history_size: int) -> None:
         self.name = name
-        self.members: dict[str, tuple[str, str]] = {}  # member id -> (node id, nick), in joining order
+        # member id -> (node id, nick, logged in to an account), in joining order
+        self.members: dict[str, tuple[str, str, bool]] = {}
         self.subscribers: dict[str, str] = {}  # member id -> node id
         self.recent: deque[Message] = deque(maxlen=history_size)
         self.last_id = 0
@@ -52,7 +53,7 @@ class EngineRoom:
         self.waiters: list[Deferred[None]] = []
 
     def nodes(self) -> set[str]:
-        return {node for node, _ in self.members.values()} | set(self.subscribers.values())
+        return {node for node, _, _ in self.members.values()} | set(self.subscribers.values())
 
     @property
     def empty(self) -> bool:
@@ -126,14 +127,15 @@ class MemoryEngine(Service):
     # --- rooms ---------------------------------------------------------------------
 
     async def join(
-        self, node_id: str, member_id: str, room: str, nick: str, attach: Callable[[], None], since: int | None = None
+        self, node_id: str, member_id: str, room: str, nick: str, attach: Callable[[], None], since: int | None = None,
+        account: bool = False,
     ) -> Joined:
         r = await self._room(room)
         if member_id not in r.members:
             attach()
-            r.members[member_id] = (node_id, nick)
-            self._send(r.nodes(), room, Presence(kind="join", room=room, nick=nick))
-        return self._joined(r, since, [n for _, n in r.members.values()])
+            r.members[member_id] = (node_id, nick, account)
+            self._send(r.nodes(), room, Presence(kind="join", room=room, nick=nick, account=account))
+        return self._joined(r, since, [n for _, n, _ in r.members.values()])
 
     def _joined(self, r: EngineRoom, since: int | None, members: list[str]) -> Joined:
         history, recovered = missed_since(r.recent, r.delivered, since, self.config.history_size)
@@ -144,8 +146,9 @@ class MemoryEngine(Service):
         if r is None or member_id not in r.members:
             return
         nodes = r.nodes()
-        _, nick = r.members.pop(member_id)
-        self._send(nodes, room, Presence(kind="part", room=room, nick=nick))  # the leaver's hub tells the leaver
+        _, nick, account = r.members.pop(member_id)
+        # the leaver's hub tells the leaver
+        self._send(nodes, room, Presence(kind="part", room=room, nick=nick, account=account))
         self._forget_if_empty(r)
 
     async def subscribe(
@@ -162,13 +165,17 @@ class MemoryEngine(Service):
         if r is not None and r.subscribers.pop(member_id, None) is not None:
             self._forget_if_empty(r)
 
-    async def rename(self, node_id: str, member_id: str, old: str, new: str, rooms: Sequence[str]) -> None:
+    async def rename(
+        self, node_id: str, member_id: str, old: str, new: str, rooms: Sequence[str], account: bool = False
+    ) -> None:
         nodes = {node_id}
         for name in rooms:
             r = self.rooms_by_name.get(name)
             if r is not None and member_id in r.members:
-                r.members[member_id] = (r.members[member_id][0], new)
+                r.members[member_id] = (r.members[member_id][0], new, account)
                 nodes |= r.nodes()
+        if old == new:
+            return  # only the account flag changed: nothing to tell
         event = NickChange(old=old, new=new, rooms=tuple(rooms))
         for node in sorted(nodes):
             target = self.nodes.get(node)
@@ -177,7 +184,7 @@ class MemoryEngine(Service):
 
     async def members(self, room: str) -> list[str]:
         r = self.rooms_by_name.get(room)
-        return [nick for _, nick in r.members.values()] if r is not None else []
+        return [nick for _, nick, _ in r.members.values()] if r is not None else []
 
     async def rooms(self) -> list[RoomInfo]:
         return sorted(

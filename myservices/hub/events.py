@@ -64,6 +64,7 @@ class Presence(Event):
     room: str = ""
     nick: str = ""
     reason: str = ""
+    account: bool = False  # the member was logged in to an account (a guest's nick otherwise)
 
 
 @dataclass(eq=False)

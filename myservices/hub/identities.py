@@ -111,7 +111,9 @@ class Identities:
         session.nick = new
         if old.lower() != new.lower():
             await self._release(session, old, old_owner)
-        await self.engine.rename(self.node_id, session.member_id, old, new, list(session.rooms))
+        await self.engine.rename(
+            self.node_id, session.member_id, old, new, list(session.rooms), account=session.account is not None
+        )
 
     async def login(self, session: Session, username: str, token_rooms: Iterable[str] | None = None) -> None:
         """Make C{session} the account C{username}'s (authenticated by the caller): its nick becomes the username.
@@ -142,8 +144,11 @@ class Identities:
         if session.closed:
             await self._release(session, username)
             return
-        if old != username:  # else it held the name already (it registered it under that nick)
+        if old != username:
             await self._rename(session, old, username, old_owner)
+        elif session.rooms:  # it held the name already (it registered it under that nick): its rooms' presence
+            # learns it is an account's (nobody is told of a nick change)
+            await self.engine.rename(self.node_id, session.member_id, old, old, list(session.rooms), account=True)
         await self._leave_refused(session)
 
     async def _leave_refused(self, session: Session) -> None:

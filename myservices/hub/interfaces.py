@@ -159,15 +159,17 @@ class HubEngine(Protocol):
         """A number for a guest nick, not handed out before by this engine."""
 
     async def join(
-        self, node_id: str, member_id: str, room: str, nick: str, attach: Callable[[], None], since: int | None = None
+        self, node_id: str, member_id: str, room: str, nick: str, attach: Callable[[], None], since: int | None = None,
+        account: bool = False,
     ) -> Joined:
         """Add a member with presence (everyone in the room, the joiner included, gets a JOIN).
 
         With C{since}, the history returned is what came after that id (see L{Joined}).
+        C{account}: the member is logged in to an account; its JOIN and PART say so.
         """
 
     async def part(self, member_id: str, room: str) -> None:
-        """Remove a member (the others and the leaver get a PART)."""
+        """Remove a member (the others and the leaver get a PART, with the member's account flag)."""
 
     async def subscribe(
         self, node_id: str, member_id: str, room: str, attach: Callable[[], None], since: int | None = None
@@ -177,8 +179,14 @@ class HubEngine(Protocol):
     async def unsubscribe(self, member_id: str, room: str) -> None:
         """Stop receiving C{room}'s messages."""
 
-    async def rename(self, node_id: str, member_id: str, old: str, new: str, rooms: Sequence[str]) -> None:
-        """Record the new nick of C{member_id} in C{rooms} and tell everyone concerned."""
+    async def rename(
+        self, node_id: str, member_id: str, old: str, new: str, rooms: Sequence[str], account: bool = False
+    ) -> None:
+        """Record the new nick and account flag of C{member_id} in C{rooms} and tell everyone concerned.
+
+        With C{old} equal to C{new} (logging in under the nick it already had)
+        only the account flag is recorded: nobody is told.
+        """
 
     async def publish(self, room: str, nick: str, text: str, account: bool = False) -> Message:
         """Assign the message its id, store it, deliver it to the room in id order; the stored message."""

@@ -66,7 +66,7 @@ def decode(text: str) -> tuple[Event | None, str | None, str | None]:
             text=str(data["text"]), account=bool(data.get("a")),
         )
     elif kind in ("join", "part"):
-        event = Presence(kind=kind, room=str(data["room"]), nick=str(data["nick"]))
+        event = Presence(kind=kind, room=str(data["room"]), nick=str(data["nick"]), account=bool(data.get("a")))
     elif kind == "nick":
         event = NickChange(old=str(data["old"]), new=str(data["new"]), rooms=tuple(str(r) for r in data["rooms"]))
         member = str(data["member"])

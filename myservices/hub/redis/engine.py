@@ -211,9 +211,10 @@ class RedisEngine(Service):
     # --- rooms ---------------------------------------------------------------------------------------
 
     async def join(
-        self, node_id: str, member_id: str, room: str, nick: str, attach: Callable[[], None], since: int | None = None
+        self, node_id: str, member_id: str, room: str, nick: str, attach: Callable[[], None], since: int | None = None,
+        account: bool = False,
     ) -> Joined:
-        return await self._enter(member_id, room, nick, attach, since)
+        return await self._enter(member_id, room, nick, attach, since, account)
 
     async def subscribe(
         self, node_id: str, member_id: str, room: str, attach: Callable[[], None], since: int | None = None
@@ -221,26 +222,28 @@ class RedisEngine(Service):
         return await self._enter(member_id, room, "", attach, since)
 
     async def _enter(
-        self, member_id: str, room: str, nick: str, attach: Callable[[], None], since: int | None
+        self, member_id: str, room: str, nick: str, attach: Callable[[], None], since: int | None,
+        account: bool = False,
     ) -> Joined:
         key = (room, member_id)
         feed = self.feeds.acquire(room)  # subscribed before the script runs: nothing after it is missed
         try:
             await self.feeds.confirmed(feed)
-            joined = await self._enter_script(feed, member_id, room, nick, attach, since)
+            joined = await self._enter_script(feed, member_id, room, nick, attach, since, account)
         except BaseException:
             self.feeds.release(room)
             raise
         if key in self.presence.members if nick else key in self.presence.subscribers:
             self.feeds.release(room)  # joined twice: the first join holds the feed for this member
         elif nick:
-            self.presence.members[key] = nick
+            self.presence.members[key] = (nick, account)
         else:
             self.presence.subscribers.add(key)
         return joined
 
     async def _enter_script(
-        self, feed: Feed, member_id: str, room: str, nick: str, attach: Callable[[], None], since: int | None
+        self, feed: Feed, member_id: str, room: str, nick: str, attach: Callable[[], None], since: int | None,
+        account: bool,
     ) -> Joined:
         marker = self.feeds.expect(attach)
         try:
@@ -248,7 +251,7 @@ class RedisEngine(Service):
             force, degraded = False, False
             for _ in range(ATTEMPTS):
                 args = [self.prefix, room, member_id, nick, -1 if since is None else since, int(force),
-                        self.config.history_size, self.ttl_ms, marker.token]
+                        self.config.history_size, self.ttl_ms, marker.token, int(account)]
                 result = await self.commands.eval(scripts.ENTER, args)
                 if result != "NEED_DB":
                     break
@@ -320,14 +323,22 @@ class RedisEngine(Service):
                 self.feeds.markers.pop(marker.token, None)
             self.feeds.release(room)
 
-    async def rename(self, node_id: str, member_id: str, old: str, new: str, rooms: Sequence[str]) -> None:
-        self.presence.renamed(member_id, new, list(rooms))
+    async def rename(
+        self, node_id: str, member_id: str, old: str, new: str, rooms: Sequence[str], account: bool = False
+    ) -> None:
+        self.presence.renamed(member_id, new, list(rooms), account)
+        if old == new:  # only the account flag changed: recorded, nobody is told
+            try:
+                await self.commands.eval(scripts.RENAME, [self.prefix, member_id, new, int(account), "", *rooms])
+            except EngineUnavailable:
+                self.log.info("hub: {nick}'s presence says it is an account's at the next refresh", nick=new)
+            return
         feed = self.feeds.nick_feed
         marker = self.feeds.expect()
         payload = nick_change(NickChange(old=old, new=new, rooms=tuple(rooms)), member_id, marker.token)
         try:
             await self.feeds.confirmed(feed)
-            await self.commands.eval(scripts.RENAME, [self.prefix, member_id, new, payload, *rooms])
+            await self.commands.eval(scripts.RENAME, [self.prefix, member_id, new, int(account), payload, *rooms])
             await self.feeds.reached(feed, marker)
         except EngineUnavailable:
             # the nick is taken (claimed) already; its announcement is what failed, and presence catches up

@@ -32,7 +32,7 @@ class LocalPresence:
         self.link = link
         self.ttl_ms = max(1, int(ttl * 1000))
         self.metrics = metrics
-        self.members: dict[tuple[str, str], str] = {}  # (room, member id) -> nick
+        self.members: dict[tuple[str, str], tuple[str, bool]] = {}  # (room, member id) -> (nick, an account's)
         self.subscribers: set[tuple[str, str]] = set()  # (room, member id)
         self.nicks: dict[str, str] = {}  # lower-case nick -> member id
 
@@ -40,20 +40,20 @@ class LocalPresence:
     def count(self) -> int:
         return len(self.members) + len(self.subscribers)
 
-    def renamed(self, member_id: str, nick: str, rooms: list[str]) -> None:
+    def renamed(self, member_id: str, nick: str, rooms: list[str], account: bool = False) -> None:
         for room in rooms:
             if (room, member_id) in self.members:
-                self.members[(room, member_id)] = nick
+                self.members[(room, member_id)] = (nick, account)
 
-    def _entries(self) -> Iterator[tuple[str, str, str]]:
-        for (room, member), nick in list(self.members.items()):
-            yield room, member, nick
+    def _entries(self) -> Iterator[tuple[str, str, str, bool]]:
+        for (room, member), (nick, account) in list(self.members.items()):
+            yield room, member, nick, account
         for room, member in list(self.subscribers):
-            yield room, member, ""
+            yield room, member, "", False
 
-    def _holds(self, entry: tuple[str, str, str]) -> bool:
-        room, member, nick = entry
-        return self.members.get((room, member)) == nick if nick else (room, member) in self.subscribers
+    def _holds(self, entry: tuple[str, str, str, bool]) -> bool:
+        room, member, nick, account = entry
+        return self.members.get((room, member)) == (nick, account) if nick else (room, member) in self.subscribers
 
     async def refresh(self, announce: bool = True) -> None:
         """Refresh (or re-add) everything this process holds; raises EngineUnavailable if Redis does not answer.
@@ -70,8 +70,8 @@ class LocalPresence:
             batch = [e for e in batch if self._holds(e)]  # not one that left while an earlier batch ran
             held, nicks = nicks[: BATCH - len(batch)], nicks[BATCH - len(batch) :]
             args: list[str | int] = [self.prefix, self.ttl_ms, int(announce), len(batch)]
-            for room, member, nick in batch:
-                args += [room, member, nick]
+            for room, member, nick, account in batch:
+                args += [room, member, nick, int(account)]
             for lower, member in held:
                 args += [lower, member]
             conflicts += int(await self.link.eval(scripts.REFRESH, args))

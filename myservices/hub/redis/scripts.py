@@ -9,7 +9,8 @@ keys from their arguments):
   (a counter giving members their joining order);
 - ``P room:R:stream``: the last ``history_size`` messages (entry id = message
   id), each the JSON that was published;
-- ``P room:R:nicks`` (member id -> nick), ``P room:R:order`` (member id by
+- ``P room:R:nicks`` (member id -> nick), ``P room:R:accts`` (member id ->
+  "1" for a member logged in to an account), ``P room:R:order`` (member id by
   joining order) and ``P room:R:mexp`` (member id by expiry time, ms):
   presence; ``P room:R:sexp``: subscribers by expiry time;
 - ``P rooms``: every room with a stream (swept to the database at start);
@@ -39,16 +40,28 @@ local function payloads(entries)
   for i, e in ipairs(entries) do out[i] = e[2][2] end
   return out
 end
+-- a JOIN or PART's JSON; a = true when the member is logged in to an account; m: the marker (or nil)
+local function presence(kind, room, nick, account, marker)
+  local event = {t = kind, room = room, nick = nick, m = marker}
+  if account then event.a = true end
+  return cjson.encode(event)
+end
+-- removes a member's presence; its nick (nil if it was not a member) and whether it was an account's
+local function remove_member(room, member)
+  local nick = redis.call('HGET', key(room, 'nicks'), member)
+  local account = redis.call('HDEL', key(room, 'accts'), member) == 1
+  redis.call('HDEL', key(room, 'nicks'), member)
+  redis.call('ZREM', key(room, 'order'), member)
+  redis.call('ZREM', key(room, 'mexp'), member)
+  return nick, account
+end
 -- members and subscribers whose presence expired are removed; a member's PART is published
 local function reap(room, now)
   local gone = redis.call('ZRANGEBYSCORE', key(room, 'mexp'), '-inf', '(' .. now)
   for _, m in ipairs(gone) do
-    local nick = redis.call('HGET', key(room, 'nicks'), m)
-    redis.call('HDEL', key(room, 'nicks'), m)
-    redis.call('ZREM', key(room, 'order'), m)
-    redis.call('ZREM', key(room, 'mexp'), m)
+    local nick, account = remove_member(room, m)
     if nick then
-      redis.call('PUBLISH', channel(room), cjson.encode({t = 'part', room = room, nick = nick}))
+      redis.call('PUBLISH', channel(room), presence('part', room, nick, account))
     end
   end
   redis.call('ZREMRANGEBYSCORE', key(room, 'sexp'), '-inf', '(' .. now)
@@ -64,7 +77,8 @@ local function members(room)
   end
   return out
 end
-local function add_member(room, member, nick, expiry)
+-- account: '1' for a member logged in to an account
+local function add_member(room, member, nick, account, expiry)
   local added = 0
   if redis.call('HEXISTS', key(room, 'nicks'), member) == 0 then
     local seq = redis.call('HINCRBY', key(room, 'meta'), 'joins', 1)
@@ -72,6 +86,11 @@ local function add_member(room, member, nick, expiry)
     added = 1
   end
   redis.call('HSET', key(room, 'nicks'), member, nick)
+  if account == '1' then
+    redis.call('HSET', key(room, 'accts'), member, '1')
+  else
+    redis.call('HDEL', key(room, 'accts'), member)
+  end
   redis.call('ZADD', key(room, 'mexp'), expiry, member)
   redis.call('SADD', P .. 'active', room)
   return added
@@ -140,8 +159,9 @@ return 1
 """
 
 # ARGV: P, room, member, nick ('' to subscribe), since (-1: none), force (1: no NEED_DB), history_size,
-# ttl (ms), marker. Adds the presence (a member's JOIN, or a bare marker, is published), then returns
-# {top, messages in the stream, members}; or "NEED_DB" when the stream may not hold what the joiner needs.
+# ttl (ms), marker, account ('1': logged in to an account). Adds the presence (a member's JOIN, or a bare
+# marker, is published), then returns {top, messages in the stream, members}; or "NEED_DB" when the stream
+# may not hold what the joiner needs.
 ENTER = _PRELUDE + r"""
 local room, member, nick = ARGV[2], ARGV[3], ARGV[4]
 local since, force, size = tonumber(ARGV[5]), ARGV[6], tonumber(ARGV[7])
@@ -157,8 +177,8 @@ if force ~= '1' then
 end
 local expiry = now + tonumber(ARGV[8])
 if nick ~= '' then
-  if add_member(room, member, nick, expiry) == 1 then
-    redis.call('PUBLISH', channel(room), cjson.encode({t = 'join', room = room, nick = nick, m = ARGV[9]}))
+  if add_member(room, member, nick, ARGV[10], expiry) == 1 then
+    redis.call('PUBLISH', channel(room), presence('join', room, nick, ARGV[10] == '1', ARGV[9]))
   else
     redis.call('PUBLISH', channel(room), cjson.encode({t = 'mark', m = ARGV[9]}))
   end
@@ -175,12 +195,9 @@ return {tonumber(top or '0'), payloads(redis.call('XRANGE', stream, '-', '+')), 
 # ARGV: P, room, member, marker. 1 if it was a member (its PART, with the marker, is published), else 0.
 PART = _PRELUDE + r"""
 local room, member = ARGV[2], ARGV[3]
-local nick = redis.call('HGET', key(room, 'nicks'), member)
+local nick, account = remove_member(room, member)
 if not nick then return 0 end
-redis.call('HDEL', key(room, 'nicks'), member)
-redis.call('ZREM', key(room, 'order'), member)
-redis.call('ZREM', key(room, 'mexp'), member)
-redis.call('PUBLISH', channel(room), cjson.encode({t = 'part', room = room, nick = nick, m = ARGV[4]}))
+redis.call('PUBLISH', channel(room), presence('part', room, nick, account, ARGV[4]))
 reap(room, now_ms())
 return 1
 """
@@ -227,7 +244,8 @@ local after = string.format('%d', tonumber(ARGV[3]) + 1) .. '-0'
 return {base, redis.call('XLEN', stream), oldest, payloads(redis.call('XRANGE', stream, after, '+'))}
 """
 
-# ARGV: P, ttl (ms), announce, member count, then member count x (room, member, nick: '' for a subscriber),
+# ARGV: P, ttl (ms), announce, member count, then member count x (room, member, nick: '' for a subscriber,
+# account: '1' for a member logged in to an account),
 # then (lower-case nick, member) pairs. Refreshes (or re-adds) this process's presence and nicks, and
 # reaps each room; with announce = 1 a member re-added (reaped while its process stalled) gets a JOIN,
 # as the others were told its PART (after a data loss nobody was). The number of nicks another member holds now.
@@ -238,17 +256,17 @@ local count = tonumber(ARGV[4])
 local rooms = {}
 local i = 5
 for _ = 1, count do
-  local room, member, nick = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local room, member, nick, account = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   if nick ~= '' then
-    if add_member(room, member, nick, expiry) == 1 and ARGV[3] == '1' then
-      redis.call('PUBLISH', channel(room), cjson.encode({t = 'join', room = room, nick = nick}))
+    if add_member(room, member, nick, account, expiry) == 1 and ARGV[3] == '1' then
+      redis.call('PUBLISH', channel(room), presence('join', room, nick, account == '1'))
     end
   else
     redis.call('ZADD', key(room, 'sexp'), expiry, member)
     redis.call('SADD', P .. 'active', room)
   end
   rooms[room] = true
-  i = i + 3
+  i = i + 4
 end
 local conflicts = 0
 while i < #ARGV do
@@ -267,14 +285,20 @@ for room in pairs(rooms) do reap(room, now) end
 return conflicts
 """
 
-# ARGV: P, member, new nick, the NickChange JSON, then the member's rooms.
+# ARGV: P, member, new nick, account ('1': logged in to an account), the NickChange JSON ('': nothing is
+# published, only the account changed), then the member's rooms.
 RENAME = _PRELUDE + r"""
-for i = 5, #ARGV do
+for i = 6, #ARGV do
   if redis.call('HEXISTS', key(ARGV[i], 'nicks'), ARGV[2]) == 1 then
     redis.call('HSET', key(ARGV[i], 'nicks'), ARGV[2], ARGV[3])
+    if ARGV[4] == '1' then
+      redis.call('HSET', key(ARGV[i], 'accts'), ARGV[2], '1')
+    else
+      redis.call('HDEL', key(ARGV[i], 'accts'), ARGV[2])
+    end
   end
 end
-redis.call('PUBLISH', P .. 'ch:*nick', ARGV[4])
+if ARGV[5] ~= '' then redis.call('PUBLISH', P .. 'ch:*nick', ARGV[5]) end
 return 1
 """
 
