@@ -61,3 +61,17 @@ class ReservedNicksAcrossProcessesTests(RedisHubs):
         with self.assertRaises(RequestError) as e:
             await two.set_nick(third, "carol")
         self.assertIs(e.exception.error, NICK_TAKEN)
+
+    async def test_a_password_change_logs_the_account_out_on_every_process(self) -> None:
+        one, two = await self.start()
+        await self.accounts.register("dave", PASSWORD)
+        changer, _ = await self.session(one)
+        elsewhere, seen = await self.session(two)
+        logins_one, logins_two = Logins(one, self.accounts), Logins(two, self.accounts)
+        await logins_one.login(changer, "dave", PASSWORD, None)
+        await logins_two.login(elsewhere, "dave", PASSWORD, None)
+        await two.join(elsewhere, "lobby")
+        await logins_one.change_password(changer, PASSWORD, "a brand new password", None)
+        await self.until(lambda: elsewhere.account is None, "the other process's connection is logged out")
+        self.assertRegex(elsewhere.nick, r"^guest\d+$")
+        self.assertEqual(changer.account, "dave")  # the connection that changed it stays logged in

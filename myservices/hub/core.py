@@ -36,7 +36,7 @@ from myservices.errors import (
 )
 from myservices.hub.config import HubConfig
 from myservices.hub.direct import DirectMessages
-from myservices.hub.events import Event, Kick, Message, NickChange, Presence, UnencodableEvent
+from myservices.hub.events import Event, Kick, Logout, Message, NickChange, Presence, UnencodableEvent
 from myservices.hub.identities import Identities
 from myservices.hub.interfaces import HubEngine, Joined, OpenPolicy, RoomInfo, RoomPolicy, Subscriber
 from myservices.hub.rooms import LocalRoom, Session
@@ -302,6 +302,9 @@ class Hub(Identities, DirectMessages):
     def receive(self, room: str, event: Event) -> None:
         if isinstance(event, Kick):
             self._kicked(event)
+            return
+        if isinstance(event, Logout):
+            self.logged_out(event)
             return
         local = self.local.get(room)
         if local is not None:

@@ -20,7 +20,7 @@ from twisted.logger import Logger
 from myservices.db import DatabaseUnavailable
 from myservices.errors import DATABASE_UNAVAILABLE, INTERNAL, NICK_OFFLINE, RequestError
 from myservices.hub.config import HubConfig
-from myservices.hub.events import Direct, Event, Kick, Message, NickChange, Presence
+from myservices.hub.events import Direct, Event, Kick, Logout, Message, NickChange, Presence
 from myservices.hub.history import HistoryRejected, HistoryStore
 from myservices.hub.interfaces import EngineNode, Joined, RoomInfo, missed_since
 from myservices.metrics import Metrics
@@ -206,6 +206,10 @@ class MemoryEngine(Service):
             except DatabaseUnavailable as e:
                 raise RequestError(DATABASE_UNAVAILABLE, f'history of "{room}" is not available now') from e
         return messages[-limit:] if limit else []
+
+    async def logout(self, order: Logout) -> None:
+        for node in list(self.nodes.values()):
+            node.receive("", order)
 
     async def kick(self, kick: Kick) -> None:
         r = self.rooms_by_name.get(kick.room)

@@ -83,6 +83,18 @@ class Kick(Event):
 
 
 @dataclass(eq=False)
+class Logout(Event):
+    """An order to every hub: log out the connections of C{account} but C{keep} (a member id; never sent to a client).
+
+    Sent after a password change, so a session that knew the old password
+    ends on every process, not only on the one where it changed.
+    """
+
+    account: str = ""
+    keep: str = ""
+
+
+@dataclass(eq=False)
 class NickChange(Event):
     """A user took a new nick."""
 

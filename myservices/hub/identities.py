@@ -12,8 +12,11 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING
 
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
+
 from myservices.errors import FORBIDDEN, NICK_TAKEN, RATE_LIMITED, UNAUTHENTICATED, USERNAME_TAKEN, RequestError
-from myservices.hub.events import Event, Presence
+from myservices.hub.events import Event, Logout, Presence
 from myservices.hub.rooms import Session
 
 if TYPE_CHECKING:
@@ -166,10 +169,28 @@ class Identities:
                     await self._remove(session, name)
 
     async def logout_account(self, username: str, keep: Session | None = None) -> None:
-        """Log out every connection of account C{username} on this hub but C{keep} (after a password change)."""
+        """Log out every connection of account C{username} but C{keep}, on every hub of every process.
+
+        After a password change: whoever logged in with the old one is a
+        guest again. If the engine cannot carry the order (Redis away), this
+        hub's connections are logged out at least, and the rest is logged.
+        """
+        order = Logout(account=username, keep=keep.member_id if keep is not None else "")
+        try:
+            await self.engine.logout(order)
+        except RequestError:
+            self.log.warn("hub: the other processes' connections of {account} stay logged in (the engine is away)",
+                          account=username)
+            self.logged_out(order)
+
+    def logged_out(self, order: Logout) -> None:
+        """From the engine: log out this hub's connections that C{order} names (in the background)."""
         for other in list(self.sessions.values()):
-            if other is not keep and other.account == username:
-                await self.logout(other)
+            if other.account == order.account and other.member_id != order.keep:
+                Deferred.fromCoroutine(self.logout(other)).addErrback(self._logout_failed, other)
+
+    def _logout_failed(self, failure: Failure, session: Session) -> None:
+        self.log.failure("logging out {session} failed", failure, session=session)
 
     async def _evict(self, nick: str) -> None:
         for other in list(self.sessions.values()):

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from myservices.errors import ErrorCode
-from myservices.hub.events import Direct, Event, Kick, Message, NickChange
+from myservices.hub.events import Direct, Event, Kick, Logout, Message, NickChange
 
 
 @dataclass(frozen=True, eq=False)
@@ -206,6 +206,9 @@ class HubEngine(Protocol):
         Raises RequestError(NICK_OFFLINE) when no connection anywhere holds
         C{event.target}. Never stored: direct messages are not history.
         """
+
+    async def logout(self, order: Logout) -> None:
+        """Hand C{order} to every hub, in every process (L{EngineNode.receive}): they log out those it names."""
 
     async def kick(self, kick: Kick) -> None:
         """Hand C{kick} to every hub serving C{kick.room} (L{EngineNode.receive}): they remove those it names."""

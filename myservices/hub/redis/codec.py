@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from myservices.hub.events import Direct, Event, Kick, Message, NickChange, Presence
+from myservices.hub.events import Direct, Event, Kick, Logout, Message, NickChange, Presence
 
 
 def message_prefix(room: str, ts: float, nick: str, text: str, account: bool = False) -> str:
@@ -37,6 +37,11 @@ def direct_payload(event: Direct, marker: str) -> str:
          "account": event.account, "origin": event.origin, "m": marker},
         ensure_ascii=False,
     )
+
+
+def logout(event: Logout) -> str:
+    """An order to log out an account's connections, on the channel every process listens to."""
+    return json.dumps({"t": "logout", "account": event.account, "keep": event.keep}, ensure_ascii=False)
 
 
 def kick(event: Kick) -> str:
@@ -81,6 +86,8 @@ def decode(text: str) -> tuple[Event | None, str | None, str | None]:
             accounts=frozenset(str(a) for a in data["accounts"]), everyone=bool(data["everyone"]),
             reason=str(data["reason"]),
         )
+    elif kind == "logout":
+        event = Logout(account=str(data["account"]), keep=str(data["keep"]))
     elif kind == "mark":
         event = None
     else:

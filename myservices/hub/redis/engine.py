@@ -26,13 +26,14 @@ from twisted.logger import Logger
 
 from myservices.errors import DATABASE_UNAVAILABLE, NICK_OFFLINE, RequestError
 from myservices.hub.config import HubConfig, parse_redis_url
-from myservices.hub.events import Direct, Event, Kick, Message, NickChange
+from myservices.hub.events import Direct, Event, Kick, Logout, Message, NickChange
 from myservices.hub.history import HistoryStore
 from myservices.hub.interfaces import EngineNode, Joined, RoomInfo, missed_since
 import myservices.hub.redis.scripts as scripts
 from myservices.hub.redis.client import EngineUnavailable, RedisLink
 from myservices.hub.redis.codec import decode_message, direct_payload, message_prefix, nick_change
 from myservices.hub.redis.codec import kick as kick_payload
+from myservices.hub.redis.codec import logout as logout_payload
 from myservices.hub.redis.feeds import Feed, Feeds
 from myservices.hub.redis.presence import LocalPresence
 from myservices.hub.redis.storage import EpochChanged, Storage
@@ -346,6 +347,10 @@ class RedisEngine(Service):
                           old=old, new=new)
         finally:
             self.feeds.abandon(feed, marker)
+
+    async def logout(self, order: Logout) -> None:
+        # on the channel every process listens to, like kicks: each hands it to its hubs, this one too
+        await self.commands.call("PUBLISH", self.feeds.nick_feed.channel, logout_payload(order))
 
     async def kick(self, kick: Kick) -> None:
         # on the channel every process listens to (the nick changes'): each hands it to its hubs, this one too
