@@ -372,12 +372,14 @@ class IdentityChangeTests(TestCase):
         thief = await framed_client(self, port_of(tree, "framed"))
         await thief.call("login", username="alice", password=PASSWORD)
         await thief.call("kv.set", key="k", value=1)
+        pb_thief = await (await pb_connect(self, port_of(tree, "pb"))).login("alice", PASSWORD)
         await owner.command("/passwd correct a new password")  # "correct horse": OLD is one word, so it fails
         ws = await ws_connect(self, port_of(tree, "websocket"), "/chat")
         await ws.event("welcome")
         await ws.call("login", username="alice", password=PASSWORD)
         await ws.call("passwd", old=PASSWORD, new="a new password")
         self.assertEqual((await framed_error(thief.call("kv.get", key="k"))).code, "UNAUTHENTICATED")
+        self.assertEqual(code_of(await failure_of(pb_thief.callRemote("kv_get", "k"))), "UNAUTHENTICATED")
         self.assertEqual((await framed_error(thief.call("token"))).code, "UNAUTHENTICATED")
         self.assertRegex((await thief.call("whoami"))["nick"], r"^guest\d+$")
         self.assertEqual((await ws.call("whoami"))["username"], "alice")  # the one that changed it stays

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 
-from myservices.errors import BAD_ARGUMENTS, FORBIDDEN, RequestError
+from myservices.errors import BAD_ARGUMENTS, FORBIDDEN, UNAUTHENTICATED, RequestError
 from myservices.handlers.pipeline import message_json
 from myservices.handlers.router import ANY, Arg, Router
 from myservices.hub import Hub, Joined, Session, Subscriber
@@ -111,8 +111,11 @@ class CommandState:
 
     @property
     def account_id(self) -> int:
-        assert self.account is not None  # the router checks login first
-        return self.account.id
+        account = self.account
+        if account is None:
+            # the front ends check login first; a login can end meanwhile (a password change elsewhere)
+            raise RequestError(UNAUTHENTICATED, "log in first")
+        return account.id
 
 
 
