@@ -113,9 +113,10 @@ class Hub(Identities, DirectMessages):
         member_id = f"{self.node_id}/{next(self._member_numbers)}"
         nick = await self._guest_nick(member_id)
         c = self.config
-        session = Session(member_id, subscriber, nick, TokenBucket(c.publish_rate, c.publish_burst, self.clock))
-        session.anonymous = anonymous
-        session.churn = TokenBucket(c.churn_rate, c.churn_burst, self.clock)
+        session = Session(
+            member_id, subscriber, nick, TokenBucket(c.publish_rate, c.publish_burst, self.clock),
+            TokenBucket(c.churn_rate, c.churn_burst, self.clock), anonymous,
+        )
         self.sessions[member_id] = session
         self.metrics.hub_sessions.set(len(self.sessions))
         return session
