@@ -6,7 +6,7 @@ import pytest
 from twisted.internet import reactor
 
 from myservices.accounts import AccountsConfig, AccountStore
-from myservices.errors import NICK_TAKEN, RequestError
+from myservices.errors import NICK_OFFLINE, NICK_TAKEN, RequestError
 from myservices.hub import Hub, Subscriber
 from myservices.hub.config import HubConfig
 from myservices.logins import Logins
@@ -61,6 +61,24 @@ class ReservedNicksAcrossProcessesTests(RedisHubs):
         with self.assertRaises(RequestError) as e:
             await two.set_nick(third, "carol")
         self.assertIs(e.exception.error, NICK_TAKEN)
+
+    async def test_an_account_stays_online_while_any_process_holds_it(self) -> None:
+        one, two = await self.start()
+        await self.accounts.register("erin", PASSWORD)
+        here, _ = await self.session(one)
+        there, there_sees = await self.session(two)
+        sender, _ = await self.session(one, "sender")
+        await Logins(one, self.accounts).login(here, "erin", PASSWORD, None)
+        await Logins(two, self.accounts).login(there, "erin", PASSWORD, None)
+        await one.logout(here)  # the last of the account's connections in process one, not in two
+        # at once, not only after process two's next refresh: a direct message and a disconnect find it
+        await one.direct(sender, "erin", "still there?")
+        await self.until(lambda: any(getattr(e, "text", None) == "still there?" for e in there_sees.events), "the DM")
+        await two.logout(there)  # the last one anywhere: the nick is free
+        with self.assertRaises(RequestError) as e:
+            await one.direct(sender, "erin", "gone?")
+        self.assertIs(e.exception.error, NICK_OFFLINE)
+        self.assertFalse(await one.disconnect("erin"))
 
     async def test_a_password_change_logs_the_account_out_on_every_process(self) -> None:
         one, two = await self.start()

@@ -76,7 +76,8 @@ class RedisEngine(Service):
             on_ready=self.feeds.connected, on_lost=self.feeds.lost, on_message=self.feeds.on_message,
         )
         self.feeds.link = self.subscriber
-        self.presence = LocalPresence(self.prefix, self.commands, config.presence_ttl, self.metrics)
+        self.process = uuid.uuid4().hex  # which process holds a nick (an account's connections may be in several)
+        self.presence = LocalPresence(self.prefix, self.commands, config.presence_ttl, self.metrics, self.process)
         self.storage = Storage(
             history, self.commands, self.prefix, config.history_size, config.id_block, config.max_history_backlog,
             self.metrics, lambda: self.epoch,
@@ -193,7 +194,7 @@ class RedisEngine(Service):
 
     async def claim_nick(self, nick: str, member_id: str) -> bool:
         lower = nick.lower()
-        held = bool(await self.commands.eval(scripts.CLAIM_NICK, [self.prefix, lower, member_id, self.ttl_ms]))
+        held = bool(await self.commands.eval(scripts.CLAIM_NICK, [self.prefix, lower, member_id, self.ttl_ms, self.process]))
         if held:
             self.presence.nicks[lower] = member_id
         return held
@@ -203,7 +204,7 @@ class RedisEngine(Service):
         if self.presence.nicks.get(lower) == member_id:
             del self.presence.nicks[lower]  # no longer refreshed: it expires even if Redis is not reached now
         try:
-            await self.commands.eval(scripts.RELEASE_NICK, [self.prefix, lower, member_id])
+            await self.commands.eval(scripts.RELEASE_NICK, [self.prefix, lower, member_id, self.process])
         except EngineUnavailable:
             self.log.info("hub: nick {nick} is released when it expires (Redis is not available)", nick=nick)
 

@@ -27,8 +27,9 @@ class LocalPresence:
 
     log = Logger()
 
-    def __init__(self, prefix: str, link: RedisLink, ttl: float, metrics: Metrics) -> None:
+    def __init__(self, prefix: str, link: RedisLink, ttl: float, metrics: Metrics, process: str) -> None:
         self.prefix = prefix
+        self.process = process  # this process's id: it holds its nicks in Redis under it
         self.link = link
         self.ttl_ms = max(1, int(ttl * 1000))
         self.metrics = metrics
@@ -69,7 +70,7 @@ class LocalPresence:
             batch, entries = entries[:BATCH], entries[BATCH:]
             batch = [e for e in batch if self._holds(e)]  # not one that left while an earlier batch ran
             held, nicks = nicks[: BATCH - len(batch)], nicks[BATCH - len(batch) :]
-            args: list[str | int] = [self.prefix, self.ttl_ms, int(announce), len(batch)]
+            args: list[str | int] = [self.prefix, self.ttl_ms, int(announce), len(batch), self.process]
             for room, member, nick, account in batch:
                 args += [room, member, nick, int(account)]
             for lower, member in held:

@@ -245,17 +245,29 @@ local after = string.format('%d', tonumber(ARGV[3]) + 1) .. '-0'
 return {base, redis.call('XLEN', stream), oldest, payloads(redis.call('XRANGE', stream, after, '+'))}
 """
 
-# ARGV: P, ttl (ms), announce, member count, then member count x (room, member, nick: '' for a subscriber,
+# A nick's holder ('nick:N', a member id, or "@NAME" for an account, whose connections in several processes
+# share it) and the processes that hold it ('nickh:N', process id -> expiry): an account's nick stays held
+# until the last process lets it go, not only until the first one does.
+_NICK = r"""
+local function hold(nick, process, ttl)
+  local h = P .. 'nickh:' .. nick
+  redis.call('ZADD', h, now_ms() + tonumber(ttl), process)
+  redis.call('PEXPIRE', h, ttl)
+end
+"""
+
+# ARGV: P, ttl (ms), announce, member count, this process's id, then member count x (room, member, nick: '' for a subscriber,
 # account: '1' for a member logged in to an account),
 # then (lower-case nick, member) pairs. Refreshes (or re-adds) this process's presence and nicks, and
 # reaps each room; with announce = 1 a member re-added (reaped while its process stalled) gets a JOIN,
 # as the others were told its PART (after a data loss nobody was). The number of nicks another member holds now.
-REFRESH = _PRELUDE + r"""
+REFRESH = _PRELUDE + _NICK + r"""
 local now = now_ms()
 local expiry = now + tonumber(ARGV[2])
 local count = tonumber(ARGV[4])
+local process = ARGV[5]
 local rooms = {}
-local i = 5
+local i = 6
 for _ = 1, count do
   local room, member, nick, account = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   if nick ~= '' then
@@ -275,8 +287,11 @@ while i < #ARGV do
   local holder = redis.call('GET', k)
   if holder == member then
     redis.call('PEXPIRE', k, ARGV[2])
+    hold(ARGV[i], process, ARGV[2])
   elseif not holder then
     redis.call('SET', k, member, 'PX', ARGV[2])
+    redis.call('DEL', P .. 'nickh:' .. ARGV[i])
+    hold(ARGV[i], process, ARGV[2])
   else
     conflicts = conflicts + 1
   end
@@ -303,26 +318,33 @@ if ARGV[5] ~= '' then redis.call('PUBLISH', P .. 'ch:*nick', ARGV[5]) end
 return 1
 """
 
-# ARGV: P, lower-case nick, member, ttl (ms). 1 if the member holds it now.
-CLAIM_NICK = _PRELUDE + r"""
+# ARGV: P, lower-case nick, member, ttl (ms), process. 1 if the member holds it now.
+CLAIM_NICK = _PRELUDE + _NICK + r"""
 local k = P .. 'nick:' .. ARGV[2]
-if redis.call('SET', k, ARGV[3], 'NX', 'PX', ARGV[4]) then return 1 end
+if redis.call('SET', k, ARGV[3], 'NX', 'PX', ARGV[4]) then
+  redis.call('DEL', P .. 'nickh:' .. ARGV[2])  -- the processes of an earlier holder, expired
+  hold(ARGV[2], ARGV[5], ARGV[4])
+  return 1
+end
 if redis.call('GET', k) == ARGV[3] then
   redis.call('PEXPIRE', k, ARGV[4])
+  hold(ARGV[2], ARGV[5], ARGV[4])
   return 1
 end
 return 0
 """
 
-# ARGV: P, lower-case nick, member. Deletes it only if the member holds it.
+# ARGV: P, lower-case nick, member, process. The process no longer holds it; the nick is free once no process
+# does (only if the member holds it).
 RELEASE_NICK = _PRELUDE + r"""
-local k = P .. 'nick:' .. ARGV[2]
-if redis.call('GET', k) == ARGV[3] then redis.call('DEL', k) end
+local k, h = P .. 'nick:' .. ARGV[2], P .. 'nickh:' .. ARGV[2]
+if redis.call('GET', k) ~= ARGV[3] then return 1 end
+redis.call('ZREM', h, ARGV[4])
+redis.call('ZREMRANGEBYSCORE', h, '-inf', now_ms())
+if redis.call('ZCARD', h) == 0 then redis.call('DEL', k, h) end
 return 1
 """
 
-# ARGV: P, lower-case nick, the Direct JSON. 0 if nobody holds the nick (nothing is sent), else 1: published
-# to every process, each delivering to its own connections of that nick.
 # ARGV: P, lower-case nick, the channel every process listens to, the order. 1 if sent, 0 if nobody holds the nick.
 DISCONNECT = _PRELUDE + r"""
 if redis.call('EXISTS', P .. 'nick:' .. ARGV[2]) == 0 then return 0 end
@@ -330,6 +352,8 @@ redis.call('PUBLISH', ARGV[3], ARGV[4])
 return 1
 """
 
+# ARGV: P, lower-case nick, the Direct JSON. 0 if nobody holds the nick (nothing is sent), else 1: published
+# to every process, each delivering to its own connections of that nick.
 DIRECT = _PRELUDE + r"""
 if redis.call('EXISTS', P .. 'nick:' .. ARGV[2]) == 0 then return 0 end
 redis.call('PUBLISH', P .. 'ch:*dm', ARGV[3])
