@@ -24,18 +24,16 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from myservices.errors import DATABASE_UNAVAILABLE, NICK_OFFLINE, RequestError
+from myservices.errors import DATABASE_UNAVAILABLE, RequestError
 from myservices.hub.config import HubConfig, parse_redis_url
-from myservices.hub.events import Direct, Disconnect, Event, Kick, Logout, Message, NickChange
+from myservices.hub.events import Direct, Event, Message, NickChange
 from myservices.hub.history import HistoryStore
 from myservices.hub.interfaces import EngineNode, Joined, RoomInfo, missed_since
 import myservices.hub.redis.scripts as scripts
 from myservices.hub.redis.client import EngineUnavailable, RedisLink
-from myservices.hub.redis.codec import decode_message, direct_payload, message_prefix, nick_change
-from myservices.hub.redis.codec import disconnect as disconnect_payload
-from myservices.hub.redis.codec import kick as kick_payload
-from myservices.hub.redis.codec import logout as logout_payload
+from myservices.hub.redis.codec import decode_message, message_prefix, nick_change
 from myservices.hub.redis.feeds import Feed, Feeds
+from myservices.hub.redis.nicks import NicksAndOrders
 from myservices.hub.redis.presence import LocalPresence
 from myservices.hub.redis.storage import EpochChanged, Storage
 from myservices.metrics import Metrics
@@ -43,7 +41,7 @@ from myservices.metrics import Metrics
 ATTEMPTS = 5  # seeding or reserving, then publishing again: more means Redis keeps losing its data
 
 
-class RedisEngine(Service):
+class RedisEngine(NicksAndOrders, Service):
     """Rooms, ids, nicks, presence and delivery shared through Redis (see the module docstring)."""
 
     log = Logger()
@@ -173,43 +171,6 @@ class RedisEngine(Service):
     def _deliver_direct(self, event: Direct) -> None:
         for node in list(self.nodes.values()):
             node.receive_direct(event)
-
-    async def direct(self, event: Direct) -> None:
-        # the nick's holder is in Redis: checked and published by one script; the sender is answered once its
-        # own process delivered it (its other connections have their copy), as for a publish
-        feed = self.feeds.dm_feed
-        marker = self.feeds.expect()
-        try:
-            await self.feeds.confirmed(feed)
-            payload = direct_payload(event, marker.token)
-            sent = await self.commands.eval(scripts.DIRECT, [self.prefix, event.target.lower(), payload])
-            if not sent:
-                raise RequestError(NICK_OFFLINE, f'no user "{event.target}" is connected')
-            try:
-                await self.feeds.reached(feed, marker)
-            except EngineUnavailable:
-                pass  # it was sent: the sender is answered all the same
-        finally:
-            self.feeds.abandon(feed, marker)
-
-    async def claim_nick(self, nick: str, member_id: str) -> bool:
-        lower = nick.lower()
-        held = bool(await self.commands.eval(scripts.CLAIM_NICK, [self.prefix, lower, member_id, self.ttl_ms, self.process]))
-        if held:
-            self.presence.nicks[lower] = member_id
-        return held
-
-    async def release_nick(self, nick: str, member_id: str) -> None:
-        lower = nick.lower()
-        if self.presence.nicks.get(lower) == member_id:
-            del self.presence.nicks[lower]  # no longer refreshed: it expires even if Redis is not reached now
-        try:
-            await self.commands.eval(scripts.RELEASE_NICK, [self.prefix, lower, member_id, self.process])
-        except EngineUnavailable:
-            self.log.info("hub: nick {nick} is released when it expires (Redis is not available)", nick=nick)
-
-    async def guest_number(self) -> int:
-        return int(await self.commands.call("INCR", self.prefix + "guests"))
 
     # --- rooms ---------------------------------------------------------------------------------------
 
@@ -349,18 +310,6 @@ class RedisEngine(Service):
                           old=old, new=new)
         finally:
             self.feeds.abandon(feed, marker)
-
-    async def logout(self, order: Logout) -> None:
-        # on the channel every process listens to, like kicks: each hands it to its hubs, this one too
-        await self.commands.call("PUBLISH", self.feeds.nick_feed.channel, logout_payload(order))
-
-    async def disconnect(self, order: Disconnect) -> bool:
-        channel = self.feeds.nick_feed.channel
-        return bool(await self.commands.eval(scripts.DISCONNECT, [self.prefix, order.nick, channel, disconnect_payload(order)]))
-
-    async def kick(self, kick: Kick) -> None:
-        # on the channel every process listens to (the nick changes'): each hands it to its hubs, this one too
-        await self.commands.call("PUBLISH", self.feeds.nick_feed.channel, kick_payload(kick))
 
     async def members(self, room: str) -> list[str]:
         return list(await self.commands.eval(scripts.WHO, [self.prefix, room]))
