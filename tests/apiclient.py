@@ -35,6 +35,10 @@ endpoint = "tcp:0:interface=127.0.0.1"
 endpoint = "tcp:0:interface=127.0.0.1"
 [services.http]
 endpoint = "tcp:0:interface=127.0.0.1"
+[services.framed]
+endpoint = "tcp:0:interface=127.0.0.1"
+[services.pb]
+endpoint = "tcp:0:interface=127.0.0.1"
 """
 
 

@@ -14,17 +14,25 @@ from myservices.config import ConfigError
 from myservices.errors import DatabaseUnavailable
 from myservices.web.api_keys import ApiKeys
 from tests.apiclient import KEY, OTHER_KEY, ApiClient, ApiTestCase, api_config
-from tests.support import chat_client, load, port_of
+from tests.pbclient import Listener, pb_connect
+from tests.support import chat_client, framed_client, load, port_of
 from tests.wsclient import ws_connect
 
 
 class PublishTests(ApiTestCase):
-    async def test_publish_reaches_line_websocket_and_framed_clients_in_the_room(self) -> None:
+    async def test_publish_reaches_line_websocket_framed_and_pb_clients_in_the_room(self) -> None:
         tree = await self.start()
         line = await chat_client(self, port_of(tree, "chat"), "liner")
         await line.command("/join lobby")
         web = await ws_connect(self, port_of(tree, "websocket"), "/chat")
         await web.call("join", room="lobby")
+        framed = await framed_client(self, port_of(tree, "framed"))
+        await framed.call("hub.join", room="lobby")
+        accounts = tree.listeners["http"].factory.resource.children[b"api"].children[b"login"].accounts
+        await accounts.register("perry", "a good password")
+        avatar = await (await pb_connect(self, port_of(tree, "pb"))).login("perry", "a good password")
+        listener = Listener()
+        await avatar.callRemote("join", "lobby", listener)
         elsewhere = await chat_client(self, port_of(tree, "chat"), "other")
         await elsewhere.command("/join elsewhere")
 
@@ -43,6 +51,10 @@ class PublishTests(ApiTestCase):
         )
         seen = await web.event("message", id=message["id"])
         self.assertEqual((seen["nick"], seen["text"], seen["account"]), ("api", "hello from the backend", False))
+        pushed = await framed.pushes.next("message")
+        self.assertEqual((pushed["id"], pushed["nick"], pushed["text"]), (message["id"], "api", "hello from the backend"))
+        called = await listener.next("message", id=message["id"])
+        self.assertEqual((called["nick"], called["text"], called["account"]), ("api", "hello from the backend", False))
 
         response = await self.api.post("/api/publish", {"room": "lobby", "text": "second", "nick": "Billing"})
         self.assertEqual(response.json()["nick"], "Billing")

@@ -30,6 +30,7 @@ from myservices.errors import (
 )
 from myservices.handlers.pipeline import message_json
 from myservices.handlers.values import InvalidJSON, client_error, loads
+from myservices.hub.rules import MAX_MESSAGE_ID
 from myservices.web.api_keys import ApiConfig, ApiKeys
 from myservices.web.openapi import document
 from myservices.web.request import error_response
@@ -253,7 +254,7 @@ class RoomsApi(ApiRoute):
         name = hub.check_room(room)
         args = _query(request, ("since", "limit"))
         size = hub.config.history_size
-        since = _integer(args, "since", 0, 2**63 - 1)
+        since = _integer(args, "since", 0, MAX_MESSAGE_ID)
         limit = _integer(args, "limit", 1, max(1, size))
         page = await hub.read(name, since=since, limit=limit)
         return {
