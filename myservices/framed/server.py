@@ -315,7 +315,10 @@ class FramedProtocol(HalfCloseableProtocol):
     def close(self, error: ErrorCode) -> None:
         self.closing = True
         self.transport.write(closing_push(error))
-        self.transport.abortConnection()
+        if error.code == SLOW_CONSUMER.code:
+            self.transport.abortConnection()  # it reads nothing: the push would never be read either
+        else:
+            self.close_gracefully()  # the client reads why (bounded by close_timeout)
 
     def _slow_consumer(self) -> None:
         self.log.info("framed: dropping slow consumer {peer}", peer=str(self.transport.getPeer()), code="SLOW_CONSUMER")

@@ -126,6 +126,7 @@ USER_METHODS: Mapping[str, tuple[Command, bool]] = {
     "passwd": _shared("passwd"),
     "token": _shared("token"),
     "listen": (listener_commands.commands["pb.listen"], False),
+    "disconnect": _shared("hub.disconnect"),
     # room policy: private rooms (owners), kicks, bans, closing (admins)
     **{f"room_{name}": _shared(f"hub.{name}") for name in ("create", "invite", "remove", "delete", "kick", "ban", "unban",
                                                  "close", "reopen")},
