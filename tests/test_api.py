@@ -236,15 +236,18 @@ class DisconnectTests(ApiTestCase):
         self.assertEqual(response.code, 200, response.body)
         self.assertEqual(response.json(), {"nick": "mallory", "disconnected": True})
         lines = await target.read_until("ERR ")
-        self.assertTrue(lines[-1].startswith("ERR DISCONNECTED"), lines)
+        self.assertEqual(lines[-1], "ERR DISCONNECTED spam")
         await target.closed
         self.assertEqual((await web.event("presence", kind="part"))["nick"], "Mallory")
+        response = await self.api.post("/api/disconnect", {"nick": "mallory"})
+        self.assertEqual(response.json(), {"nick": "mallory", "disconnected": False})
 
     async def test_the_body_is_checked(self) -> None:
         await self.start()
         for body in ({}, {"nick": 1}, {"nick": "a", "reason": 2}, {"nick": "a", "reason": "x" * 201}, {"nick": "a", "x": 1}):
             self.assert_error(await self.api.post("/api/disconnect", body), 400, "BAD_ARGUMENTS")
         self.assert_error(await self.api.post("/api/disconnect", {"nick": "no spaces"}), 400, "NICK_INVALID")
+        self.assert_error(await self.api.post("/api/disconnect", {"nick": "a", "reason": "bell\x07"}), 400, "TEXT_INVALID")
 
 
 class AuthTests(ApiTestCase):

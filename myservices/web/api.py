@@ -291,7 +291,8 @@ def _integer(args: Mapping[str, str], name: str, low: int, high: int) -> int | N
 
 
 class DisconnectApi(ApiRoute):
-    """C{POST /api/disconnect {nick, reason?}}: every connection using the nick, on every process, is closed."""
+    """C{POST /api/disconnect {nick, reason?}}: every connection using the nick, on every process, is closed;
+    C{disconnected} is false when none had it."""
 
     def render_POST(self, request: Request) -> int:
         return self.serve(request)
@@ -302,8 +303,8 @@ class DisconnectApi(ApiRoute):
         if len(reason) > MAX_REASON_LENGTH:
             raise RequestError(BAD_ARGUMENTS, f"'reason' is longer than {MAX_REASON_LENGTH} characters")
         nick = self.api.hub.check_nick(fields["nick"])
-        await self.api.hub.disconnect(nick, reason)
-        return {"nick": nick, "disconnected": True}
+        found = await self.api.hub.disconnect(nick, reason)
+        return {"nick": nick, "disconnected": found}
 
 
 class OpenApiDocument(Resource):

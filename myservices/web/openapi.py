@@ -141,7 +141,10 @@ def _schemas() -> dict[str, Any]:
         },
         "Disconnected": {
             "type": "object", "required": ["nick", "disconnected"],
-            "properties": {"nick": {"type": "string"}, "disconnected": {"type": "boolean"}},
+            "properties": {
+                "nick": {"type": "string"},
+                "disconnected": {"type": "boolean", "description": "false when no connection had the nick"},
+            },
         },
         "Counter": {
             "type": "object", "required": ["name", "value"],
