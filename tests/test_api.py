@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 from twisted.web.test.requesthelper import DummyRequest
@@ -13,9 +14,10 @@ from twisted.web.test.requesthelper import DummyRequest
 from myservices.config import ConfigError
 from myservices.errors import DatabaseUnavailable
 from myservices.web.api_keys import ApiKeys
+from tests import redisserver
 from tests.apiclient import KEY, OTHER_KEY, ApiClient, ApiTestCase, api_config
 from tests.pbclient import Listener, pb_connect
-from tests.support import chat_client, framed_client, load, port_of
+from tests.support import chat_client, framed_client, load, port_of, start_tree
 from tests.wsclient import ws_connect
 
 
@@ -376,3 +378,37 @@ class ConfigTests(TestCase):
             with self.assertRaises(ConfigError):
                 self.config(bad)
         self.assertEqual(json.loads(json.dumps(list(self.config('nick = "bot"').api.keys))), [])
+
+
+@pytest.mark.redis
+class TwoDaemonsTests(TestCase):
+    """Two trees on one Redis: what the API of one does reaches the other's connections."""
+
+    timeout = 60
+
+    async def test_publish_rooms_and_disconnect_reach_every_process(self) -> None:
+        redis = redisserver.start_redis(self)
+        data = Path(self.mktemp()).resolve()
+        hub = f'engine = "redis"\nredis_url = "{redis.url}"'
+        config = load(self, api_config(f"sqlite:///{data}/shared.sqlite3", hub=hub))
+        one = await start_tree(self, config)
+        two = await start_tree(self, config)
+        for tree in (one, two):
+            await tree.hub.engine.when_connected(timeout=10)
+        far = await chat_client(self, port_of(two, "chat"), "faraway")
+        await far.command("/join lobby")
+        api = ApiClient(self, port_of(one, "http"))
+
+        message = (await api.post("/api/publish", {"room": "lobby", "text": "across processes"})).json()
+        self.assertEqual((await far.read_until("MSG "))[-1], f"MSG lobby {message['id']} api across processes")
+        rooms = (await api.get("/api/rooms")).json()["rooms"]
+        self.assertEqual(rooms, [{"name": "lobby", "members": 1, "subscribers": 0, "last_id": message["id"]}])
+        presence = (await api.get("/api/rooms/lobby/presence")).json()
+        self.assertEqual(presence["members"], ["faraway"])
+        history = (await api.get("/api/rooms/lobby/history?since=0")).json()
+        self.assertEqual([m["id"] for m in history["messages"]], [message["id"]])
+
+        response = await api.post("/api/disconnect", {"nick": "FarAway", "reason": "bye"})
+        self.assertEqual(response.json(), {"nick": "FarAway", "disconnected": True})
+        self.assertEqual((await far.read_until("ERR "))[-1], "ERR DISCONNECTED bye")
+        await far.closed
