@@ -55,6 +55,7 @@ ENV_TOKEN_SECRET_FILE = "MYSERVICES_TOKEN_SECRET_FILE"  # MYSERVICES_TOKEN_SECRE
 # one more key of the server API ([api] keys), directly or in a file
 ENV_API_KEY = "MYSERVICES_API_KEY"
 ENV_API_KEY_FILE = "MYSERVICES_API_KEY_FILE"
+MIN_API_KEY_LENGTH = 16  # [api] keys are checked against it too (myservices.web.api_keys)
 
 
 # a problem that comes from an environment variable, not the file, starts with this and the variable's name
@@ -230,7 +231,13 @@ def _validate(
         built["tokens"] = dataclasses.replace(built["tokens"], secret=secret or "")
     if built.get("api") is not None:
         api_key = _secret_from_environment(None, ENV_API_KEY, ENV_API_KEY_FILE, environ, problems)
-        if api_key:
+        variable = ENV_API_KEY_FILE if ENV_API_KEY_FILE in environ else ENV_API_KEY
+        if api_key and (len(api_key) < MIN_API_KEY_LENGTH or api_key != api_key.strip()):
+            problems.append(
+                f"{ENV_PROBLEM}{variable}: expected an API key of at least {MIN_API_KEY_LENGTH} characters, "
+                "without spaces around it"
+            )
+        elif api_key:
             built["api"] = dataclasses.replace(built["api"], keys=(*built["api"].keys, api_key))
     if problems:
         raise ConfigError(source, problems)

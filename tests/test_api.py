@@ -366,10 +366,13 @@ class ConfigTests(TestCase):
         with self.assertRaises(ConfigError) as caught:
             self.config('keys = ["short-key"]', {"MYSERVICES_API_KEY": "tiny"})
         message = str(caught.exception)
-        self.assertIn("api.keys: key 1 of 2", message)
-        self.assertIn("api.keys: key 2 of 2", message)
-        self.assertNotIn("short-key", message)
+        self.assertIn("environment variable MYSERVICES_API_KEY: expected an API key of at least 16", message)
         self.assertNotIn("tiny", message)
+        with self.assertRaises(ConfigError) as caught:
+            self.config('keys = ["short-key", "a-long-enough-key-0123"]')
+        message = str(caught.exception)
+        self.assertIn("api.keys: key 1 of 2: expected at least 16 characters", message)
+        self.assertNotIn("short-key", message)
 
     def test_defaults_and_limits(self) -> None:
         api = self.config("").api

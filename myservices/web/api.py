@@ -13,6 +13,7 @@ describes the routes, L{myservices.web.openapi} documents them for clients.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -156,7 +157,8 @@ class ApiRoute(Resource):
         if status == 429:
             request.setHeader(b"Retry-After", b"%d" % max(1, int(error.retry_after or 1)))
         elif status == 503:
-            request.setHeader(b"Retry-After", b"%d" % self.api.retry_after)
+            wait = self.api.retry_after if error.retry_after is None else max(1, math.ceil(error.retry_after))
+            request.setHeader(b"Retry-After", b"%d" % wait)
         finish(request, error_response(request, status, error.error, error.detail))
 
     def nick(self, body: dict[str, Any]) -> str:

@@ -16,13 +16,13 @@ from dataclasses import dataclass
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.server import Request
 
-from myservices.config import ENV_API_KEY, Config
+from myservices.config import ENV_API_KEY, MIN_API_KEY_LENGTH, Config
 from myservices.errors import FORBIDDEN, NICK_INVALID, RATE_LIMITED, UNAUTHENTICATED, RequestError
 from myservices.hub.rules import check_nick
 from myservices.ratelimit import TokenBucket
 from myservices.settings import SIZE, STRINGS, KiB, MiB, setting
 
-MIN_KEY_LENGTH = 16
+MIN_KEY_LENGTH = MIN_API_KEY_LENGTH
 NO_KEY_MESSAGE = (
     f"the server API has no key configured: set [api] keys or {ENV_API_KEY} (see docs/api.md)"
 )
@@ -53,8 +53,8 @@ def check_api(config: Config) -> list[str]:
     for i, key in enumerate(api.keys):
         if len(key) < MIN_KEY_LENGTH or key != key.strip():
             problems.append(
-                f"api.keys: key {i + 1} of {len(api.keys)} ({ENV_API_KEY} adds the last one): expected at least "
-                f"{MIN_KEY_LENGTH} characters, without spaces around them"
+                f"api.keys: key {i + 1} of {len(api.keys)}: expected at least {MIN_KEY_LENGTH} characters, "
+                "without spaces around them"
             )
     try:
         check_nick(config.hub, api.nick)

@@ -50,6 +50,10 @@ _BODY_ERRORS = {
 }
 
 
+# 404 (no such route), 405 (wrong method): every answer that is not a success has the error shape
+_OTHER = {"default": _error("any other error (404 no such route, 405 wrong method), in the same shape")}
+
+
 def _body(schema: str) -> dict[str, Any]:
     return {"required": True, "content": {JSON: {"schema": _ref(schema)}}}
 
@@ -59,7 +63,7 @@ def _room_parameter() -> dict[str, Any]:
 
 
 def _keyed(operation: dict[str, Any], *, body: bool = False) -> dict[str, Any]:
-    responses = {**operation.pop("responses"), **_KEYED_ERRORS, **(_BODY_ERRORS if body else {})}
+    responses = {**operation.pop("responses"), **_KEYED_ERRORS, **(_BODY_ERRORS if body else {}), **_OTHER}
     if not body:
         responses["400"] = _error("BAD_ARGUMENTS or ROOM_INVALID: bad query arguments or room name")
     return {**operation, "responses": dict(sorted(responses.items()))}
@@ -205,7 +209,7 @@ def _paths() -> dict[str, Any]:
         }, body=True)},
         "/api/counter": {"get": {
             "operationId": "counter", "summary": "The durable request counter's last number", "security": [],
-            "responses": {"200": _ok("its name and value", "Counter"), "503": _error("database down", True)},
+            "responses": {"200": _ok("its name and value", "Counter"), "503": _error("database down", True), **_OTHER},
         }},
         "/api/login": {"post": {
             "operationId": "login", "summary": "A login token for an account (also set as a cookie)", "security": [],
@@ -213,12 +217,13 @@ def _paths() -> dict[str, Any]:
             "responses": {
                 "200": _ok("the token", "Login"), "400": _error("malformed request"),
                 "401": _error("LOGIN_FAILED"), "413": _error("TOO_LARGE"), "415": _error("not JSON"),
-                "429": _error("RATE_LIMITED", True), "503": _error("unavailable", True),
+                "429": _error("RATE_LIMITED", True), "500": _error("INTERNAL"), "503": _error("unavailable", True),
+                **_OTHER,
             },
         }},
         "/api/logout": {"post": {
             "operationId": "logout", "summary": "Clear the login cookie", "security": [],
-            "responses": {"200": _ok("the cookie is cleared", "LoggedOut")},
+            "responses": {"200": _ok("the cookie is cleared", "LoggedOut"), **_OTHER},
         }},
         "/api/openapi.json": {"get": {
             "operationId": "openapi", "summary": "This document", "security": [],
