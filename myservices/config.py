@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from myservices.hub.policy_config import RoomsConfig
     from myservices.kv import KeyValueConfig
     from myservices.tokens import TokensConfig
+    from myservices.web.api_keys import ApiConfig
 
 ENV_PREFIX = "MYSERVICES__"
 ENV_ALIASES: Mapping[str, tuple[str, ...]] = {
@@ -51,6 +52,10 @@ ENV_PASSWORD_FILE = "MYSERVICES_DATABASE_PASSWORD_FILE"
 ENV_REDIS_PASSWORD = "MYSERVICES_REDIS_PASSWORD"
 ENV_REDIS_PASSWORD_FILE = "MYSERVICES_REDIS_PASSWORD_FILE"
 ENV_TOKEN_SECRET_FILE = "MYSERVICES_TOKEN_SECRET_FILE"  # MYSERVICES_TOKEN_SECRET itself is an alias
+# one more key of the server API ([api] keys), directly or in a file
+ENV_API_KEY = "MYSERVICES_API_KEY"
+ENV_API_KEY_FILE = "MYSERVICES_API_KEY_FILE"
+MIN_API_KEY_LENGTH = 16  # [api] keys are checked against it too (myservices.web.api_keys)
 
 
 # a problem that comes from an environment variable, not the file, starts with this and the variable's name
@@ -142,6 +147,7 @@ class Config:
     kv: KeyValueConfig
     tokens: TokensConfig
     rooms: RoomsConfig
+    api: ApiConfig
     services: Mapping[str, ServiceConfig]
 
     def enabled_services(self) -> list[tuple[str, ServiceConfig]]:
@@ -223,6 +229,16 @@ def _validate(
     if built.get("tokens") is not None and ENV_TOKEN_SECRET_FILE in environ:
         secret = _secret_from_environment("", "", ENV_TOKEN_SECRET_FILE, environ, problems)
         built["tokens"] = dataclasses.replace(built["tokens"], secret=secret or "")
+    if built.get("api") is not None:
+        api_key = _secret_from_environment(None, ENV_API_KEY, ENV_API_KEY_FILE, environ, problems)
+        variable = ENV_API_KEY_FILE if ENV_API_KEY_FILE in environ else ENV_API_KEY
+        if api_key and (len(api_key) < MIN_API_KEY_LENGTH or api_key != api_key.strip()):
+            problems.append(
+                f"{ENV_PROBLEM}{variable}: expected an API key of at least {MIN_API_KEY_LENGTH} characters, "
+                "without spaces around it"
+            )
+        elif api_key:
+            built["api"] = dataclasses.replace(built["api"], keys=(*built["api"].keys, api_key))
     if problems:
         raise ConfigError(source, problems)
     built["database"] = database

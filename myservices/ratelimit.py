@@ -16,20 +16,20 @@ class TokenBucket:
         self._tokens = float(burst)
         self._stamp = clock.seconds()
 
-    def allow(self) -> bool:
-        """Take one token if there is one."""
+    def allow(self, cost: int = 1) -> bool:
+        """Take C{cost} tokens (one event) if there are that many."""
         now = self._seconds()
         tokens = self._tokens + (now - self._stamp) * self.rate
         if tokens > self.burst:
             tokens = self.burst
         self._stamp = now
-        if tokens >= 1:
-            self._tokens = tokens - 1
+        if tokens >= cost:
+            self._tokens = tokens - cost
             return True
         self._tokens = tokens
         return False
 
-    def wait(self) -> float:
-        """Seconds until the next token (0 if there is one now)."""
+    def wait(self, cost: int = 1) -> float:
+        """Seconds until C{cost} tokens are there (0 if they are now)."""
         tokens = min(self.burst, self._tokens + (self._seconds() - self._stamp) * self.rate)
-        return 0.0 if tokens >= 1 else (1 - tokens) / self.rate
+        return 0.0 if tokens >= cost else (cost - tokens) / self.rate

@@ -28,6 +28,7 @@ from myservices.pb import server as pb
 from myservices.settings import ServiceConfig
 from myservices.tokens import TokensConfig, check_tokens
 from myservices.web import service as http
+from myservices.web.api_keys import ApiConfig, check_api
 from myservices.websocket import service as websocket
 from myservices.workers.checks import check_workers
 
@@ -57,6 +58,7 @@ KINDS = (
 # the top-level sections besides [daemon], [database] and [services.NAME]: fields of Config
 SECTIONS: Mapping[str, type] = {
     "hub": HubConfig, "accounts": AccountsConfig, "kv": KeyValueConfig, "tokens": TokensConfig, "rooms": RoomsConfig,
+    "api": ApiConfig,
 }
 
 
@@ -72,7 +74,7 @@ def config_classes() -> dict[str, type[ServiceConfig]]:
 def schema() -> Schema:
     """What a config file of this daemon may hold."""
     hub_kinds = frozenset(kind.name for kind in KINDS if kind.uses_hub)
-    checks = (partial(check_workers, hub_kinds=hub_kinds), check_tokens)
+    checks = (partial(check_workers, hub_kinds=hub_kinds), check_tokens, check_api)
     return Schema(sections=SECTIONS, kinds=config_classes(), checks=checks)
 
 

@@ -22,10 +22,12 @@ class DocsTests(TestCase):
         from myservices.hub.policy_config import RoomsConfig
         from myservices.kv import KeyValueConfig
         from myservices.tokens import TokensConfig
+        from myservices.web.api_keys import ApiConfig
 
         tables = {
             "daemon": DaemonConfig, "database": DatabaseConfig, "hub": HubConfig, "accounts": AccountsConfig,
             "kv": KeyValueConfig, "tokens": TokensConfig, "rooms": RoomsConfig,
+            "api": ApiConfig,
         }
         tables.update({f"services.{name}": kind.config for name, kind in service_kinds().items()})
         for section, cls in tables.items():

@@ -29,6 +29,8 @@ from myservices.endpoints import split_description
 from tests.support import REPO, ci
 
 VENV_BIN = REPO / ".venv" / "bin"
+# what README.md's Try it exports before starting the daemon (the server API's key)
+API_KEY_EXPORT = "export MYSERVICES_API_KEY="
 
 
 def readme() -> str:
@@ -61,6 +63,9 @@ class ReadmeTryItTests(TestCase):
             if ci():
                 raise AssertionError(message)
             raise SkipTest(message)
+        exported = re.search(rf"`{API_KEY_EXPORT}([^`\s]+)`", readme())
+        assert exported is not None, f"README.md's Try it no longer says `{API_KEY_EXPORT}...`"
+        self.api_key = exported.group(1)
         self.ports = self.start_daemon()
 
     def start_daemon(self) -> dict[str, int]:
@@ -100,6 +105,7 @@ class ReadmeTryItTests(TestCase):
     def env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("MYSERVICES", "NOTIFY_SOCKET", "LISTEN_"))}
         env["PATH"] = f"{VENV_BIN}:{env.get('PATH', '')}"  # for the bare myservices-client of the prose
+        env["MYSERVICES_API_KEY"] = self.api_key  # exported in both terminals, as Try it says
         env.update(extra)
         return env
 
@@ -190,6 +196,10 @@ class ReadmeTryItTests(TestCase):
         assert publish is not None, "README.md no longer shows `myservices-client framed publish lobby hello`"
         self.assertRegex(self.sh(publish.group(1)), r"^published lobby #\d+\n$")
         self.read_until(pb, r"\[lobby #\d+\] <guest\d+> hello\n")
+        # the server API publishes to the same room: the PB client prints it too
+        published = self.sh(line("curl -sS -H \"Authorization: Bearer $MYSERVICES_API_KEY\" "))
+        self.assertRegex(published, r'^\{"room": "lobby", "id": \d+, .*"nick": "api", "text": "hello from a backend"')
+        self.read_until(pb, r"\[lobby #\d+\] <api> hello from a backend\n")
         self.ctrl_c(pb)
 
         self.assertEqual(sorted(ran), sorted(commands), "a Try it line this test does not run")

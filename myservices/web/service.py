@@ -10,6 +10,8 @@ from twisted.application.service import IService
 from myservices.context import BuildContext
 from myservices.listeners import StreamListenerService
 from myservices.settings import DURATION, SIZE, KiB, MiB, ServiceConfig, StreamServiceConfig, setting
+from myservices.web.api import Api, mount_api
+from myservices.web.api_keys import ApiKeys
 from myservices.web.auth import LoginApi, LogoutApi
 from myservices.web.channel import HttpLimits
 from myservices.web.pages import static_directory
@@ -83,6 +85,8 @@ def build(name: str, cfg: HttpConfig, ctx: BuildContext) -> IService:
     api.putChild(b"counter", CounterApi(counter, errors))
     api.putChild(b"login", LoginApi(ctx.accounts, ctx.tokens))
     api.putChild(b"logout", LogoutApi())
+    keys = ApiKeys(ctx.config.api.keys, ctx.config.api.rate, ctx.config.api.burst, ctx.reactor)
+    mount_api(api, Api(ctx.hub, keys, ctx.config.api, cfg.retry_after))
     root.putChild(b"api", api)
     limits = HttpLimits(
         max_body_size=cfg.max_body_size,
