@@ -40,7 +40,7 @@ from myservices.framed.catalog import COMMAND_NAMES, COMMANDS, PUSHES
 from myservices.framed.wire import MAX_ID, Frame, FrameDecoder, FrameError, encode_json, encode_reply
 from myservices.flow import IdleTimer, ReadGate
 from myservices.halfclose import HalfCloseableProtocol
-from myservices.handlers import values
+from myservices.handlers import admin_commands, values  # noqa: F401  admin_commands: registers admin.* on the router
 from myservices.handlers.commands import CommandState, SharedServices, router
 from myservices.handlers.pipeline import call, classify, event_body
 from myservices.handlers.router import Command, Router

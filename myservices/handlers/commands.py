@@ -14,13 +14,13 @@ from myservices.handlers.pipeline import message_json
 from myservices.handlers.router import ANY, Arg, Router
 from myservices.hub import Hub, Joined, Session, Subscriber
 from myservices.hub.rules import MAX_MESSAGE_ID
-
 if TYPE_CHECKING:
     from myservices.accounts import Account, AccountStore
     from myservices.counter import DurableCounter
     from myservices.hub.moderation import Moderation
     from myservices.kv import KeyValueStore
     from myservices.logins import LoggedIn, Logins
+    from myservices.operator.sampler import Sampler
     from myservices.tokens import TokenService
 
 
@@ -35,6 +35,7 @@ class SharedServices:
     clock: IReactorTime
     tokens: TokenService
     logins: Logins | None = None
+    operator: Sampler | None = None  # the operator page's statistics (myservices.handlers.admin_commands)
 
 
 class CommandState:
@@ -116,7 +117,6 @@ class CommandState:
             # the front ends check login first; a login can end meanwhile (a password change elsewhere)
             raise RequestError(UNAUTHENTICATED, "log in first")
         return account.id
-
 
 
 router = Router()
