@@ -89,7 +89,7 @@ class ServiceTree(OrderedMultiService):
 
     Children, in the order they start (and the reverse of the order they
     stop): the watchdog, the database, the reactor lag probe, the hub's
-    lease (memory engine), the hub, the password hasher, the counter, the listeners
+    lease (memory engine), the hub, the password hasher, the counter, the operator statistics, the listeners
     (stopped together), then notify and reload. C{log_output}, when the
     configuration asks for one, is handed to twistd as the log observer
     (L{setServiceParent}).

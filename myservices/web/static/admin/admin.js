@@ -247,7 +247,8 @@
         const span = this.times[this.times.length - 1] - this.times[0];
         g.fillText(Math.round(span) + " s", right - 40, height - 2);
       }
-      const step = (right - left) / Math.max(1, HISTORY - 1);
+      // a minute wide at first, then up to HISTORY points: newest on the right
+      const step = (right - left) / (Math.min(HISTORY, Math.max(60, this.times.length)) - 1);
       const x0 = right - step * (this.times.length - 1);
       for (const [name, data] of this.series) {
         g.strokeStyle = this.color(name);
