@@ -182,6 +182,16 @@ class RecentErrorsTests(TestCase):
         log.error("after stop")
         self.assertEqual(errors.recent()[-1]["text"], "it failed")
 
+    def test_the_sampler_observes_the_log_while_it_runs(self) -> None:
+        errors = RecentErrors(10)
+        sampler = Sampler(AdminConfig(), FakeHub(), Metrics(), Clock(), errors)  # type: ignore[arg-type]
+        log = Logger(namespace="myservices.test")
+        sampler.startService()
+        log.warn("while running")
+        sampler.stopService()
+        log.warn("after stopping")
+        self.assertEqual([e["text"] for e in errors.recent()], ["while running"])
+
 
 # --- integration: a real tree, admin.* over a real WebSocket ----------------------------------------
 
@@ -248,6 +258,12 @@ class AdminCommandsTests(TestCase):
         await client.call("login", username="root", password="correct horse")
         stats = await client.call("admin.stats")
         self.assertIn("framed", stats["connections"])
+        # watching on the framed service: "stats" pushes
+        self.assertEqual(await client.call("admin.watch"), {"watching": True, "interval": 0.1})
+        pushed = await client.pushes.next("stats")
+        self.assertEqual(pushed["node"], "local")
+        await client.pushes.next("stats")
+        self.assertEqual((await client.call("admin.unwatch"))["was_watching"], True)
 
     async def test_an_admin_watches_sees_a_room_and_kicks_from_it(self) -> None:
         await self.start()
