@@ -146,7 +146,10 @@ class ChatProtocol(HalfCloseableProtocol, LineReceiver, TimeoutMixin, ChatComman
 
     def close(self, error: ErrorCode) -> None:
         self.transport.write(f"ERR {error.code} {error.message}\r\n".encode())
-        self.transport.abortConnection()
+        if error.code == SLOW_CONSUMER.code:
+            self.transport.abortConnection()  # it reads nothing: its error line would never be read either
+        else:
+            self.close_gracefully()  # the client reads why (bounded by close_timeout)
 
     def _slow_consumer(self) -> None:
         self.log.info("chat: dropping slow consumer {peer}", peer=self.transport.getPeer(), code="SLOW_CONSUMER")

@@ -262,6 +262,13 @@ class ChatCommands:
         name, who = await self._moderation().kick(self._session(), room, nick, reason.strip()[:200])
         return f"OK kick {name} {who}"
 
+    async def do_disconnect(self, args: str) -> str:
+        nick, _, reason = args.strip().partition(" ")
+        if not nick:
+            raise RequestError(BAD_ARGUMENTS, "usage: /disconnect NICK [REASON]")
+        who, online = await self._moderation().disconnect(self._session(), nick, reason.strip()[:200])
+        return f"OK disconnect {who}" if online else f"OK disconnect {who} (nobody had that nick)"
+
     async def do_ban(self, args: str) -> str:
         room, user, seconds = self._words(args, 3, 3, "/ban ROOM USER SECONDS")
         if not (seconds.isascii() and seconds.isdigit()) or len(seconds) > 12:

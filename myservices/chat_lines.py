@@ -68,6 +68,7 @@ HELP = [
     "/invite ROOM USER    make account USER a member of your private room (/remove ROOM USER undoes it)",
     "/delete ROOM         make your private room public again",
     "/kick ROOM NICK [WHY]  remove NICK from ROOM (admins; owners in their private room)",
+    "/disconnect NICK [WHY]  close every connection of NICK, on every server (admins)",
     "/ban ROOM USER SECS  keep account USER out of ROOM for SECS seconds (admins; /unban ROOM USER)",
     "/close ROOM          remove everyone; only admins may use ROOM until /reopen ROOM (admins)",
     "/quit                disconnect",

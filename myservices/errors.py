@@ -77,6 +77,7 @@ FORBIDDEN = ErrorCode("FORBIDDEN", "not allowed for this user", retry=False)
 TOKEN_INVALID = ErrorCode("TOKEN_INVALID", "the token is not valid (bad signature, malformed or revoked)", retry=False)
 TOKEN_EXPIRED = ErrorCode("TOKEN_EXPIRED", "the token has expired; get a new one", retry=False)
 NICK_OFFLINE = ErrorCode("NICK_OFFLINE", "no user with this nick is connected", retry=False)
+DISCONNECTED = ErrorCode("DISCONNECTED", "disconnected by an operator", retry=False)
 INTERNAL = ErrorCode("INTERNAL", "internal error; it has been logged", retry=True)
 
 ERRORS: dict[str, ErrorCode] = {
@@ -86,6 +87,6 @@ ERRORS: dict[str, ErrorCode] = {
         ROOM_INVALID, NOT_IN_ROOM, TOO_MANY_ROOMS, RATE_LIMITED, SLOW_CONSUMER, NOT_FOUND, BAD_REQUEST, TOO_LARGE,
         TIMEOUT, UNSUPPORTED_VERSION, UNAUTHENTICATED, LOGIN_FAILED, USERNAME_TAKEN, QUOTA_EXCEEDED, BUSY,
         DATABASE_UNAVAILABLE, HUB_UNAVAILABLE, ENGINE_UNAVAILABLE,
-        SHUTTING_DOWN, FORBIDDEN, TOKEN_INVALID, TOKEN_EXPIRED, NICK_OFFLINE, INTERNAL,
+        SHUTTING_DOWN, FORBIDDEN, TOKEN_INVALID, TOKEN_EXPIRED, NICK_OFFLINE, DISCONNECTED, INTERNAL,
     )
 }

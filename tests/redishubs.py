@@ -29,12 +29,13 @@ class Seen:
 
     def __init__(self) -> None:
         self.events: list[Event] = []
+        self.closed_with: Any = None
 
     def deliver(self, event: Event) -> None:
         self.events.append(event)
 
     def close(self, error: Any) -> None:
-        pass
+        self.closed_with = error
 
     def ids(self) -> list[int]:
         return [e.id for e in self.events if isinstance(e, Message)]

@@ -86,6 +86,19 @@ class AdminPageTests(TestCase):
         self.assertIn("KICK ops liner", (await liner.read_until("KICK ops liner"))[-1])
         self.assertEqual(await self.tree.hub.who("ops"), [])
 
+        # back in the room: the page shows it again (still open), and disconnect closes the line client
+        self.assertEqual((await liner.command("/join ops"))[-1], "OK join ops")
+
+        def disconnect(driver: Any) -> str:
+            member = '#rooms-body tr.members-row[data-room="ops"] li[data-nick="liner"]'
+            _wait(driver, lambda d: _els(d, member) and _els(d, member)[0].is_displayed())
+            _el(driver, member + " button.disconnect").click()
+            _wait(driver, lambda d: not _room_row(d, "ops"))
+            return _el(driver, "#action-feedback").text
+
+        self.assertEqual(await self.in_browser(disconnect), "Disconnected liner.")
+        await liner.closed
+
     async def test_a_non_admin_sees_the_refusal_and_nothing_else(self) -> None:
         await self.asyncSetUp()
         await self.line.command("/join lobby")

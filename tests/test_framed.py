@@ -250,7 +250,7 @@ class FramedTestsMixin:
         self.assertIsInstance(pushed["ts"], float)
 
         self.assertEqual(await alice.call("hub.who", room="lobby"), {"room": "lobby", "members": ["alice", "bob"]})
-        self.assertEqual(await alice.call("hub.rooms"), {"rooms": [{"name": "lobby", "members": 2, "subscribers": 0}]})
+        self.assertEqual(await alice.call("hub.rooms"), {"rooms": [{"name": "lobby", "members": 2, "subscribers": 0, "last_id": 2}]})
         history = await alice.call("hub.history", room="lobby", limit=1)
         self.assertEqual([(m["id"], m["text"]) for m in history["messages"]], [(2, "hi from nc")])
 

@@ -277,10 +277,15 @@ class AdminCommandsTests(TestCase):
 
         line = await chat_client(self, port_of(self.tree, "chat"), "liner")
         await line.command("/join ops")
-        for i in range(5):
-            line.send(f"line {i}")
         seen = await stats_until(admin, lambda s: (room(s, "ops") or {}).get("members") == 1)
         self.assertEqual(seen["connections"]["chat"], 1)
+        # messages per second: the room's last id grew between two snapshots
+        for i in range(5):
+            line.send(f"line {i}")
+        await line.read_until(lambda text: text.startswith("MSG ops 5 "))
+        busy = await stats_until(admin, lambda s: (room(s, "ops") or {}).get("rate", 0) > 0)
+        self.assertEqual(room(busy, "ops")["last_id"], 5)  # type: ignore[index]
+        self.assertGreater(busy["message_rate"], 0)
         self.assertEqual(await admin.call("who", room="ops"), {"room": "ops", "members": ["liner"]})
 
         # kick: the line client is told, and the room is gone from the snapshots
@@ -288,6 +293,14 @@ class AdminCommandsTests(TestCase):
                          {"room": "ops", "nick": "liner"})
         self.assertIn("KICK ops liner", (await line.read_until("KICK ops liner"))[-1])
         await stats_until(admin, lambda s: room(s, "ops") is None)
+
+        # disconnect: every connection of the nick is closed
+        self.assertEqual(await admin.call("disconnect", nick="liner", reason="enough"),
+                         {"nick": "liner", "disconnected": True})
+        await line.closed
+        await stats_until(admin, lambda s: s["connections"]["chat"] == 0)
+        bob = await self.ws("bob")
+        self.assertEqual((await bob.request("disconnect", nick="root"))["error"]["code"], "FORBIDDEN")
 
         # a watcher that closes is removed; nobody watching: nothing is sampled
         sampler = self.tree.namedServices["operator"]

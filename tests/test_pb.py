@@ -185,7 +185,7 @@ class SQLitePBTests(PBTestsMixin, TestCase):
         self.assertEqual(await listener.next("presence"),
                          {"kind": "join", "room": "lobby", "nick": "alice", "account": True})
         self.assertEqual(await avatar.callRemote("who", "lobby"), {"room": "lobby", "members": ["alice"]})
-        self.assertEqual(await avatar.callRemote("rooms"), {"rooms": [{"name": "lobby", "members": 1, "subscribers": 0}]})
+        self.assertEqual(await avatar.callRemote("rooms"), {"rooms": [{"name": "lobby", "members": 1, "subscribers": 0, "last_id": 0}]})
 
         self.assertEqual(await room.callRemote("publish", "hello, wörld"), {"room": "lobby", "id": 1})
         message = await listener.next("message")

@@ -183,6 +183,32 @@ class RoomPolicyTestsMixin:
         await root.call("hub.reopen", room="lobby")
         await bob.call("hub.join", room="lobby")
 
+    async def test_an_admin_disconnects_a_nick_on_every_front_end(self) -> None:
+        tree = await self.asyncSetUp()
+        line = await chat_client(self, port_of(tree, "chat"), "spammer")
+        await line.command("/join lobby")
+        web = await ws_connect(self, port_of(tree, "websocket"), "/chat")
+        await web.call("nick", nick="Spammer2")
+        bob = await self.framed_user("bob")
+        await bob.call("hub.join", room="lobby")
+        self.assertEqual((await self.framed_error(bob, "hub.disconnect", nick="spammer")).code, "FORBIDDEN")
+        root = await self.framed_user("root")
+        self.assertEqual(await root.call("hub.disconnect", nick="SPAMMER", reason="flooding"),
+                         {"nick": "SPAMMER", "disconnected": True})
+        lines = await line.read_until("ERR")
+        self.assertEqual(lines[-1], "ERR DISCONNECTED disconnected by root: flooding")
+        await line.closed
+        self.assertEqual((await presence(bob, "part"))["nick"], "spammer")
+        self.assertEqual(await tree.hub.who("lobby"), ["bob"])
+        self.assertEqual(await root.call("hub.disconnect", nick="spammer"), {"nick": "spammer", "disconnected": False})
+        # the line chat's admin command, on a WebSocket user
+        admin_line = await chat_client(self, port_of(tree, "chat"), "boss")
+        self.assertEqual((await admin_line.command("/disconnect spammer2"))[-1].split(" ")[0], "ERR")  # not an admin
+        next(s for s in tree.hub.sessions.values() if s.nick == "boss").account = "root"  # as a login would
+        self.assertEqual((await admin_line.command("/disconnect spammer2 bye"))[-1], "OK disconnect spammer2")
+        code, reason = await web.closed
+        self.assertEqual((code, reason), (1008, "DISCONNECTED: disconnected by boss: bye"))
+
     async def test_a_kicked_pb_member_is_told_and_its_room_object_ends(self) -> None:
         tree = await self.asyncSetUp()
         client = await pb_connect(self, port_of(tree, "pb"))

@@ -78,7 +78,7 @@ class WebSocketTestsMixin:
         self.assertEqual(await bob.call("who", room="lobby"), {"room": "lobby", "members": ["ann", "bob"]})
         history = await bob.call("history", room="lobby", limit=5)
         self.assertEqual([m["id"] for m in history["messages"]], [1])
-        self.assertEqual((await bob.call("rooms"))["rooms"], [{"name": "lobby", "members": 2, "subscribers": 0}])
+        self.assertEqual((await bob.call("rooms"))["rooms"], [{"name": "lobby", "members": 2, "subscribers": 0, "last_id": 1}])
         await bob.call("nick", nick="bobby")
         self.assertEqual(await ann.event("nick", new="bobby"), {"type": "nick", "old": "bob", "new": "bobby"})
         self.assertEqual(await bob.call("part", room="lobby"), {"room": "lobby"})

@@ -41,6 +41,7 @@ COMMANDS: dict[str, int] = {
     "hub.unban": 66,
     "hub.close": 67,
     "hub.reopen": 68,
+    "hub.disconnect": 69,
     # the operator page's statistics (admins)
     "admin.stats": 80,
     "admin.watch": 81,

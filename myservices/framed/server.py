@@ -40,7 +40,7 @@ from myservices.framed.catalog import COMMAND_NAMES, COMMANDS, PUSHES
 from myservices.framed.wire import MAX_ID, Frame, FrameDecoder, FrameError, encode_json, encode_reply
 from myservices.flow import IdleTimer, ReadGate
 from myservices.halfclose import HalfCloseableProtocol
-from myservices.handlers import admin_commands, values  # noqa: F401  admin_commands: registers admin.* on the router
+from myservices.handlers import values
 from myservices.handlers.commands import CommandState, SharedServices, router
 from myservices.handlers.pipeline import call, classify, event_body
 from myservices.handlers.router import Command, Router
@@ -315,7 +315,10 @@ class FramedProtocol(HalfCloseableProtocol):
     def close(self, error: ErrorCode) -> None:
         self.closing = True
         self.transport.write(closing_push(error))
-        self.transport.abortConnection()
+        if error.code == SLOW_CONSUMER.code:
+            self.transport.abortConnection()  # it reads nothing: the push would never be read either
+        else:
+            self.close_gracefully()  # the client reads why (bounded by close_timeout)
 
     def _slow_consumer(self) -> None:
         self.log.info("framed: dropping slow consumer {peer}", peer=str(self.transport.getPeer()), code="SLOW_CONSUMER")

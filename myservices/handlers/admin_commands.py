@@ -1,7 +1,7 @@
 """The operator page's commands, for admin accounts only: the daemon's statistics, once or pushed while watching.
 
-Registered on the shared router (L{myservices.handlers.commands.router}), so
-every request/reply front end that imports this module answers them. Anyone
+Registered on the shared router (L{myservices.handlers.state.router}) when
+L{myservices.handlers.commands} is imported, so every request/reply front end answers them. Anyone
 else is answered FORBIDDEN, and UNAUTHENTICATED before logging in. The
 statistics themselves come from L{myservices.operator.sampler.Sampler}.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from myservices.errors import FORBIDDEN, RequestError
-from myservices.handlers.commands import CommandState, router
+from myservices.handlers.state import CommandState, router
 
 if TYPE_CHECKING:
     from myservices.operator.sampler import Sampler
@@ -48,6 +48,3 @@ async def admin_unwatch(s: CommandState) -> dict[str, Any]:
     """No more snapshots; not an error if none were sent."""
     sampler, session = await _admin(s)
     return {"watching": False, "was_watching": sampler.unwatch(session)}
-
-
-COMMANDS = ("admin.stats", "admin.watch", "admin.unwatch")  # registered on the router by importing this module

@@ -7,10 +7,12 @@ from myservices.hub.events import Direct, Event, Kick, Message, NickChange, Pres
 from myservices.hub.history import HistoryRejected, HistoryStore
 from myservices.hub.interfaces import EngineNode, HubEngine, Joined, RoomInfo, Subscriber
 from myservices.hub.rooms import Session
+from myservices.hub.server_side import Page
 
 __all__ = [
     "Direct", "EngineNode", "Event", "HistoryRejected", "HistoryStore", "Hub", "HubConfig", "HubEngine", "HubService",
     "Kick",
-    "Joined", "MemoryEngine", "Message", "NickChange", "Presence", "RoomInfo", "Session", "Stats", "Subscriber",
+    "Joined", "MemoryEngine", "Message", "NickChange", "Page", "Presence", "RoomInfo", "Session", "Stats",
+    "Subscriber",
     "UnencodableEvent",
 ]

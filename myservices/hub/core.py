@@ -36,10 +36,11 @@ from myservices.errors import (
 )
 from myservices.hub.config import HubConfig
 from myservices.hub.direct import DirectMessages
-from myservices.hub.events import Event, Kick, Logout, Message, NickChange, Presence, UnencodableEvent
+from myservices.hub.events import Disconnect, Event, Kick, Logout, Message, NickChange, Presence, UnencodableEvent
 from myservices.hub.identities import Identities
 from myservices.hub.interfaces import HubEngine, Joined, OpenPolicy, RoomInfo, RoomPolicy, Subscriber
 from myservices.hub.rooms import LocalRoom, Session
+from myservices.hub.server_side import ServerSide
 from myservices.metrics import Metrics
 from myservices.ratelimit import TokenBucket
 
@@ -47,7 +48,7 @@ if TYPE_CHECKING:
     from myservices.hub.moderation import Moderation
 
 
-class Hub(Identities, DirectMessages):
+class Hub(Identities, DirectMessages, ServerSide):
     """The front ends' view of the hub: one per process, attached to an engine as node C{node_id}.
 
     Message ids increase per room and never repeat; the engine assigns them.
@@ -306,6 +307,9 @@ class Hub(Identities, DirectMessages):
             return
         if isinstance(event, Logout):
             self.logged_out(event)
+            return
+        if isinstance(event, Disconnect):
+            self.disconnected(event)
             return
         local = self.local.get(room)
         if local is not None:

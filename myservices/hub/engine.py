@@ -20,7 +20,7 @@ from twisted.logger import Logger
 from myservices.db import DatabaseUnavailable
 from myservices.errors import DATABASE_UNAVAILABLE, INTERNAL, NICK_OFFLINE, RequestError
 from myservices.hub.config import HubConfig
-from myservices.hub.events import Direct, Event, Kick, Logout, Message, NickChange, Presence
+from myservices.hub.events import Direct, Disconnect, Event, Kick, Logout, Message, NickChange, Presence
 from myservices.hub.history import HistoryRejected, HistoryStore
 from myservices.hub.interfaces import EngineNode, Joined, RoomInfo, missed_since
 from myservices.metrics import Metrics
@@ -188,7 +188,7 @@ class MemoryEngine(Service):
 
     async def rooms(self) -> list[RoomInfo]:
         return sorted(
-            (RoomInfo(r.name, len(r.members), len(r.subscribers)) for r in self.rooms_by_name.values() if not r.empty),
+            (RoomInfo(r.name, len(r.members), len(r.subscribers), r.last_id) for r in self.rooms_by_name.values() if not r.empty),
             key=lambda info: info.name,
         )
 
@@ -210,6 +210,13 @@ class MemoryEngine(Service):
     async def logout(self, order: Logout) -> None:
         for node in list(self.nodes.values()):
             node.receive("", order)
+
+    async def disconnect(self, order: Disconnect) -> bool:
+        if order.nick not in self._nicks:
+            return False
+        for node in list(self.nodes.values()):
+            node.receive("", order)
+        return True
 
     async def kick(self, kick: Kick) -> None:
         r = self.rooms_by_name.get(kick.room)

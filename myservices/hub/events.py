@@ -96,6 +96,15 @@ class Logout(Event):
 
 
 @dataclass(eq=False)
+class Disconnect(Event):
+    """An order to every hub: close the connections named C{nick} (lower case), telling them C{reason}
+    (never sent to a client). An operator's (the server API's or an admin's) way to end a user's sessions."""
+
+    nick: str = ""
+    reason: str = ""
+
+
+@dataclass(eq=False)
 class NickChange(Event):
     """A user took a new nick."""
 

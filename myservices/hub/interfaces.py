@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from myservices.errors import ErrorCode
-from myservices.hub.events import Direct, Event, Kick, Logout, Message, NickChange
+from myservices.hub.events import Direct, Disconnect, Event, Kick, Logout, Message, NickChange
 
 
 @dataclass(frozen=True, eq=False)
@@ -73,11 +73,13 @@ def missed_since(
 
 @dataclass(frozen=True)
 class RoomInfo:
-    """A room or topic in use: how many members (with presence) and subscribers (without) it has."""
+    """A room or topic in use: how many members (with presence) and subscribers (without) it has, and its
+    highest message id (ids increase by one per message: two readings give the room's message rate)."""
 
     name: str
     members: int
     subscribers: int
+    last_id: int = 0
 
 
 ACTIONS = ("join", "subscribe", "publish", "read")  # read: history and who
@@ -209,6 +211,10 @@ class HubEngine(Protocol):
 
     async def logout(self, order: Logout) -> None:
         """Hand C{order} to every hub, in every process (L{EngineNode.receive}): they log out those it names."""
+
+    async def disconnect(self, order: Disconnect) -> bool:
+        """Hand C{order} to every hub, in every process (L{EngineNode.receive}): they close the connections named
+        C{order.nick}. False (and nothing sent) when no connection anywhere holds that nick."""
 
     async def kick(self, kick: Kick) -> None:
         """Hand C{kick} to every hub serving C{kick.room} (L{EngineNode.receive}): they remove those it names."""

@@ -145,6 +145,15 @@ class Moderation:
         self.log.info("{by} kicked {nick} from {room}", by=session.nick, nick=nick, room=room)
         return room, nick
 
+    async def disconnect(self, session: Session, nick: str, reason: str = "") -> tuple[str, bool]:
+        """Close every connection named C{nick} on every process (admins); (nick, whether anyone had it)."""
+        self._admin(session, "disconnect users")
+        nick = self.hub.check_nick(nick)
+        why = f"disconnected by {session.nick}" + (f": {reason}" if reason else "")
+        online = await self.hub.disconnect(nick, why)
+        self.log.info("{by} disconnected {nick}", by=session.nick, nick=nick)
+        return nick, online
+
     async def ban(self, session: Session, name: str, username: str, seconds: float) -> tuple[str, str, float]:
         """Ban account C{username} from C{name} for C{seconds} (admins): it leaves now; (room, user, until)."""
         room = self._room(session, name)

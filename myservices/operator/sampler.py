@@ -205,7 +205,7 @@ class Sampler(Service):
         rooms: list[dict[str, Any]] = []
         total = 0.0
         for info in infos:
-            last_id = _last_id(info)
+            last_id = info.last_id
             before = previous.get(info.name)
             rate = max(0, last_id - before) / dt if before is not None and dt > 0 else 0.0
             total += rate
@@ -213,7 +213,7 @@ class Sampler(Service):
                 "name": info.name, "members": info.members, "subscribers": info.subscribers, "rate": rate,
                 "last_id": last_id,
             })
-        self._previous = {info.name: _last_id(info) for info in infos}
+        self._previous = {info.name: info.last_id for info in infos}
         self._previous_time = now
         # the busiest first, so what is cut off is the quietest
         rooms.sort(key=lambda r: (-r["rate"], -(r["members"] + r["subscribers"]), r["name"]))
@@ -245,8 +245,3 @@ class Sampler(Service):
     def _check_failed(self, failure: Failure) -> None:
         self._checking = False
         self.log.failure("operator: the health check failed", failure)
-
-
-def _last_id(info: RoomInfo) -> int:
-    # RoomInfo.last_id: the room's highest message id (the engines report it)
-    return int(getattr(info, "last_id", 0))

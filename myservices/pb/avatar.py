@@ -17,7 +17,6 @@ from twisted.logger import Logger
 from twisted.spread import pb
 
 from myservices.errors import NOT_IN_ROOM, UNAUTHENTICATED, ErrorCode, RequestError
-from myservices.handlers import admin_commands  # noqa: F401  registers admin.* on the shared router
 from myservices.handlers import commands as shared
 from myservices.handlers.commands import CommandState
 from myservices.handlers.pipeline import direct_json, event_body
@@ -127,6 +126,7 @@ USER_METHODS: Mapping[str, tuple[Command, bool]] = {
     "passwd": _shared("passwd"),
     "token": _shared("token"),
     "listen": (listener_commands.commands["pb.listen"], False),
+    "disconnect": _shared("hub.disconnect"),
     "admin_stats": _shared("admin.stats"),  # the operator page's statistics, once (admins)
     # room policy: private rooms (owners), kicks, bans, closing (admins)
     **{f"room_{name}": _shared(f"hub.{name}") for name in ("create", "invite", "remove", "delete", "kick", "ban", "unban",

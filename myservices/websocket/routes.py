@@ -26,7 +26,7 @@ from myservices.errors import (
     RequestError,
     error_json,
 )
-from myservices.handlers import admin_commands, values
+from myservices.handlers import values
 from myservices.handlers.values import client_error
 from myservices.handlers.commands import CommandState, SharedServices, logged_in_json, router
 from myservices.handlers.pipeline import classify, event_body, invoke
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 # router is a request type here at once; the operator page's admin.* commands keep their names
 CHAT_OPS: dict[str, str] = {
     **{name.removeprefix("hub."): name for name in router.commands if name.startswith("hub.")},
-    **{name: name for name in admin_commands.COMMANDS},
+    **{name: name for name in router.commands if name.startswith("admin.")},
     **{name: name for name in ("ping", "register", "login", "logout", "whoami", "passwd", "token")},
 }
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from myservices.hub.events import Direct, Event, Kick, Logout, Message, NickChange, Presence
+from myservices.hub.events import Direct, Disconnect, Event, Kick, Logout, Message, NickChange, Presence
 
 
 def message_prefix(room: str, ts: float, nick: str, text: str, account: bool = False) -> str:
@@ -42,6 +42,11 @@ def direct_payload(event: Direct, marker: str) -> str:
 def logout(event: Logout) -> str:
     """An order to log out an account's connections, on the channel every process listens to."""
     return json.dumps({"t": "logout", "account": event.account, "keep": event.keep}, ensure_ascii=False)
+
+
+def disconnect(event: Disconnect) -> str:
+    """An order to close the connections of a nick, on the channel every process listens to."""
+    return json.dumps({"t": "disconnect", "nick": event.nick, "reason": event.reason}, ensure_ascii=False)
 
 
 def kick(event: Kick) -> str:
@@ -88,6 +93,8 @@ def decode(text: str) -> tuple[Event | None, str | None, str | None]:
         )
     elif kind == "logout":
         event = Logout(account=str(data["account"]), keep=str(data["keep"]))
+    elif kind == "disconnect":
+        event = Disconnect(nick=str(data["nick"]), reason=str(data["reason"]))
     elif kind == "mark":
         event = None
     else:

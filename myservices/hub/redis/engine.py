@@ -26,12 +26,13 @@ from twisted.logger import Logger
 
 from myservices.errors import DATABASE_UNAVAILABLE, NICK_OFFLINE, RequestError
 from myservices.hub.config import HubConfig, parse_redis_url
-from myservices.hub.events import Direct, Event, Kick, Logout, Message, NickChange
+from myservices.hub.events import Direct, Disconnect, Event, Kick, Logout, Message, NickChange
 from myservices.hub.history import HistoryStore
 from myservices.hub.interfaces import EngineNode, Joined, RoomInfo, missed_since
 import myservices.hub.redis.scripts as scripts
 from myservices.hub.redis.client import EngineUnavailable, RedisLink
 from myservices.hub.redis.codec import decode_message, direct_payload, message_prefix, nick_change
+from myservices.hub.redis.codec import disconnect as disconnect_payload
 from myservices.hub.redis.codec import kick as kick_payload
 from myservices.hub.redis.codec import logout as logout_payload
 from myservices.hub.redis.feeds import Feed, Feeds
@@ -352,6 +353,10 @@ class RedisEngine(Service):
         # on the channel every process listens to, like kicks: each hands it to its hubs, this one too
         await self.commands.call("PUBLISH", self.feeds.nick_feed.channel, logout_payload(order))
 
+    async def disconnect(self, order: Disconnect) -> bool:
+        channel = self.feeds.nick_feed.channel
+        return bool(await self.commands.eval(scripts.DISCONNECT, [self.prefix, order.nick, channel, disconnect_payload(order)]))
+
     async def kick(self, kick: Kick) -> None:
         # on the channel every process listens to (the nick changes'): each hands it to its hubs, this one too
         await self.commands.call("PUBLISH", self.feeds.nick_feed.channel, kick_payload(kick))
@@ -361,7 +366,7 @@ class RedisEngine(Service):
 
     async def rooms(self) -> list[RoomInfo]:
         flat = await self.commands.eval(scripts.ROOMS, [self.prefix])
-        infos = [RoomInfo(flat[i], int(flat[i + 1]), int(flat[i + 2])) for i in range(0, len(flat), 3)]
+        infos = [RoomInfo(flat[i], int(flat[i + 1]), int(flat[i + 2]), int(flat[i + 3])) for i in range(0, len(flat), 4)]
         return sorted(infos, key=lambda info: info.name)
 
     async def history(self, room: str, limit: int) -> list[Message]:

@@ -38,7 +38,7 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-from myservices.hub.events import Direct, Event, Kick, Logout, Message, NickChange
+from myservices.hub.events import Direct, Disconnect, Event, Kick, Logout, Message, NickChange
 import myservices.hub.redis.scripts as scripts
 from myservices.hub.redis.client import EngineUnavailable, RedisLink, bounded
 from myservices.hub.redis.codec import decode, decode_message
@@ -352,7 +352,7 @@ class Feeds:
                     self._deliver_direct(event)
                 elif isinstance(event, Kick):  # for the hubs serving its room
                     self._deliver_room(event.room, event)
-                elif isinstance(event, Logout):  # for every hub
+                elif isinstance(event, (Logout, Disconnect)):  # for every hub
                     self._deliver_room("", event)
                 return
             if isinstance(event, Message):

@@ -226,6 +226,7 @@ for _, room in ipairs(redis.call('SMEMBERS', P .. 'active')) do
     out[#out + 1] = room
     out[#out + 1] = m
     out[#out + 1] = s
+    out[#out + 1] = tonumber(redis.call('HGET', key(room, 'meta'), 'top') or '0')
   end
 end
 return out
@@ -322,6 +323,13 @@ return 1
 
 # ARGV: P, lower-case nick, the Direct JSON. 0 if nobody holds the nick (nothing is sent), else 1: published
 # to every process, each delivering to its own connections of that nick.
+# ARGV: P, lower-case nick, the channel every process listens to, the order. 1 if sent, 0 if nobody holds the nick.
+DISCONNECT = _PRELUDE + r"""
+if redis.call('EXISTS', P .. 'nick:' .. ARGV[2]) == 0 then return 0 end
+redis.call('PUBLISH', ARGV[3], ARGV[4])
+return 1
+"""
+
 DIRECT = _PRELUDE + r"""
 if redis.call('EXISTS', P .. 'nick:' .. ARGV[2]) == 0 then return 0 end
 redis.call('PUBLISH', P .. 'ch:*dm', ARGV[3])
