@@ -60,10 +60,14 @@ class AdminPageTests(TestCase):
             _wait(driver, lambda d: _el(d, "#who").text == "logged in as root")
             # the charts are drawn and the health of this process is shown
             _wait(driver, lambda d: "database: ok" in _el(d, "#health").text)
-            return _el(driver, "#refused-view").is_displayed(), _el(driver, "#connections-legend").text
+            # everything ran under the page's Content-Security-Policy: nothing refused, no script error
+            problems = [e["message"] for e in driver.get_log("browser")
+                        if e["level"] == "SEVERE" and "favicon.ico" not in e["message"]]
+            return _el(driver, "#refused-view").is_displayed(), _el(driver, "#connections-legend").text, problems
 
-        refused, legend = await self.in_browser(dashboard)
+        refused, legend, problems = await self.in_browser(dashboard)
         self.assertFalse(refused)
+        self.assertEqual(problems, [])
         self.assertIn("websocket 1", legend)
 
         liner = await chat_client(self, port_of(self.tree, "chat"), "liner")

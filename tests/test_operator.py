@@ -18,7 +18,9 @@ from myservices.operator.config import AdminConfig
 from myservices.operator.recent_errors import RecentErrors
 from myservices.operator.sampler import Sampler
 from myservices.websocket.routes import CHAT_OPS
+from tests.pbclient import failure_of, pb_connect
 from tests.support import FAST_ACCOUNTS, chat_client, framed_client, load, poll_until, port_of, start_tree
+from tests.test_pb import code_of
 from tests.test_websocket import ws_config
 from tests.wsclient import WsClient, ws_connect
 
@@ -202,6 +204,8 @@ admins = ["root"]
 interval = 0.1
 [services.framed]
 endpoint = "tcp:0:interface=127.0.0.1"
+[services.pb]
+endpoint = "tcp:0:interface=127.0.0.1"
 """
 
 
@@ -264,6 +268,11 @@ class AdminCommandsTests(TestCase):
         self.assertEqual(pushed["node"], "local")
         await client.pushes.next("stats")
         self.assertEqual((await client.call("admin.unwatch"))["was_watching"], True)
+        # PB: one snapshot, for admins
+        bob_pb = await (await pb_connect(self, port_of(self.tree, "pb"))).login("bob", "correct horse")
+        self.assertEqual(code_of(await failure_of(bob_pb.callRemote("admin_stats"))), "FORBIDDEN")
+        root_pb = await (await pb_connect(self, port_of(self.tree, "pb"))).login("root", "correct horse")
+        self.assertIn("pb", (await root_pb.callRemote("admin_stats"))["connections"])
 
     async def test_an_admin_watches_sees_a_room_and_kicks_from_it(self) -> None:
         await self.start()

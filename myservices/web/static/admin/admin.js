@@ -20,7 +20,7 @@
   const HISTORY = 300; // points kept per chart: five minutes at the default interval
 
   const state = {
-    ws: null, nextId: 1, pending: new Map(), retries: 0, retryTimer: null, account: null,
+    ws: null, nextId: 1, pending: new Map(), retries: 0, retryTimer: null, account: null, interval: 1, lastStats: 0,
     open: new Set(), // rooms whose members are shown
     members: new Map(), // room -> { count, nicks, loading }
     rows: new Map(), // room -> { row, cells, membersRow }
@@ -128,7 +128,8 @@
         if (msg.login_error) feedback(ui.loginError, explain(failure(msg.login_error)), true);
         if (!state.account) { show("login"); return; }
         try {
-          await request("admin.watch");
+          state.interval = (await request("admin.watch")).interval;
+          state.lastStats = Date.now();
           show("dashboard");
         } catch (e) {
           if (e.code === "FORBIDDEN") show("refused");
@@ -145,6 +146,8 @@
         return;
       }
       case "stats":
+        state.lastStats = Date.now();
+        if (ui.status.dataset.state === "stale") setStatus("connected", "connected");
         render(msg);
         return;
       default: // hub events this connection is not meant to get (it joins no room)
@@ -488,6 +491,13 @@
       return li;
     }));
   }
+
+  // snapshots stop when the account is no longer an admin, or the server is stuck: say so
+  setInterval(() => {
+    if (document.body.dataset.view !== "dashboard" || !state.ws || !state.lastStats) return;
+    const quiet = (Date.now() - state.lastStats) / 1000;
+    if (quiet > Math.max(5, 5 * (state.interval || 1))) setStatus("stale", "no statistics for " + Math.round(quiet) + " s");
+  }, 1000);
 
   show("connecting");
   connect();
