@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from myservices.hub.config import HubConfig
     from myservices.hub.policy_config import RoomsConfig
     from myservices.kv import KeyValueConfig
+    from myservices.operator.config import AdminConfig
     from myservices.tokens import TokensConfig
     from myservices.web.api_keys import ApiConfig
 
@@ -148,6 +149,7 @@ class Config:
     tokens: TokensConfig
     rooms: RoomsConfig
     api: ApiConfig
+    admin: AdminConfig
     services: Mapping[str, ServiceConfig]
 
     def enabled_services(self) -> list[tuple[str, ServiceConfig]]:
@@ -253,7 +255,7 @@ def _validate(
 # the names of the daemon's own services in the tree (a [services.NAME] of one of these could not be added)
 RESERVED_SERVICE_NAMES = frozenset({
     "watchdog", "database", "reactor-lag", "hub-lease", "hub", "hub-engine", "password-hasher", "counter",
-    "notify", "reload", "supervisor", "worker-link", "metrics-flush",
+    "notify", "reload", "operator", "supervisor", "worker-link", "metrics-flush",
 })
 
 

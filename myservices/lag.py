@@ -25,6 +25,7 @@ class ReactorLagMonitor(Service):
         self.metrics = metrics
         self._call: IDelayedCall | None = None
         self._due = 0.0
+        self.last: float | None = None  # seconds late, at the last probe (the operator page shows it)
 
     def startService(self) -> None:
         super().startService()
@@ -43,6 +44,7 @@ class ReactorLagMonitor(Service):
     def _fired(self) -> None:
         lag = max(0.0, self.clock.seconds() - self._due)
         self._schedule()  # first: an error below must not end the probe
+        self.last = lag
         try:
             self.metrics.reactor_lag.observe(lag)
             self.metrics.reactor_lag_last.set(lag)

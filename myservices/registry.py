@@ -24,6 +24,7 @@ from myservices.framed import server as framed
 from myservices.hub.config import HubConfig
 from myservices.hub.policy_config import RoomsConfig
 from myservices.kv import KeyValueConfig
+from myservices.operator.config import AdminConfig
 from myservices.pb import server as pb
 from myservices.settings import ServiceConfig
 from myservices.tokens import TokensConfig, check_tokens
@@ -59,6 +60,7 @@ KINDS = (
 SECTIONS: Mapping[str, type] = {
     "hub": HubConfig, "accounts": AccountsConfig, "kv": KeyValueConfig, "tokens": TokensConfig, "rooms": RoomsConfig,
     "api": ApiConfig,
+    "admin": AdminConfig,
 }
 
 

@@ -40,6 +40,8 @@ from myservices.lag import ReactorLagMonitor
 from myservices.listeners import ListenerService, StreamListenerService
 from myservices.logs import LogOutput
 from myservices.metrics import Metrics
+from myservices.operator.recent_errors import RecentErrors
+from myservices.operator.sampler import Sampler
 from myservices.passwords import PasswordHasher
 from myservices.ports import ListenOptions
 from myservices.registry import ServiceKind, load_config, service_kinds
@@ -87,7 +89,7 @@ class ServiceTree(OrderedMultiService):
 
     Children, in the order they start (and the reverse of the order they
     stop): the watchdog, the database, the reactor lag probe, the hub's
-    lease (memory engine), the hub, the password hasher, the counter, the listeners
+    lease (memory engine), the hub, the password hasher, the counter, the operator statistics, the listeners
     (stopped together), then notify and reload. C{log_output}, when the
     configuration asks for one, is handed to twistd as the log observer
     (L{setServiceParent}).
@@ -175,8 +177,10 @@ def build_service_tree(
     watchdog = Watchdog(notifier, reactor)
     watchdog.setServiceParent(tree)  # first in, last out: pings until everything else has stopped
     database.setServiceParent(tree)  # then the database: it closes after every service that uses it
+    lag: ReactorLagMonitor | None = None
     if config.daemon.reactor_lag_interval:
-        ReactorLagMonitor(reactor, config.daemon.reactor_lag_interval, metrics).setServiceParent(tree)
+        lag = ReactorLagMonitor(reactor, config.daemon.reactor_lag_interval, metrics)
+        lag.setServiceParent(tree)
     h = config.hub
     history = HistoryStore(
         database, reactor, keep=h.history_size, flush_interval=h.history_flush_interval,
@@ -220,17 +224,25 @@ def build_service_tree(
     kv = KeyValueStore(database, config.kv)
     tokens = TokenService.from_config(config.tokens, accounts, reactor)
     logins = Logins(hub, accounts, tokens)
+    # tree.listeners fills as services are built; the checks read it when they run
+    readiness = Readiness(
+        tree.listeners, database, reactor, lambda: bool(tree.running),
+        {"hub": hub_health, **({"workers": worker.workers_check} if worker is not None else {})},
+    )
+    # the operator page's statistics; its log observer (the recent errors) is registered while it runs
+    operator = Sampler(
+        config.admin, hub, metrics, reactor, RecentErrors(config.admin.max_errors, config.admin.max_error_length),
+        readiness, (lambda: lag.last) if lag is not None else None,
+    )
+    operator.setServiceParent(tree)  # stops after the listeners (their watchers are gone by then)
     ctx = BuildContext(
         reactor=reactor, config=config, database=database, metrics=metrics, hub=hub,
         counter=counter, accounts=accounts, kv=kv, logins=logins, tokens=tokens,
         shared=SharedServices(
-            hub=hub, accounts=accounts, kv=kv, counter=counter, clock=reactor, tokens=tokens, logins=logins
+            hub=hub, accounts=accounts, kv=kv, counter=counter, clock=reactor, tokens=tokens, logins=logins,
+            operator=operator,
         ),
-        # tree.listeners fills as services are built; the checks read it when they run
-        readiness=Readiness(
-            tree.listeners, database, reactor, lambda: bool(tree.running),
-            {"hub": hub_health, **({"workers": worker.workers_check} if worker is not None else {})},
-        ),
+        readiness=readiness,
         services=tree.listeners,
         worker=worker.spec.index if worker is not None else None,
     )

@@ -56,7 +56,7 @@ class ConfigErrorsTests(TestCase):
             """
         )
         self.assertIn(
-            "colour: unknown key (expected daemon, database, hub, accounts, kv, tokens, rooms, api or services)", problems
+            "colour: unknown key (expected daemon, database, hub, accounts, kv, tokens, rooms, api, admin or services)", problems
         )
         self.assertTrue(any(p.startswith("services.ecko: unknown service (expected one of chat, echo, framed, http, pb, udp, websocket") for p in problems))
 

@@ -21,6 +21,7 @@ class DocsTests(TestCase):
         from myservices.hub.config import HubConfig
         from myservices.hub.policy_config import RoomsConfig
         from myservices.kv import KeyValueConfig
+        from myservices.operator.config import AdminConfig
         from myservices.tokens import TokensConfig
         from myservices.web.api_keys import ApiConfig
 
@@ -28,6 +29,7 @@ class DocsTests(TestCase):
             "daemon": DaemonConfig, "database": DatabaseConfig, "hub": HubConfig, "accounts": AccountsConfig,
             "kv": KeyValueConfig, "tokens": TokensConfig, "rooms": RoomsConfig,
             "api": ApiConfig,
+            "admin": AdminConfig,
         }
         tables.update({f"services.{name}": kind.config for name, kind in service_kinds().items()})
         for section, cls in tables.items():

@@ -264,7 +264,7 @@ class SQLitePBTests(PBTestsMixin, TestCase):
             ("publish", ("bad room!", "hi"), {}, "ROOM_INVALID", "bad room!"),
             ("nick", ("9lives",), {}, "NICK_INVALID", "9lives"),
             ("no_such_method", (), {}, "UNKNOWN_COMMAND", 'no method "no_such_method"'),
-            ("perspective_kv_get", (), {}, "UNKNOWN_COMMAND", "methods: counter_get"),
+            ("perspective_kv_get", (), {}, "UNKNOWN_COMMAND", "methods: admin_stats, counter_get"),
         ]
         for method, args, kw, code, text in cases:
             failure = await failure_of(avatar.callRemote(method, *args, **kw))

@@ -87,7 +87,7 @@ class OptionsTests(TestCase):
         options.parseOptions(["--config", str(REPO / "config" / "myservices.toml")])
         root = tap.makeService(options)
         self.assertTrue(IService.providedBy(root))
-        self.assertEqual([s.name for s in root], ["watchdog", "database", "reactor-lag", "hub-lease", "hub", "password-hasher", "counter", "echo", "chat", "udp", "websocket", "http", "framed", "pb", "notify", "reload"])
+        self.assertEqual([s.name for s in root], ["watchdog", "database", "reactor-lag", "hub-lease", "hub", "password-hasher", "counter", "operator", "echo", "chat", "udp", "websocket", "http", "framed", "pb", "notify", "reload"])
         self.assertFalse(root.running)
         self.assertIsNone(root.database.pool)
         # the daemon's own services take names no [services.NAME] may have

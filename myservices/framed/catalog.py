@@ -42,6 +42,10 @@ COMMANDS: dict[str, int] = {
     "hub.close": 67,
     "hub.reopen": 68,
     "hub.disconnect": 69,
+    # the operator page's statistics (admins)
+    "admin.stats": 80,
+    "admin.watch": 81,
+    "admin.unwatch": 82,
 }
 
 # server pushes: body {"id": 0, "push": NAME, "data": {...}}
@@ -50,6 +54,7 @@ PUSHES: dict[str, int] = {
     "presence": 101,
     "nick": 102,
     "dm": 103,
+    "stats": 120,  # to the admins watching (admin.watch)
     "closing": 110,
     "shutdown": 111,
 }

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import myservices.handlers.admin_commands  # noqa: F401  # registers the operator page's admin.* commands
 import myservices.handlers.moderation_commands  # noqa: F401  # registers the room-policy commands
 from myservices.errors import BAD_ARGUMENTS, RequestError
 from myservices.handlers.pipeline import message_json

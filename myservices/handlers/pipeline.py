@@ -20,7 +20,7 @@ from twisted.python.failure import Failure
 from myservices.errors import INTERNAL, RequestError
 from myservices.handlers.router import Command
 from myservices.handlers.values import client_error
-from myservices.hub import Direct, Event, Message, NickChange, Presence
+from myservices.hub import Direct, Event, Message, NickChange, Presence, Stats
 
 log = Logger()
 
@@ -74,7 +74,7 @@ def message_json(m: Message) -> dict[str, Any]:
 
 
 def event_body(event: Event) -> tuple[str, dict[str, Any]]:
-    """The kind ("message", "presence", "nick", "dm") and JSON body of a hub event, the same on every front end."""
+    """The kind ("message", "presence", "nick", "dm", "stats") and JSON body of a hub event, the same on every front end."""
     if isinstance(event, Message):
         return "message", message_json(event)
     if isinstance(event, Presence):
@@ -88,6 +88,8 @@ def event_body(event: Event) -> tuple[str, dict[str, Any]]:
         return "nick", {"old": event.old, "new": event.new}
     if isinstance(event, Direct):
         return "dm", direct_json(event)
+    if isinstance(event, Stats):  # to the admins watching (admin.watch)
+        return "stats", event.data
     raise TypeError(f"no JSON form for {event!r}")
 
 

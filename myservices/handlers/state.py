@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from myservices.counter import DurableCounter
     from myservices.kv import KeyValueStore
     from myservices.logins import Logins
+    from myservices.operator.sampler import Sampler
     from myservices.tokens import TokenService
 
 
@@ -32,6 +33,7 @@ class SharedServices:
     clock: IReactorTime
     tokens: TokenService
     logins: Logins | None = None
+    operator: Sampler | None = None  # the operator page's statistics (myservices.handlers.admin_commands)
 
 
 class CommandState:

@@ -1,4 +1,5 @@
-"""What the hub delivers: messages, presence and nick changes, each encoded once per wire format."""
+"""What the hub delivers: messages, presence and nick changes (and statistics to admins), each encoded once per
+wire format."""
 
 from __future__ import annotations
 
@@ -127,3 +128,10 @@ class Direct(Event):
     ts: float = 0.0
     account: bool = False
     origin: str = ""
+
+
+@dataclass(eq=False)
+class Stats(Event):
+    """A snapshot of the daemon's statistics, pushed to the admins watching them (L{myservices.operator})."""
+
+    data: dict[str, Any] = field(default_factory=dict)

@@ -127,6 +127,7 @@ USER_METHODS: Mapping[str, tuple[Command, bool]] = {
     "token": _shared("token"),
     "listen": (listener_commands.commands["pb.listen"], False),
     "disconnect": _shared("hub.disconnect"),
+    "admin_stats": _shared("admin.stats"),  # the operator page's statistics, once (admins)
     # room policy: private rooms (owners), kicks, bans, closing (admins)
     **{f"room_{name}": _shared(f"hub.{name}") for name in ("create", "invite", "remove", "delete", "kick", "ban", "unban",
                                                  "close", "reopen")},

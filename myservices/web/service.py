@@ -104,4 +104,5 @@ def build(name: str, cfg: HttpConfig, ctx: BuildContext) -> IService:
         websocket = ctx.services["websocket"]
         root.putChild(b"ws", WebSocketMount(websocket.factory, site))  # type: ignore[attr-defined]
         root.putChild(b"chat", static_directory("chat"))
+        root.putChild(b"admin", static_directory("admin"))
     return StreamListenerService(name, cfg.endpoint, site, ctx.reactor, ctx.config.daemon.shutdown_timeout)

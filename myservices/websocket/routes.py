@@ -40,9 +40,10 @@ if TYPE_CHECKING:
     from myservices.websocket.protocol import WebSocketConnection, WebSocketFactory
 
 # the chat protocol's request types and the shared commands they call: every shared hub command, named without its "hub." prefix, and ping: a hub operation added to the
-# router is a request type here at once
+# router is a request type here at once; the operator page's admin.* commands keep their names
 CHAT_OPS: dict[str, str] = {
     **{name.removeprefix("hub."): name for name in router.commands if name.startswith("hub.")},
+    **{name: name for name in router.commands if name.startswith("admin.")},
     **{name: name for name in ("ping", "register", "login", "logout", "whoami", "passwd", "token")},
 }
 
