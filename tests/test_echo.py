@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
@@ -214,9 +216,30 @@ class Flooder(Protocol):
 
     def pauseProducing(self) -> None:
         self.paused = True
-        if not self.stopped and any(p.throttle.paused for p in self.server.connections):
-            self.stopped = True
-            self.blocked.callback(True)
+        if self.stopped:
+            return
+        if any(p.throttle.paused for p in self.server.connections):
+            self._block()
+            return
+        # the kernel stopped taking data before the server stopped reading: the server may stop reading while
+        # this side stays paused (its buffer not drained enough to resume it), so its pause settles it too
+        for p in self.server.connections:
+            throttle = p.throttle
+            if getattr(throttle, "watched_by_flooder", False):
+                continue
+            throttle.watched_by_flooder = True
+            pause = throttle.pauseProducing
+
+            def paused_too(pause: Any = pause) -> None:
+                pause()
+                if self.paused and not self.stopped:
+                    self._block()
+
+            throttle.pauseProducing = paused_too
+
+    def _block(self) -> None:
+        self.stopped = True
+        self.blocked.callback(True)
 
     def stopProducing(self) -> None:
         self.stopped = True
