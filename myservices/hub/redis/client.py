@@ -273,11 +273,12 @@ async def _reply(send: Callable[[], Deferred[Any]], metrics: Metrics) -> Any:
 
 
 async def bounded(d: Deferred[Any], timeout: float, clock: IReactorTime, metrics: Metrics) -> Any:
-    """C{await d}, failing with L{EngineUnavailable} after C{timeout} seconds (C{d} is then cancelled)."""
+    """C{await d}, failing with L{EngineUnavailable} after C{timeout} seconds (C{d} is then cancelled) or if the
+    connection is lost first."""
     d.addTimeout(timeout, clock)
     try:
         return await d
-    except TimeoutError as e:
+    except (TimeoutError, txredisapi.ConnectionError) as e:  # or the connection was lost meanwhile
         metrics.hub_engine_errors.inc()
         raise EngineUnavailable() from e
 
