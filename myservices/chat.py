@@ -145,11 +145,19 @@ class ChatProtocol(HalfCloseableProtocol, LineReceiver, TimeoutMixin, ChatComman
         self.outbound.write(event.encoded(WIRE_FORMAT, encode_event))
 
     def close(self, error: ErrorCode) -> None:
-        self.transport.write(f"ERR {error.code} {error.message}\r\n".encode())
+        line = f"ERR {error.code} {error.message}\r\n".encode()
         if error.code == SLOW_CONSUMER.code:
+            self.transport.write(line)
             self.transport.abortConnection()  # it reads nothing: its error line would never be read either
-        else:
-            self.close_gracefully()  # the client reads why (bounded by close_timeout)
+            return
+        if self.closing_gracefully:
+            return
+        # the last line the client reads, after what is queued for it: nothing later (its own PART, the
+        # answers of lines in flight) is sent, and no line it sends is run (TLS reads on until close_notify)
+        self.outbound.write(line)
+        self.outbound.seal()
+        self.pauseProducing()
+        self.close_gracefully()
 
     def _slow_consumer(self) -> None:
         self.log.info("chat: dropping slow consumer {peer}", peer=self.transport.getPeer(), code="SLOW_CONSUMER")
@@ -199,6 +207,8 @@ class ChatProtocol(HalfCloseableProtocol, LineReceiver, TimeoutMixin, ChatComman
             self._rest = line[end + 1 :]
 
     def lineReceived(self, raw: bytes) -> None:
+        if self.closing_gracefully:
+            return  # /quit, or closed by the server: nothing after it runs
         self.resetTimeout()
         self.metrics.messages_in.inc()
         if raw.endswith(b"\r"):

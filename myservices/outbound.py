@@ -62,10 +62,15 @@ class Outbound:
         self.paused = False
         self.overflowed = False
         self._released = False
+        self._sealed = False
         transport.registerProducer(self, True)
 
+    def seal(self) -> None:
+        """Accept no more writes: what was written so far is the last the peer gets (a closing error, say)."""
+        self._sealed = True
+
     def write(self, data: bytes) -> None:
-        if self.overflowed or self._released:
+        if self.overflowed or self._released or self._sealed:
             return
         if not self.paused:
             self._transport.write(data)

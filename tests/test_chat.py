@@ -14,11 +14,11 @@ from twisted.trial.unittest import TestCase
 from myservices.chat import ChatConfig, ChatFactory, ChatProtocol
 from myservices.db import Txn
 from myservices.errors import ERRORS, RATE_LIMITED, RequestError
-from myservices.hub import HubConfig, Message
+from myservices.hub import HubConfig, Message, RoomInfo, Subscriber
 from myservices.hub.history import save_missing_txn, write_messages_txn
 from myservices.metrics import Metrics
 from tests import mysql
-from tests.support import chat_client, load, memory_hub, port_of, start_tree
+from tests.support import chat_client, load, memory_hub, port_of, run_now, start_tree
 
 HUB_FAST = "publish_rate = 100000.0\npublish_burst = 100000"
 
@@ -171,6 +171,24 @@ class ChatUnitTests(TestCase):
         proto.connectionLost(None)
         self.assertEqual(self.hub.sessions, {})
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_after_a_disconnect_its_error_is_the_last_line_and_no_line_runs(self) -> None:
+        proto, transport = self.connect()
+        proto.dataReceived(b"/nick spammer\n/join lobby\n")
+        seen: list[Message] = []
+        watcher = run_now(self.hub.open_session(Subscriber(seen.append, lambda error: None)))
+        run_now(self.hub.join(watcher, "lobby"))
+        transport.clear()
+        self.assertTrue(run_now(self.hub.disconnect("spammer", "bye")))
+        # TLS goes on delivering what the peer sends until it answers close_notify: none of it runs
+        proto.dataReceived(b"still here\n/pub lobby me too\n/join other\n")
+        lines = transport.value().decode().splitlines()
+        self.assertEqual(lines[-1], "ERR DISCONNECTED bye")
+        self.assertEqual(lines[:-1], ["PART lobby spammer"])  # its own leaving may come first, nothing after
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual([e for e in seen if isinstance(e, Message)], [])
+        self.assertEqual(run_now(self.hub.rooms()), [RoomInfo("lobby", 1, 0, 0)])
+        proto.connectionLost(None)
 
     def test_pipelined_commands_in_one_read_are_answered_in_order(self) -> None:
         proto, transport = self.connect()

@@ -147,6 +147,29 @@ class ProtocolTests(TestCase):
                          [(1, "DATABASE_UNAVAILABLE", True), (2, "INTERNAL", True)])
         self.assertFalse(h.transport.disconnecting)
 
+    def test_after_a_disconnect_the_closing_push_is_last_and_nothing_more_is_read(self) -> None:
+        h = Harness()
+        hub = h.factory.services.hub
+        h.send(40, 1, {"nick": "spammer"})  # hub.nick
+        h.send(41, 2, {"room": "lobby"})  # hub.join
+        h.send(SLOW, 3)  # in flight when the order comes
+        h.replies()
+        seen: list[Any] = []
+        member = run_now(hub.open_session(Subscriber(seen.append, lambda error: None)))
+        run_now(hub.join(member, "lobby"))
+        h.replies()  # its JOIN
+        self.assertTrue(run_now(hub.disconnect("spammer", "bye")))
+        # TLS goes on delivering what the peer sends until it answers close_notify: none of it runs
+        h.send(43, 4, {"room": "lobby", "text": "after the disconnect"})  # hub.publish
+        h.waiting[0].callback("late")  # the reply of a request in flight is not sent after the closing push
+        *before, (command, body) = h.replies()  # its own PART may come first: the closing push is the last
+        self.assertEqual([b["data"]["kind"] for _, b in before], ["part"] * len(before))
+        self.assertEqual((command, body["data"]["error"]), (PUSHES["closing"], {
+            "code": "DISCONNECTED", "message": "bye", "retry": False,
+        }))
+        self.assertTrue(h.transport.disconnecting)
+        self.assertEqual([e for e in seen if getattr(e, "text", None)], [])
+
     def test_a_client_that_does_not_read_its_pushes_is_dropped(self) -> None:
         h = Harness()
         h.send(41, 1, {"room": "lobby"})  # hub.join

@@ -21,7 +21,6 @@ import subprocess
 import tempfile
 import time
 import tomllib
-from pathlib import Path
 
 from twisted.trial.unittest import SkipTest, TestCase
 

@@ -193,6 +193,10 @@ class RoomPolicyTestsMixin:
         await bob.call("hub.join", room="lobby")
         self.assertEqual((await self.framed_error(bob, "hub.disconnect", nick="spammer")).code, "FORBIDDEN")
         root = await self.framed_user("root")
+        # an admin's token limited to some rooms (a widget's) may kick there, not disconnect anyone anywhere
+        widget = await self.framed_user(None)
+        await widget.call("login", token=(await root.call("token", rooms=["staff-only"]))["token"])
+        self.assertEqual((await self.framed_error(widget, "hub.disconnect", nick="spammer")).code, "FORBIDDEN")
         self.assertEqual(await root.call("hub.disconnect", nick="SPAMMER", reason="flooding"),
                          {"nick": "SPAMMER", "disconnected": True})
         lines = await line.read_until("ERR")

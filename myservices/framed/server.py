@@ -134,6 +134,8 @@ class FramedProtocol(HalfCloseableProtocol):
     # --- input ---------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
+        if self.closing_gracefully:
+            return  # nothing after the close is read (TLS delivers data until the peer answers close_notify)
         self.factory.bytes_in += len(data)
         self.decoder.feed(data)
         self._process()
@@ -313,12 +315,20 @@ class FramedProtocol(HalfCloseableProtocol):
         self.outbound.write(event.encoded(WIRE_FORMAT, encode_event))
 
     def close(self, error: ErrorCode) -> None:
-        self.closing = True
-        self.transport.write(closing_push(error))
         if error.code == SLOW_CONSUMER.code:
+            self.closing = True
+            self.transport.write(closing_push(error))
             self.transport.abortConnection()  # it reads nothing: the push would never be read either
-        else:
-            self.close_gracefully()  # the client reads why (bounded by close_timeout)
+            return
+        if self.closing_gracefully:
+            return
+        self.closing = True
+        # the last push the client reads, after what is queued for it; nothing is read any more (TLS reads
+        # on until close_notify) and later events or replies are not sent
+        self.outbound.write(closing_push(error))
+        self.outbound.seal()
+        self._gate.hold("closing")
+        self.close_gracefully()
 
     def _slow_consumer(self) -> None:
         self.log.info("framed: dropping slow consumer {peer}", peer=str(self.transport.getPeer()), code="SLOW_CONSUMER")

@@ -120,13 +120,13 @@ async def passwd(s: CommandState, old: str, new: str) -> dict[str, Any]:
 async def token(s: CommandState, rooms: list[Any] | None = None) -> dict[str, Any]:
     """A token for the logged-in account (optionally limited to C{rooms}), for another connection or front end."""
     if rooms is not None:
-        rooms = [s.services.hub.check_room(r) if isinstance(r, str) else _badroom_arg() for r in rooms]
+        rooms = [s.services.hub.check_room(r) if isinstance(r, str) else _bad_room() for r in rooms]
     assert s.account is not None
     value, expires_at = await s.logins.issue_token(await s.session(), s.account, rooms)
     return {"token": value, "expires_at": expires_at}
 
 
-def _badroom_arg() -> str:
+def _bad_room() -> str:
     raise RequestError(BAD_ARGUMENTS, '"rooms" must be an array of room names')
 
 

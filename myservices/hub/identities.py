@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
-from myservices.errors import FORBIDDEN, NICK_TAKEN, RATE_LIMITED, UNAUTHENTICATED, USERNAME_TAKEN, RequestError
+from myservices.errors import DISCONNECTED, FORBIDDEN, NICK_TAKEN, RATE_LIMITED, UNAUTHENTICATED, USERNAME_TAKEN, RequestError
 from myservices.hub.events import Event, Logout, Presence
 from myservices.hub.rooms import Session
 
@@ -70,7 +70,10 @@ class Identities:
         await self.engine.release_nick(nick, owner)
 
     def _may(self, session: Session, write: bool) -> None:
-        """UNAUTHENTICATED if this service does not let an anonymous connection do this."""
+        """UNAUTHENTICATED if this service does not let an anonymous connection do this (DISCONNECTED once it is
+        closed: a connection that is going away does nothing more)."""
+        if session.closed:
+            raise RequestError(DISCONNECTED, "this connection is closed")
         if session.account is not None or session.anonymous == "chat":
             return
         if session.anonymous == "none":

@@ -148,6 +148,8 @@ class Moderation:
     async def disconnect(self, session: Session, nick: str, reason: str = "") -> tuple[str, bool]:
         """Close every connection named C{nick} on every process (admins); (nick, whether anyone had it)."""
         self._admin(session, "disconnect users")
+        if session.token_rooms is not None:
+            raise RequestError(FORBIDDEN, "a login limited to some rooms may not disconnect users")
         nick = self.hub.check_nick(nick)
         why = f"disconnected by {session.nick}" + (f": {reason}" if reason else "")
         online = await self.hub.disconnect(nick, why)

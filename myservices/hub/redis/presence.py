@@ -70,6 +70,7 @@ class LocalPresence:
             batch, entries = entries[:BATCH], entries[BATCH:]
             batch = [e for e in batch if self._holds(e)]  # not one that left while an earlier batch ran
             held, nicks = nicks[: BATCH - len(batch)], nicks[BATCH - len(batch) :]
+            held = [(lower, member) for lower, member in held if self.nicks.get(lower) == member]  # not one let go
             args: list[str | int] = [self.prefix, self.ttl_ms, int(announce), len(batch), self.process]
             for room, member, nick, account in batch:
                 args += [room, member, nick, int(account)]

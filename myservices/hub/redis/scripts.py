@@ -15,10 +15,11 @@ keys from their arguments):
   presence; ``P room:R:sexp``: subscribers by expiry time;
 - ``P rooms``: every room with a stream (swept to the database at start);
   ``P active``: rooms with members or subscribers; ``P nick:LOWER``: who
-  holds a nick; ``P guests``: guest numbers; ``P epoch``: changes when
+  holds a nick (a member id, or ``@NAME`` for an account); ``P nickh:LOWER``: the
+  processes that hold it (process id by expiry time); ``P guests``: guest numbers; ``P epoch``: changes when
   Redis lost its data;
 - channels ``P ch:R`` (a room's events, in id order), ``P ch:*nick``
-  (nick changes) and ``P ch:*dm`` (direct messages); ``*`` is never in a room name.
+  (nick changes, and the kicks, logouts and disconnects every process gets) and ``P ch:*dm`` (direct messages); ``*`` is never in a room name.
 
 Expiry uses Redis's clock (TIME), so the hosts' clocks never matter.
 """
