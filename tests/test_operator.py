@@ -5,11 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.logger import Logger, LogLevel, LogPublisher
 from twisted.trial.unittest import TestCase
 
-from myservices.errors import BUSY, RequestError
+from myservices.errors import BUSY, ENGINE_UNAVAILABLE, RequestError
 from myservices.framed.catalog import COMMANDS, PUSHES
 from myservices.handlers.pipeline import event_body
 from myservices.hub import Stats, Subscriber
@@ -55,8 +56,16 @@ class FakeHub:
     node_id: str = "local"
     sessions: dict[str, Any] = field(default_factory=dict)
     policy: FakePolicy = field(default_factory=FakePolicy)
+    failure: Exception | None = None  # what rooms() raises
+    waits: list[Deferred[None]] | None = None  # when set, each rooms() waits for a Deferred it appends here
 
     async def rooms(self) -> list[FakeRoom]:
+        if self.waits is not None:
+            wait: Deferred[None] = Deferred()
+            self.waits.append(wait)
+            await wait
+        if self.failure is not None:
+            raise self.failure
         return [FakeRoom(r.name, r.members, r.subscribers, r.last_id) for r in self.rooms_in_use]
 
 
@@ -149,10 +158,41 @@ class SamplerTests(TestCase):
         clock.advance(4)
         self.assertEqual(self.successResultOf(_deferred(sampler.snapshot()))["rooms"][0]["rate"], 5.0)
 
+    def test_rooms_that_cannot_be_listed_are_reported_and_the_rest_still_sent(self) -> None:
+        sampler, hub, clock = self.make(interval=1.0)
+        hub.rooms_in_use = [FakeRoom("lobby")]
+        hub.failure = RequestError(ENGINE_UNAVAILABLE)
+        admin = FakeSession()
+        sampler.watch(admin)
+        data = admin.events[-1].data
+        self.assertEqual((data["rooms"], data["rooms_error"], data["connections"]["chat"]), ([], "ENGINE_UNAVAILABLE", 3))
+        self.assertEqual(self.flushLoggedErrors(), [])  # an engine outage is not a bug
+        hub.failure = RuntimeError("a bug in the engine")
+        clock.advance(1)
+        self.assertEqual(admin.events[-1].data["rooms_error"], "INTERNAL")
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)  # a bug: logged, and the snapshots go on
+        hub.failure = None
+        clock.advance(1)
+        self.assertEqual(([r["name"] for r in admin.events[-1].data["rooms"]], len(admin.events)), (["lobby"], 3))
+        self.assertNotIn("rooms_error", admin.events[-1].data)
+        sampler.stopService()
+
+    def test_a_snapshot_begun_before_an_unwatch_is_not_sent_after_a_new_watch(self) -> None:
+        sampler, hub, clock = self.make(interval=10.0)
+        hub.waits = []
+        admin = FakeSession()
+        sampler.watch(admin)
+        sampler.unwatch(admin)
+        sampler.watch(admin)  # a new loop, whose first snapshot is under way too
+        old, new = hub.waits
+        old.callback(None)
+        self.assertEqual(admin.events, [])  # the old loop's snapshot is dropped
+        new.callback(None)
+        self.assertEqual(len(admin.events), 1)
+        sampler.stopService()
+
 
 def _deferred(coroutine: Any) -> Any:
-    from twisted.internet.defer import Deferred
-
     return Deferred.fromCoroutine(coroutine)
 
 

@@ -22,7 +22,8 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from myservices.errors import BUSY, RequestError
+from myservices.errors import BUSY, INTERNAL, RequestError
+from myservices.handlers.values import client_error
 from myservices.hub import Hub, RoomInfo, Session, Stats, UnencodableEvent
 from myservices.metrics import Metrics
 from myservices.operator.config import AdminConfig
@@ -136,14 +137,15 @@ class Sampler(Service):
 
     async def _tick(self) -> None:
         # a LoopingCall whose call raises stops for good: every failure is caught and logged here
+        loop = self._loop
         try:
             self._prune()
             if not self.watchers:
                 self._stop_loop()
                 return
             event = Stats(data=await self.sample())
-            if not self.sampling:
-                return  # nobody watched any more meanwhile
+            if not self.sampling or self._loop is not loop:
+                return  # nobody watched any more meanwhile (or a new watch started a new loop, which sends its own)
             self._last = event
             self._prune()
             for session in list(self.watchers):
@@ -173,8 +175,11 @@ class Sampler(Service):
         error = None
         try:
             infos = await self.hub.rooms()
-        except RequestError as e:  # the engine away (ENGINE_UNAVAILABLE): the rest is still worth seeing
-            infos, error = [], e.error.code
+        except Exception as e:  # the engine away (ENGINE_UNAVAILABLE), say: the rest is still worth seeing
+            known = client_error(e)
+            if known is None:
+                self.log.failure("operator: listing the rooms failed", code=INTERNAL.code)
+            infos, error = [], (known.error.code if known is not None else INTERNAL.code)
         now = self.clock.seconds()
         rooms, total_rate = self._rooms(infos, now)
         cap = self.config.max_rooms

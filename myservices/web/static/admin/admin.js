@@ -11,7 +11,7 @@
     who: $("who"), status: $("status"), node: $("node"), logout: $("logout"),
     loginForm: $("login-form"), loginUsername: $("login-username"), loginPassword: $("login-password"),
     loginError: $("login-error"), refused: $("refused"),
-    roomsBody: $("rooms-body"), roomsCount: $("rooms-count"), roomsEmpty: $("rooms-empty"), roomsMore: $("rooms-more"),
+    roomsBody: $("rooms-body"), roomsCount: $("rooms-count"), roomsEmpty: $("rooms-empty"), roomsMore: $("rooms-more"), roomsError: $("rooms-error"),
     actionFeedback: $("action-feedback"), health: $("health"), sessions: $("sessions"), errors: $("errors"),
     errorsEmpty: $("errors-empty"), rateNow: $("rate-now"), connectionsNow: $("connections-now"),
     connectionsLegend: $("connections-legend"), lagNow: $("lag-now"),
@@ -354,11 +354,12 @@
       state.rows.delete(name);
       state.members.delete(name);
     }
-    ui.roomsEmpty.hidden = s.rooms.length > 0;
+    ui.roomsEmpty.hidden = s.rooms.length > 0 || Boolean(s.rooms_error);
     ui.roomsCount.textContent = s.rooms_total ? "(" + s.rooms_total + ")" : "";
     ui.roomsMore.hidden = !s.rooms_omitted;
     ui.roomsMore.textContent = s.rooms_omitted ? s.rooms_omitted + " quieter rooms are not listed." : "";
-    if (s.rooms_error) feedback(ui.actionFeedback, "The room list is unavailable (" + s.rooms_error + ").", true);
+    ui.roomsError.hidden = !s.rooms_error; // cleared by the next snapshot that has the rooms again
+    ui.roomsError.textContent = s.rooms_error ? "The room list is unavailable (" + s.rooms_error + ")." : "";
   }
 
   function addRoomRow(name) {
