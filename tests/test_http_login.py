@@ -112,6 +112,10 @@ class LoginApiTests(TestCase):
     async def test_malformed_requests_are_4xx(self) -> None:
         await self.start()
         self.assert_error(await self.post("/api/login", b"{not json"), 400, "BAD_REQUEST")
+        self.assert_error(await self.post("/api/login", b"[" * 8000), 400, "BAD_REQUEST")  # nested too deeply
+        self.assert_error(
+            await self.post("/api/login", b'{"username": "alice", "password": NaN}'), 400, "BAD_ARGUMENTS"
+        )
         self.assert_error(await self.post("/api/login", ["alice", "pw"]), 400, "BAD_ARGUMENTS")
         self.assert_error(await self.post("/api/login", {"username": "alice", "password": 1}), 400, "BAD_ARGUMENTS")
         self.assert_error(
@@ -125,6 +129,7 @@ class LoginApiTests(TestCase):
             await self.post("/api/login", {"username": "alice", "password": "x" * 9000}), 413, "TOO_LARGE"
         )
         self.assert_error(await self.client.get("/api/login"), 405, "BAD_REQUEST")
+        self.assertEqual(self.flushLoggedErrors(), [])  # the client's mistakes: no traceback
 
     async def test_logout_clears_the_cookie(self) -> None:
         await self.start()

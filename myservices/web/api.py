@@ -4,7 +4,7 @@ JSON in and out, every answer of a key-protected route preceded by the same
 steps: the bearer key (L{ApiKeys}), the body (C{Content-Type:
 application/json}, at most C{[api] max_body_size}, strict JSON of the
 expected shape), the key's rate limit, then one hub call. Every failure goes
-through L{ApiRoute.failed}: a L{RequestError} (or what L{client_error} makes
+through L{HttpErrors.respond}: a L{RequestError} (or what L{client_error} makes
 one of) is the client's and answered with its status and the shared error
 shape; anything else is logged once and answered 500 INTERNAL. docs/api.md
 describes the routes, L{myservices.web.openapi} documents them for clients.
@@ -13,29 +13,23 @@ describes the routes, L{myservices.web.openapi} documents them for clients.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from myservices.errors import (
-    BAD_ARGUMENTS, BAD_REQUEST, BUSY, DATABASE_UNAVAILABLE, ENGINE_UNAVAILABLE, FORBIDDEN, HUB_UNAVAILABLE,
-    INTERNAL, NOT_FOUND, RATE_LIMITED, SHUTTING_DOWN, TOO_LARGE, UNAUTHENTICATED, ErrorCode, RequestError,
-    error_json,
-)
+from myservices.errors import BAD_ARGUMENTS, INTERNAL, NOT_FOUND, RequestError, error_json
 from myservices.handlers.pipeline import message_json
-from myservices.handlers.values import InvalidJSON, client_error, loads
+from myservices.handlers.values import client_error
 from myservices.hub.rules import MAX_MESSAGE_ID
 from myservices.web.api_keys import ApiConfig, ApiKeys
 from myservices.web.openapi import document
-from myservices.web.request import error_response
-from myservices.web.resources import finish, gone, write_json
+from myservices.web.request import error_response, read_json_body
+from myservices.web.resources import HttpErrors, write_json
 
 if TYPE_CHECKING:
     from myservices.hub import Hub
@@ -44,36 +38,16 @@ if TYPE_CHECKING:
 log = Logger()
 
 MAX_REASON_LENGTH = 200
-_STATUS = {
-    BAD_REQUEST.code: 400, UNAUTHENTICATED.code: 401, FORBIDDEN.code: 403, NOT_FOUND.code: 404,
-    TOO_LARGE.code: 413, RATE_LIMITED.code: 429, INTERNAL.code: 500, BUSY.code: 503,
-    DATABASE_UNAVAILABLE.code: 503, ENGINE_UNAVAILABLE.code: 503, SHUTTING_DOWN.code: 503, HUB_UNAVAILABLE.code: 503,
-}
-
-
-class HttpStatusError(RequestError):
-    """A request error whose HTTP status is not the one of its code (415 for a body that is not JSON)."""
-
-    def __init__(self, status: int, error: ErrorCode, detail: str) -> None:
-        super().__init__(error, detail)
-        self.status = status
-
-
-def status_of(error: RequestError) -> int:
-    """The HTTP status that answers C{error}: 4xx for the client's mistakes, 503 when retrying later helps."""
-    if isinstance(error, HttpStatusError):
-        return error.status
-    return _STATUS.get(error.error.code, 400)
 
 
 @dataclass(frozen=True)
 class Api:
-    """What every route uses: the hub, the keys, the limits and the Retry-After of a 503."""
+    """What every route uses: the hub, the keys, the limits and the HTTP service's error answers."""
 
     hub: Hub
     keys: ApiKeys
     config: ApiConfig
-    retry_after: int
+    errors: HttpErrors
 
 
 def _fields(body: Any, required: Mapping[str, type], optional: Mapping[str, type]) -> dict[str, Any]:
@@ -107,12 +81,12 @@ class ApiRoute(Resource):
 
     def serve(self, request: Request) -> int:
         d = Deferred.fromCoroutine(self._serve(request))
-        d.addErrback(self.failed, request)
+        d.addErrback(self.api.errors.respond, request)
         return NOT_DONE_YET
 
     async def _serve(self, request: Request) -> None:
         key = self.api.keys.authenticate(request)
-        body = self.read_body(request) if request.method == b"POST" else None
+        body = read_json_body(request, self.api.config.max_body_size) if request.method == b"POST" else None
         self.api.keys.charge(key, self.cost(body))
         result = await self.handle(request, body)
         write_json(request, 200, result)
@@ -124,42 +98,6 @@ class ApiRoute(Resource):
     async def handle(self, request: Request, body: Any) -> Any:
         """The answer's JSON value (200), or a raised error."""
         raise NotImplementedError
-
-    def read_body(self, request: Request) -> Any:
-        """The request's JSON body: 415 if it is not declared JSON, 413 if too large, 400 if not JSON."""
-        content_type = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
-        if content_type != b"application/json":
-            raise HttpStatusError(415, BAD_REQUEST, "expected Content-Type: application/json")
-        limit = self.api.config.max_body_size
-        assert request.content is not None
-        data = request.content.read(limit + 1)
-        if len(data) > limit:
-            raise RequestError(TOO_LARGE, f"request body larger than {limit} bytes")
-        try:
-            return loads(data)
-        except InvalidJSON as e:
-            raise RequestError(BAD_REQUEST, f"the body is not JSON: {e}") from None
-
-    def failed(self, failure: Failure, request: Request) -> None:
-        """Answer a failed request: the client's error with its status, anything else logged once and 500."""
-        error = client_error(failure.value)
-        if error is None:
-            log.failure(
-                "{method} {uri} failed", failure,
-                method=request.method.decode("latin-1"), uri=request.uri.decode("latin-1"),
-            )
-            error = RequestError(INTERNAL)
-        if gone(request):
-            return
-        status = status_of(error)
-        if status == 401:
-            request.setHeader(b"WWW-Authenticate", b'Bearer realm="myservices"')
-        if status == 429:
-            request.setHeader(b"Retry-After", b"%d" % max(1, int(error.retry_after or 1)))
-        elif status == 503:
-            wait = self.api.retry_after if error.retry_after is None else max(1, math.ceil(error.retry_after))
-            request.setHeader(b"Retry-After", b"%d" % wait)
-        finish(request, error_response(request, status, error.error, error.detail))
 
     def nick(self, body: dict[str, Any]) -> str:
         return str(body.get("nick", self.api.config.nick))

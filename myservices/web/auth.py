@@ -11,37 +11,23 @@ site cannot log a visitor in to an account of its choosing.
 
 from __future__ import annotations
 
-import json
-import math
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
-from twisted.logger import Logger
-from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from myservices.errors import (
-    BAD_ARGUMENTS, BAD_REQUEST, BUSY, DATABASE_UNAVAILABLE, INTERNAL, LOGIN_FAILED, RATE_LIMITED, SHUTTING_DOWN,
-    TOO_LARGE, RequestError,
-)
-from myservices.handlers.values import client_error
+from myservices.errors import BAD_ARGUMENTS, RequestError
 from myservices.login_limits import peer_host
-from myservices.web.request import error_response
-from myservices.web.resources import finish, gone, write_json
+from myservices.web.request import read_json_body
+from myservices.web.resources import HttpErrors, write_json
 
 if TYPE_CHECKING:
     from myservices.accounts import AccountStore
     from myservices.tokens import TokenService
 
-log = Logger()
-
 COOKIE_NAME = b"myservices_token"
 MAX_LOGIN_BODY = 8192  # a username, a password of at most 4096 characters and a few rooms
-_STATUS = {
-    LOGIN_FAILED.code: 401, RATE_LIMITED.code: 429, BUSY.code: 503, DATABASE_UNAVAILABLE.code: 503,
-    SHUTTING_DOWN.code: 503, TOO_LARGE.code: 413, INTERNAL.code: 500,
-}
 
 
 def _cookie(request: Request, value: bytes, max_age: int) -> bytes:
@@ -49,25 +35,8 @@ def _cookie(request: Request, value: bytes, max_age: int) -> bytes:
     return COOKIE_NAME + b"=" + value + b"; HttpOnly; SameSite=Strict; Path=/; Max-Age=%d" % max_age + secure
 
 
-def _answer_error(request: Request, error: RequestError) -> None:
-    if gone(request):
-        return
-    if error.retry_after is not None:
-        request.setHeader(b"Retry-After", b"%d" % max(1, math.ceil(error.retry_after)))
-    finish(request, error_response(request, _STATUS.get(error.error.code, 400), error.error, error.detail))
-
-
-def _is_json(request: Request) -> bool:
-    content_type = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
-    return content_type == b"application/json"
-
-
-def _credentials(body: bytes) -> tuple[str, str, list[str] | None]:
+def _credentials(value: Any) -> tuple[str, str, list[str] | None]:
     """The username, password and rooms of a login body, or RequestError."""
-    try:
-        value = json.loads(body)
-    except (ValueError, RecursionError):
-        raise RequestError(BAD_REQUEST, "the body is not JSON") from None
     if not isinstance(value, dict):
         raise RequestError(BAD_ARGUMENTS, 'expected {"username": ..., "password": ...}')
     username, password, rooms = value.get("username"), value.get("password"), value.get("rooms")
@@ -84,25 +53,21 @@ class LoginApi(Resource):
 
     isLeaf = True
 
-    def __init__(self, accounts: AccountStore, tokens: TokenService) -> None:
+    def __init__(self, accounts: AccountStore, tokens: TokenService, errors: HttpErrors) -> None:
         super().__init__()
         self.accounts = accounts
         self.tokens = tokens
+        self.errors = errors
 
-    def render_POST(self, request: Request) -> bytes | int:
-        if not _is_json(request):
-            return error_response(request, 415, BAD_REQUEST, "expected Content-Type: application/json")
-        assert request.content is not None
-        body = request.content.read(MAX_LOGIN_BODY + 1)
-        if len(body) > MAX_LOGIN_BODY:
-            return error_response(request, 413, TOO_LARGE, f"a login body is at most {MAX_LOGIN_BODY} bytes")
+    def render_POST(self, request: Request) -> int:
         try:
-            username, password, rooms = _credentials(body)
+            username, password, rooms = _credentials(read_json_body(request, MAX_LOGIN_BODY))
         except RequestError as e:
-            return error_response(request, 400, e.error, e.detail)
+            self.errors.answer(e, request)
+            return NOT_DONE_YET
         address = peer_host(request.getClientAddress())
         d = Deferred.fromCoroutine(self._login(username, password, rooms, address))
-        d.addCallbacks(self._answer, self._failed, callbackArgs=(request,), errbackArgs=(request,))
+        d.addCallbacks(self._answer, self.errors.respond, callbackArgs=(request,), errbackArgs=(request,))
         return NOT_DONE_YET
 
     async def _login(self, username: str, password: str, rooms: list[str] | None, address: str | None) -> Any:
@@ -115,13 +80,6 @@ class LoginApi(Resource):
         max_age = max(0, int(expires_at - self.tokens.clock.seconds()))
         request.setHeader(b"Set-Cookie", _cookie(request, token.encode("ascii"), max_age))
         write_json(request, 200, {"token": token, "expires_at": expires_at, "username": account.username})
-
-    def _failed(self, failure: Failure, request: Request) -> None:
-        error = client_error(failure.value)
-        if error is None:
-            log.failure("POST /api/login failed", failure)
-            error = RequestError(INTERNAL)
-        _answer_error(request, error)
 
 
 class LogoutApi(Resource):

@@ -22,8 +22,10 @@ from twisted.web.http import datetimeToString, unquote
 from twisted.web.server import Request, version
 
 from myservices.errors import (
-    BAD_REQUEST, BUSY, DATABASE_UNAVAILABLE, INTERNAL, NOT_FOUND, TIMEOUT, TOO_LARGE, ErrorCode, RequestError,
+    BAD_ARGUMENTS, BAD_REQUEST, BUSY, DATABASE_UNAVAILABLE, ENGINE_UNAVAILABLE, FORBIDDEN, HUB_UNAVAILABLE, INTERNAL, LOGIN_FAILED,
+    NOT_FOUND, RATE_LIMITED, SHUTTING_DOWN, TIMEOUT, TOO_LARGE, UNAUTHENTICATED, ErrorCode, RequestError,
 )
+from myservices.handlers.values import InvalidJSON, InvalidValue, loads
 
 if TYPE_CHECKING:
     from myservices.web.channel import LimitedHTTPChannel
@@ -34,11 +36,46 @@ log = Logger()
 # says which it has; any other method is not implemented anywhere (501)
 KNOWN_METHODS = frozenset({b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"CONNECT", b"OPTIONS", b"TRACE", b"PATCH"})
 
-# the status of a RequestError raised while rendering; codes not listed are the client's fault: 400
+# the HTTP status of each error code; codes not listed are the client's mistakes: 400
 _STATUS = {
-    NOT_FOUND.code: 404, TOO_LARGE.code: 413, TIMEOUT.code: 408, BUSY.code: 503,
-    DATABASE_UNAVAILABLE.code: 503, INTERNAL.code: 500,
+    BAD_REQUEST.code: 400, UNAUTHENTICATED.code: 401, LOGIN_FAILED.code: 401, FORBIDDEN.code: 403,
+    NOT_FOUND.code: 404, TIMEOUT.code: 408, TOO_LARGE.code: 413, RATE_LIMITED.code: 429, INTERNAL.code: 500,
+    BUSY.code: 503, DATABASE_UNAVAILABLE.code: 503, ENGINE_UNAVAILABLE.code: 503, SHUTTING_DOWN.code: 503,
+    HUB_UNAVAILABLE.code: 503,
 }
+
+
+class HttpStatusError(RequestError):
+    """A request error whose HTTP status is not the one of its code (415 for a body that is not JSON)."""
+
+    def __init__(self, status: int, error: ErrorCode, detail: str) -> None:
+        super().__init__(error, detail)
+        self.status = status
+
+
+def http_status(error: RequestError) -> int:
+    """The HTTP status that answers C{error}: 4xx for the client's mistakes, 503 when retrying later helps."""
+    if isinstance(error, HttpStatusError):
+        return error.status
+    return _STATUS.get(error.error.code, 400)
+
+
+def read_json_body(request: Request, limit: int) -> Any:
+    """The request's body as strict JSON: 415 unless declared C{application/json}, 413 above C{limit} bytes,
+    400 if it is not JSON or holds a value JSON does not (NaN): each a L{RequestError}."""
+    content_type = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
+    if content_type != b"application/json":
+        raise HttpStatusError(415, BAD_REQUEST, "expected Content-Type: application/json")
+    assert request.content is not None
+    data = request.content.read(limit + 1)
+    if len(data) > limit:
+        raise RequestError(TOO_LARGE, f"request body larger than {limit} bytes")
+    try:
+        return loads(data)
+    except InvalidJSON as e:
+        raise RequestError(BAD_REQUEST, f"the body is not JSON: {e}") from None
+    except InvalidValue as e:
+        raise RequestError(BAD_ARGUMENTS, str(e)) from None
 
 
 def error_body(error: ErrorCode, message: str) -> bytes:
@@ -162,7 +199,7 @@ class LimitedRequest(Request):
         """Rendering raised: a L{RequestError} is answered with its code, anything else is logged and 500."""
         if reason.check(RequestError) is not None:
             error: RequestError = reason.value
-            status, code, message = _STATUS.get(error.error.code, 400), error.error, error.detail
+            status, code, message = http_status(error), error.error, error.detail
         else:
             log.failure(
                 "{method} {uri} failed", reason,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -15,9 +16,9 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from myservices.errors import DATABASE_UNAVAILABLE, INTERNAL, NOT_FOUND
+from myservices.errors import INTERNAL, NOT_FOUND, UNAUTHENTICATED, RequestError
 from myservices.handlers.values import client_error
-from myservices.web.request import error_response
+from myservices.web.request import error_response, http_status
 
 if TYPE_CHECKING:
     from myservices.counter import DurableCounter
@@ -53,24 +54,35 @@ def write_json(request: Request, status: int, value: Any) -> None:
     finish(request, json.dumps(value).encode() + b"\n")
 
 
-class DatabaseErrors:
-    """Turns a failed database call into a 503 (with Retry-After) or a logged 500, never a traceback."""
+class HttpErrors:
+    """Answers a failed request (one error path for every JSON route): the client's error with its HTTP status
+    and the shared error shape, anything else logged once and 500 INTERNAL, never a traceback. A 429 or 503
+    says when to retry (Retry-After: the error's own time, else C{retry_after}); a 401 for a missing or wrong
+    API key says how to authenticate (WWW-Authenticate)."""
 
     def __init__(self, retry_after: int) -> None:
         self.retry_after = retry_after
 
     def respond(self, failure: Failure, request: Request) -> None:
         error = client_error(failure.value)
-        unavailable = error is not None and error.error is DATABASE_UNAVAILABLE
-        if not unavailable:
-            log.failure("{method} {uri} failed", failure, method=request.method, uri=request.uri)
+        if error is None:
+            log.failure(
+                "{method} {uri} failed", failure,
+                method=request.method.decode("latin-1"), uri=request.uri.decode("latin-1"),
+            )
+            error = RequestError(INTERNAL)
+        self.answer(error, request)
+
+    def answer(self, error: RequestError, request: Request) -> None:
         if gone(request):
             return
-        if unavailable:
-            request.setHeader(b"Retry-After", str(self.retry_after).encode())
-            finish(request, error_response(request, 503, DATABASE_UNAVAILABLE))
-        else:
-            finish(request, error_response(request, 500, INTERNAL))
+        status = http_status(error)
+        if error.error is UNAUTHENTICATED:
+            request.setHeader(b"WWW-Authenticate", b'Bearer realm="myservices"')
+        if status in (429, 503):
+            wait = self.retry_after if error.retry_after is None else max(1, math.ceil(error.retry_after))
+            request.setHeader(b"Retry-After", b"%d" % wait)
+        finish(request, error_response(request, status, error.error, error.detail))
 
 
 class JsonRoot(Resource):
@@ -90,7 +102,7 @@ class NotFound(Resource):
 class _CounterResource(Resource):
     isLeaf = True
 
-    def __init__(self, counter: DurableCounter, errors: DatabaseErrors) -> None:
+    def __init__(self, counter: DurableCounter, errors: HttpErrors) -> None:
         super().__init__()
         self.counter = counter
         self.errors = errors
@@ -170,7 +182,7 @@ class Readyz(Resource):
             write_json(request, 200 if report.ready else 503, body)
 
         d.addCallback(answer)
-        d.addErrback(DatabaseErrors(1).respond, request)
+        d.addErrback(HttpErrors(1).respond, request)
         return NOT_DONE_YET
 
 
@@ -200,5 +212,5 @@ class MetricsPage(Resource):
         self.metrics.flush()
         d = deferToThreadPool(self._reactor, self._reactor.getThreadPool(), encoder, self.registry)
         d.addCallback(lambda body: None if gone(request) else finish(request, body))
-        d.addErrback(DatabaseErrors(1).respond, request)  # logged with its traceback, answered 500
+        d.addErrback(HttpErrors(1).respond, request)  # logged with its traceback, answered 500
         return NOT_DONE_YET

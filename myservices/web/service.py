@@ -15,7 +15,7 @@ from myservices.web.api_keys import ApiKeys
 from myservices.web.auth import LoginApi, LogoutApi
 from myservices.web.channel import HttpLimits
 from myservices.web.pages import static_directory
-from myservices.web.resources import CounterApi, CounterPage, DatabaseErrors, Healthz, JsonRoot, MetricsPage, Readyz
+from myservices.web.resources import CounterApi, CounterPage, HttpErrors, Healthz, JsonRoot, MetricsPage, Readyz
 from myservices.web.site import HttpSite
 from myservices.web.upgrade import WebSocketMount
 
@@ -74,7 +74,7 @@ class HttpConfig(StreamServiceConfig):
 def build(name: str, cfg: HttpConfig, ctx: BuildContext) -> IService:
     """The HTTP listener service for C{[services.NAME]}."""
     counter = ctx.counter
-    errors = DatabaseErrors(cfg.retry_after)
+    errors = HttpErrors(cfg.retry_after)
     root = JsonRoot()
     root.putChild(b"", CounterPage(counter, errors))
     root.putChild(b"healthz", Healthz(ctx.worker))
@@ -83,10 +83,10 @@ def build(name: str, cfg: HttpConfig, ctx: BuildContext) -> IService:
         root.putChild(b"metrics", MetricsPage(ctx.metrics, ctx.reactor))
     api = JsonRoot()
     api.putChild(b"counter", CounterApi(counter, errors))
-    api.putChild(b"login", LoginApi(ctx.accounts, ctx.tokens))
+    api.putChild(b"login", LoginApi(ctx.accounts, ctx.tokens, errors))
     api.putChild(b"logout", LogoutApi())
     keys = ApiKeys(ctx.config.api.keys, ctx.config.api.rate, ctx.config.api.burst, ctx.reactor)
-    mount_api(api, Api(ctx.hub, keys, ctx.config.api, cfg.retry_after))
+    mount_api(api, Api(ctx.hub, keys, ctx.config.api, errors))
     root.putChild(b"api", api)
     limits = HttpLimits(
         max_body_size=cfg.max_body_size,
