@@ -13,7 +13,7 @@ by L{Validator}: an unknown key, a wrong type, a missing key or an
 impossible value is reported with the file, the key path and what was
 expected, every problem at once.
 
-Precedence, highest first: the named environment variables (L{ENV_ALIASES},
+Precedence, highest first: the named environment variables (L{myservices.config_env},
 and the password variables), generic ``MYSERVICES__SECTION__KEY`` variables,
 the file, the declared defaults.
 """
@@ -21,7 +21,6 @@ the file, the declared defaults.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
@@ -29,6 +28,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from myservices.config_env import (
+    ENV_API_KEY, ENV_API_KEY_FILE, ENV_PASSWORD, ENV_PASSWORD_FILE, ENV_PROBLEM, ENV_REDIS_PASSWORD,
+    ENV_REDIS_PASSWORD_FILE, ENV_TOKEN_SECRET_FILE, MIN_API_KEY_LENGTH, apply_environment, attribute_problem,
+    secret_from_environment,
+)
 from myservices.db.config import DatabaseConfig, parse_database_url
 from myservices.settings import DURATION, PATH, ServiceConfig, setting
 from myservices.validate import Validator
@@ -41,27 +45,6 @@ if TYPE_CHECKING:
     from myservices.operator.config import AdminConfig
     from myservices.tokens import TokensConfig
     from myservices.web.api_keys import ApiConfig
-
-ENV_PREFIX = "MYSERVICES__"
-ENV_ALIASES: Mapping[str, tuple[str, ...]] = {
-    "MYSERVICES_DATABASE_URL": ("database", "url"),
-    "MYSERVICES_DATA_DIR": ("daemon", "data_dir"),
-    "MYSERVICES_TOKEN_SECRET": ("tokens", "secret"),
-}
-ENV_PASSWORD = "MYSERVICES_DATABASE_PASSWORD"
-ENV_PASSWORD_FILE = "MYSERVICES_DATABASE_PASSWORD_FILE"
-ENV_REDIS_PASSWORD = "MYSERVICES_REDIS_PASSWORD"
-ENV_REDIS_PASSWORD_FILE = "MYSERVICES_REDIS_PASSWORD_FILE"
-ENV_TOKEN_SECRET_FILE = "MYSERVICES_TOKEN_SECRET_FILE"  # MYSERVICES_TOKEN_SECRET itself is an alias
-# one more key of the server API ([api] keys), directly or in a file
-ENV_API_KEY = "MYSERVICES_API_KEY"
-ENV_API_KEY_FILE = "MYSERVICES_API_KEY_FILE"
-MIN_API_KEY_LENGTH = 16  # [api] keys are checked against it too (myservices.web.api_keys)
-
-
-# a problem that comes from an environment variable, not the file, starts with this and the variable's name
-ENV_PROBLEM = "environment variable "
-
 
 class ConfigError(Exception):
     """The configuration cannot be used; C{problems} lists every reason found.
@@ -195,11 +178,11 @@ def config_from_dict(
     environ = os.environ if environ is None else environ
     problems: list[str] = []
     sections: dict[str, type] = {"daemon": DaemonConfig, "database": DatabaseConfig, **schema.sections}
-    overridden = _apply_environment(raw, environ, problems, _known_keys(raw, sections, schema.kinds))
+    overridden = apply_environment(raw, environ, problems, _known_keys(raw, sections, schema.kinds))
     try:
         return _validate(raw, source, base_dir, schema, sections, environ, problems)
     except ConfigError as e:
-        e.problems[:] = [_attribute(p, overridden) for p in e.problems]
+        e.problems[:] = [attribute_problem(p, overridden) for p in e.problems]
         raise ConfigError(source, e.problems) from None
 
 
@@ -229,10 +212,10 @@ def _validate(
     if built.get("hub") is not None:
         built["hub"] = _resolve_hub(built["hub"], environ, problems)
     if built.get("tokens") is not None and ENV_TOKEN_SECRET_FILE in environ:
-        secret = _secret_from_environment("", "", ENV_TOKEN_SECRET_FILE, environ, problems)
+        secret = secret_from_environment("", "", ENV_TOKEN_SECRET_FILE, environ, problems)
         built["tokens"] = dataclasses.replace(built["tokens"], secret=secret or "")
     if built.get("api") is not None:
-        api_key = _secret_from_environment(None, ENV_API_KEY, ENV_API_KEY_FILE, environ, problems)
+        api_key = secret_from_environment(None, ENV_API_KEY, ENV_API_KEY_FILE, environ, problems)
         variable = ENV_API_KEY_FILE if ENV_API_KEY_FILE in environ else ENV_API_KEY
         if api_key and (len(api_key) < MIN_API_KEY_LENGTH or api_key != api_key.strip()):
             problems.append(
@@ -323,88 +306,8 @@ def _known_keys(raw: dict[str, Any], sections: Mapping[str, type], kinds: Mappin
     return keys
 
 
-def env_name(path: str) -> str:
-    """The generic environment variable that sets the key C{path} ("services.echo.endpoint")."""
-    return ENV_PREFIX + "__".join(part.upper() for part in path.split("."))
-
-
-def _apply_environment(
-    raw: dict[str, Any], environ: Mapping[str, str], problems: list[str], known: list[str]
-) -> dict[str, str]:
-    """Apply the overrides to C{raw}; return the variable that set each key path.
-
-    A generic variable that names no known key is reported as that variable,
-    with the closest known one, and not applied.
-    """
-    overrides: list[tuple[tuple[str, ...], str, str]] = []
-    for name, value in environ.items():
-        if name.startswith(ENV_PREFIX) and len(name) > len(ENV_PREFIX):
-            keys = tuple(k.lower() for k in name[len(ENV_PREFIX):].split("__"))
-            path = ".".join(keys)
-            # a new [services.NAME] of a kind that is not its name: its kind comes from a variable too
-            kind = str(_env_value(environ.get(env_name(".".join(keys[:2] + ("kind",))), ""))) if len(keys) == 3 else ""
-            if path not in known and not (len(keys) == 3 and kind and keys[2] in _kind_keys(kind, known)):
-                close = difflib.get_close_matches(path, known, n=1, cutoff=0.6)
-                hint = f"did you mean {env_name(close[0])}?" if close else "see docs/configuration.md"
-                problems.append(f"{ENV_PROBLEM}{name}: no such key {path} ({hint})")
-                continue
-            overrides.append((keys, value, name))
-    overrides.sort()
-    # the named aliases win over the generic form, so they are applied last
-    overrides += [(keys, environ[name], name) for name, keys in ENV_ALIASES.items() if name in environ]
-    overridden: dict[str, str] = {}
-    for keys, value, name in overrides:
-        table = raw
-        for key in keys[:-1]:
-            table = table.setdefault(key, {})
-            if not isinstance(table, dict):
-                problems.append(f"{ENV_PROBLEM}{name}: {'.'.join(keys)} does not name a key in a table")
-                break
-        else:
-            table[keys[-1]] = _env_value(value)
-            overridden[".".join(keys)] = name
-    return overridden
-
-
-def _kind_keys(kind: str, known: list[str]) -> set[str]:
-    """The keys of a service of C{kind}, as the section named after the kind has them."""
-    prefix = f"services.{kind}."
-    return {path[len(prefix):] for path in known if path.startswith(prefix)}
-
-
-def _attribute(problem: str, overridden: Mapping[str, str]) -> str:
-    """A problem with a key an environment variable set names that variable."""
-    if problem.startswith(ENV_PROBLEM):
-        return problem
-    path = problem.split(":", 1)[0]
-    name = overridden.get(path)
-    return f"{ENV_PROBLEM}{name}: {problem}" if name else problem
-
-
-def _env_value(text: str) -> Any:
-    """An environment value as TOML would read it (42, true, 1.5), else the plain string."""
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
-def _secret_from_environment(
-    value: str | None, variable: str, file_variable: str, environ: Mapping[str, str], problems: list[str]
-) -> str | None:
-    """C{value}, unless the environment names a secret (directly, or a file holding it)."""
-    if variable in environ:
-        value = environ[variable]
-    if file_variable in environ:
-        try:
-            value = Path(environ[file_variable]).read_text().rstrip("\r\n")
-        except OSError as e:
-            problems.append(f"{ENV_PROBLEM}{file_variable}: cannot read {environ[file_variable]}: {e.strerror}")
-    return value
-
-
 def _resolve_hub(hub: HubConfig, environ: Mapping[str, str], problems: list[str]) -> HubConfig:
-    password = _secret_from_environment(
+    password = secret_from_environment(
         hub.redis_password, ENV_REDIS_PASSWORD, ENV_REDIS_PASSWORD_FILE, environ, problems
     )
     problems.extend(hub.problems())
@@ -414,7 +317,7 @@ def _resolve_hub(hub: HubConfig, environ: Mapping[str, str], problems: list[str]
 def _resolve_database(
     database: DatabaseConfig, data_dir: Path, environ: Mapping[str, str], problems: list[str]
 ) -> DatabaseConfig:
-    password = _secret_from_environment(database.password, ENV_PASSWORD, ENV_PASSWORD_FILE, environ, problems)
+    password = secret_from_environment(database.password, ENV_PASSWORD, ENV_PASSWORD_FILE, environ, problems)
     try:
         parse_database_url(database.url, data_dir, password)
     except ValueError as e:

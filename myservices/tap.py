@@ -9,7 +9,8 @@ from types import TracebackType
 from twisted.application.service import IService
 from twisted.python import usage
 
-from myservices.config import ENV_ALIASES, ENV_PASSWORD, ENV_PASSWORD_FILE, ENV_PREFIX, Config, ConfigError
+from myservices.config import Config, ConfigError
+from myservices.config_env import ENV_ALIASES, ENV_PASSWORD, ENV_PASSWORD_FILE, ENV_PREFIX
 from myservices.db.config import parse_database_url
 from myservices.endpoints import host_problem
 from myservices.registry import load_config

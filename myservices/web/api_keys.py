@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.server import Request
 
-from myservices.config import ENV_API_KEY, MIN_API_KEY_LENGTH, Config
+from myservices.config import Config
+from myservices.config_env import ENV_API_KEY, MIN_API_KEY_LENGTH
 from myservices.errors import FORBIDDEN, NICK_INVALID, RATE_LIMITED, UNAUTHENTICATED, RequestError
 from myservices.hub.rules import check_nick
 from myservices.ratelimit import TokenBucket
