@@ -88,6 +88,7 @@ class ChatProtocol(HalfCloseableProtocol, LineReceiver, TimeoutMixin, ChatComman
 
     delimiter = b"\n"  # a trailing \r is stripped, so \r\n and \n both work
     factory: ChatFactory
+    outbound: Outbound  # set in connectionMade
     log = Logger()
 
     def callLater(self, period: float, func: Callable[[], object]) -> IDelayedCall:  # noqa: N802 (TimeoutMixin's)
@@ -156,7 +157,6 @@ class ChatProtocol(HalfCloseableProtocol, LineReceiver, TimeoutMixin, ChatComman
         # answers of lines in flight) is sent, and no line it sends is run (TLS reads on until close_notify)
         self.outbound.write(line)
         self.outbound.seal()
-        self.pauseProducing()
         self.close_gracefully()
 
     def _slow_consumer(self) -> None:

@@ -74,6 +74,8 @@ class EchoProtocol(HalfCloseableProtocol, TimeoutMixin):
         self.setTimeout(self.factory.idle_timeout or None)
 
     def dataReceived(self, data: bytes) -> None:
+        if self.closing_gracefully:
+            return  # what TLS still delivers while the close waits for the peer's close_notify
         self.resetTimeout()
         n = len(data)
         self.factory.metrics.bytes_in.inc(n)
@@ -82,6 +84,11 @@ class EchoProtocol(HalfCloseableProtocol, TimeoutMixin):
 
     def stop_timers(self) -> None:
         self.setTimeout(None)
+
+    def lose_connection(self) -> None:
+        if not self.throttle.paused:
+            self.transport.unregisterProducer()  # as an Outbound does (see Outbound.release): TLS waits for it
+        super().lose_connection()
 
     def timeoutConnection(self) -> None:
         self.factory.metrics.closed("idle_timeout")

@@ -16,6 +16,7 @@ from myservices.coalesce import WriteCoalescer
 from myservices.endpoints import missing_inherited_socket
 from myservices.errors import BUSY
 from myservices.metrics import ServiceMetrics
+from myservices.outbound import Outbound
 from myservices.ports import ListenOptions, listen_endpoint
 from myservices.startup import StartupError
 from myservices.workers.sockets import Inherited, adopt_datagram, adopt_stream
@@ -53,6 +54,7 @@ class TrackedProtocol(Protocol):
     # twisted's annotation (Optional[ITransport]) does not say; set before connectionMade
     transport: Any
     closing_gracefully = False  # close_gracefully was called: the output is flushing, then the close
+    outbound: Outbound | None = None  # the bounded output of a protocol that has one, registered as producer
     _close_timer: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
@@ -86,7 +88,11 @@ class TrackedProtocol(Protocol):
 
     def lose_connection(self) -> None:
         """The close itself, once bounded by L{close_gracefully}; a protocol with a close of its own overrides it."""
-        # a paused Outbound does not hold this up: it unregisters itself after the last drain
+        if self.outbound is not None:
+            self.outbound.release()  # a paused one lets go after its last drain
+        # TLS closes once the peer answers our close_notify, which must be read even if the protocol stopped
+        # reading (TCP stops reading at loseConnection anyway); protocols ignore input once closing_gracefully
+        self.transport.resumeProducing()
         self.transport.loseConnection()
 
     def _close_timed_out(self) -> None:

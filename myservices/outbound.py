@@ -65,6 +65,22 @@ class Outbound:
         self._sealed = False
         transport.registerProducer(self, True)
 
+    def release(self) -> None:
+        """The transport is closing: unregister now unless paused (a paused one does so after its last drain).
+
+        TLS sends its close_notify only once no producer is registered (TCP
+        only waits for a paused one); one that is not paused has nothing queued.
+        Later writes are dropped.
+        """
+        if not self.paused:
+            self.unregister()
+
+    def unregister(self) -> None:
+        """Stop being the transport's producer (once); later writes are dropped."""
+        if not self._released:
+            self._released = True
+            self._transport.unregisterProducer()
+
     def seal(self) -> None:
         """Accept no more writes: what was written so far is the last the peer gets (a closing error, say)."""
         self._sealed = True

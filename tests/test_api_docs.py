@@ -13,6 +13,7 @@ from twisted.internet import reactor
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SkipTest
 
+from myservices import errors
 from tests.apiclient import KEY, ApiTestCase
 from tests.support import chat_client, ci, port_of
 
@@ -25,6 +26,11 @@ def fenced_blocks(text: str) -> list[tuple[str, str]]:
     return [(m.group(1), m.group(2)) for m in re.finditer(r"^```(\w*)\n(.*?)^```$", text, re.S | re.M)]
 
 
+def fenced_json(text: str) -> list[tuple[str, Any]]:
+    """Every json block of a Markdown text: (body, value)."""
+    return [(body, json.loads(body)) for language, body in fenced_blocks(text) if language == "json"]
+
+
 def examples(text: str) -> list[tuple[str, Any]]:
     """Each curl command of the sh blocks, with the JSON example right after its block (None if there is none)."""
     blocks = fenced_blocks(text)
@@ -33,6 +39,8 @@ def examples(text: str) -> list[tuple[str, Any]]:
         if language != "sh" or "curl" not in body:
             continue
         after = blocks[i + 1] if i + 1 < len(blocks) else ("", "")
+        if after[0] != "json" and "openapi.json" not in body:
+            raise AssertionError(f"docs/api.md: no json block shows the answer of\n{body}")
         expected = json.loads(after[1]) if after[0] == "json" else None
         for command in body.replace("\\\n", " ").splitlines():
             if command.strip():
@@ -53,16 +61,20 @@ def shape(value: Any) -> Any:
     return type(value).__name__
 
 
-def matches(actual: Any, example: Any) -> bool:
-    """True when C{actual} has the shape of C{example}: a list's items each like one of the example's items."""
+def matches(actual: Any, example: Any, exact: bool = True) -> bool:
+    """True when C{actual} has the shape of C{example}: the same members, values of the same types, a list's
+    items each like one of the example's items and its first item like one of them; outside lists, booleans
+    (what happened) are equal too."""
     if isinstance(example, dict):
         return isinstance(actual, dict) and set(actual) == set(example) and all(
-            matches(actual[k], example[k]) for k in example
+            matches(actual[k], example[k], exact) for k in example
         )
     if isinstance(example, list):
-        return isinstance(actual, list) and all(any(matches(a, e) for e in example) for a in actual) and (
-            bool(actual) or not example
+        return isinstance(actual, list) and all(any(matches(a, e, False) for e in example) for a in actual) and (
+            any(matches(a, example[0], False) for a in actual) if example else not actual
         )
+    if exact and isinstance(example, bool):
+        return actual is example
     return shape(actual) == shape(example)
 
 
@@ -86,6 +98,21 @@ class ExamplesTests(ApiTestCase):
         self.assertTrue(all(DOCUMENTED in command for command, _ in found))
         self.assertFalse(matches({"room": "lobby"}, {"room": "x", "id": 1}))  # the check can fail
         self.assertFalse(matches({"rooms": []}, {"rooms": [{"name": "x"}]}))
+        self.assertFalse(matches({"disconnected": False}, {"disconnected": True}))
+        self.assertTrue(matches({"results": [{"id": 1}]}, {"results": [{"id": 2}, {"error": {}}]}))
+        self.assertFalse(matches({"results": [{"error": {}}]}, {"results": [{"id": 2}, {"error": {}}]}))
+        # an error shown in an example (one a real run cannot cause, like a failed room of a broadcast) has the
+        # shared error shape, with a real code and its retry flag
+        codes = {e.code: e.retry for e in vars(errors).values() if isinstance(e, errors.ErrorCode)}
+        shown = [v["error"] for _, v in fenced_json(API_MD.read_text()) if isinstance(v, dict) and "error" in v]
+        shown += [item["error"] for _, v in fenced_json(API_MD.read_text()) if isinstance(v, dict)
+                  for item in v.get("results", []) if "error" in item]
+        self.assertTrue(shown)
+        for error in shown:
+            self.assertEqual(set(error) - {"retry_after"}, {"code", "message", "retry"}, error)
+            self.assertEqual(codes.get(error["code"]), error["retry"], error)
+        with self.assertRaises(AssertionError):
+            examples("```sh\ncurl http://127.0.0.1:8080/api/rooms\n```\n\n```text\n{}\n```\n")
 
     async def test_every_curl_example_answers_like_its_example(self) -> None:
         await self.start()
@@ -109,4 +136,5 @@ class ExamplesTests(ApiTestCase):
             answer = json.loads(out)
             if expected is not None:
                 self.assertTrue(matches(answer, expected), f"{command}:\n{answer}\nis not like the example\n{expected}")
-        self.assertEqual((await mallory.read_until("ERR"))[-1].split()[:2], ["ERR", "DISCONNECTED"])
+        closing = await mallory.read_until("ERR").addTimeout(10, reactor)
+        self.assertEqual(closing[-1].split()[:2], ["ERR", "DISCONNECTED"])

@@ -106,6 +106,7 @@ class FramedProtocol(HalfCloseableProtocol):
     """
 
     factory: FramedFactory
+    outbound: Outbound  # set in connectionMade
     log = Logger()
 
     def connectionMade(self) -> None:
@@ -327,7 +328,6 @@ class FramedProtocol(HalfCloseableProtocol):
         # on until close_notify) and later events or replies are not sent
         self.outbound.write(closing_push(error))
         self.outbound.seal()
-        self._gate.hold("closing")
         self.close_gracefully()
 
     def _slow_consumer(self) -> None:

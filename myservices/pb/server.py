@@ -124,6 +124,7 @@ class PBConnection(HalfCloseableProtocol, pb.Broker):
     """One PB connection: Twisted's broker with limits, flow control and error translation."""
 
     factory: PBFactory  # type: ignore[assignment]  # twisted.spread leaves Broker.factory unannotated (None)
+    outbound: Outbound  # set in connectionMade
 
     def __init__(self, isClient: bool = False, security: SecurityOptions | None = None) -> None:
         pb.Broker.__init__(self, isClient, security if security is not None else _security())
@@ -174,7 +175,7 @@ class PBConnection(HalfCloseableProtocol, pb.Broker):
     # --- input -----------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
-        if self.closing:
+        if self.closing or self.closing_gracefully:
             return
         self._idle.touch()
         self.factory.bytes_in += len(data)
@@ -273,12 +274,22 @@ class PBConnection(HalfCloseableProtocol, pb.Broker):
         if type(d) is dict or not isinstance(d, Deferred):  # the dict test first: Deferred is an ABC
             self.factory.count_ok(command.name)
             return d
-        if not d.called:
-            self._started()
-            # runs before the broker writes the answer; when stopping, that write still goes out,
-            # as loseConnection only closes once the transport's buffer is flushed
-            d.addBoth(self._finished)
-        return d.addCallbacks(self._ok, self._failed_f, (command,), errbackArgs=(command,))
+        d.addCallbacks(self._ok, self._failed_f, (command,), errbackArgs=(command,))
+        if d.called:
+            return d
+        self._started()
+        # the broker writes the answer from its callbacks on what this returns: the call counts as finished
+        # only after that, so a close that waits for the calls in flight (half-close, shutdown) comes after it
+        answer: Deferred[Any] = Deferred()
+        d.addBoth(self._answer_then_finish, answer)
+        return answer
+
+    def _answer_then_finish(self, result: Any, answer: Deferred[Any]) -> None:
+        if isinstance(result, Failure):
+            answer.errback(result)
+        else:
+            answer.callback(result)
+        self._finished()
 
     def unknown(self, label: str, known: Iterable[str]) -> Deferred[Any]:
         """The failure for a call to a method this object does not have."""
@@ -311,15 +322,14 @@ class PBConnection(HalfCloseableProtocol, pb.Broker):
         if self.in_flight >= self.factory.max_in_flight:
             self._pause_reading()
 
-    def _finished(self, result: Any) -> Any:
+    def _finished(self) -> None:
         self.in_flight -= 1
         if self.stopping:
             if not self.in_flight:
                 self.close_gracefully()
         elif self.in_flight < self.factory.max_in_flight and not self.outbound.paused:
             self._resume_reading()
-        self.close_if_answered()  # the answer is written after this, before the connection closes
-        return result
+        self.close_if_answered()
 
     def answered(self) -> bool:
         return not self.in_flight  # the client closed its side: close once this is true

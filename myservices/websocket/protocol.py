@@ -183,7 +183,7 @@ class WebSocketConnection(HalfCloseableProtocol, WebSocketServerProtocol):  # ty
     def unregisterProducer(self) -> None:
         # autobahn calls this whenever it drops a connection, registered or not
         if self.outbound is not None:
-            self.transport.unregisterProducer()
+            self.outbound.unregister()
 
     @property
     def output_paused(self) -> bool:
