@@ -184,6 +184,8 @@ class ChatProtocol(HalfCloseableProtocol, LineReceiver, TimeoutMixin, ChatComman
     # --- input ----------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
+        if self.closing_gracefully:
+            return  # what TLS still delivers while the close waits for the peer's close_notify
         if self._discarding:
             end = data.find(b"\n")
             if end < 0:

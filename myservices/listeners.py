@@ -41,6 +41,14 @@ def format_address(address: IAddress) -> str:
     return str(address)
 
 
+def resume_reading_to_close(transport: Any) -> None:
+    """Read on while a close is under way: TLS closes once the peer answers our close_notify, which must be
+    read even if the protocol had stopped reading (TCP stops reading at loseConnection anyway). Protocols
+    ignore their input once C{closing_gracefully}."""
+    if not transport.disconnecting:
+        transport.resumeProducing()
+
+
 class TrackedProtocol(Protocol):
     """Registers itself with its L{ConnectionTrackingFactory} for limits, metrics and shutdown.
 
@@ -90,9 +98,7 @@ class TrackedProtocol(Protocol):
         """The close itself, once bounded by L{close_gracefully}; a protocol with a close of its own overrides it."""
         if self.outbound is not None:
             self.outbound.release()  # a paused one lets go after its last drain
-        # TLS closes once the peer answers our close_notify, which must be read even if the protocol stopped
-        # reading (TCP stops reading at loseConnection anyway); protocols ignore input once closing_gracefully
-        self.transport.resumeProducing()
+        resume_reading_to_close(self.transport)
         self.transport.loseConnection()
 
     def _close_timed_out(self) -> None:

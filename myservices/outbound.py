@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 from twisted.internet.interfaces import IConsumer, IPushProducer
 from zope.interface import implementer
@@ -11,7 +12,7 @@ from zope.interface import implementer
 from myservices.metrics import ServiceMetrics
 
 
-def release_if_closing(transport: IConsumer) -> bool:
+def release_if_closing(transport: Any) -> bool:  # a stream transport: IConsumer and ITransport
     """Called by a streaming producer that Twisted resumed after a drain: unregister it if the transport is closing.
 
     C{loseConnection} waits for a streaming producer it paused: once the
@@ -21,6 +22,9 @@ def release_if_closing(transport: IConsumer) -> bool:
     """
     if not getattr(transport, "disconnecting", False):
         return False
+    # a TLS transport holds small writes back for a turn and would send its close_notify ahead of them once
+    # the producer goes: a second loseConnection sends them first (and does nothing else)
+    transport.loseConnection()
     transport.unregisterProducer()
     return True
 

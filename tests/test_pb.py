@@ -458,6 +458,15 @@ class PBConnectionUnitTests(TestCase):
         proto.connectionLost(None)
         self.assertEqual(clock.getDelayedCalls(), [])
 
+    def test_malformed_arguments_are_answered_before_the_close(self) -> None:
+        proto, transport, clock = self.connection("login_timeout = 0")
+        transport.clear()
+        # root.login(<malformed jelly>): the call is refused, and the connection closes after the answer
+        proto.proto_message(1, b"root", b"login", 1, [b"tuple", [b"dictionary", [1]]], [b"dictionary"])
+        self.assertTrue(transport.disconnecting)
+        self.assertIn(b"malformed arguments", transport.value())
+        proto.connectionLost(None)
+
     def test_idle_timeout_counts_any_input(self) -> None:
         proto, transport, clock = self.connection("login_timeout = 0\nidle_timeout = 10")
         clock.advance(8)

@@ -22,9 +22,11 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from myservices.framed.client import connect as framed_connect
+from myservices.listeners import TrackedProtocol
+from myservices.outbound import Outbound
 from myservices.tree import ServiceTree
 from tests.support import Collector, LineClient, load, port_of, start_tree
-from tests.test_close_paths import all_closed
+from tests.test_close_paths import all_closed, signal_first_call
 from tests.test_tree import write_self_signed_certificate
 
 
@@ -51,7 +53,10 @@ class TlsCloseTests(TestCase):
         endpoint = f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}"
         sections = "".join(f'[services.{name}]\nendpoint = "{endpoint}"\n' for name in services)
         url = f"sqlite:///{os.path.abspath(self.mktemp())}.sqlite3"
-        config = f'[daemon]\nclose_timeout = 40\nshutdown_timeout = 40\n[database]\nurl = "{url}"\n{sections}'
+        config = (
+            f'[daemon]\nclose_timeout = 40\nshutdown_timeout = 40\n[database]\nurl = "{url}"\n'
+            f'[hub]\nmax_pending = "4 MiB"\n{sections}'
+        )
         self.tree = await start_tree(self, load(self, config))
         return self.tree
 
@@ -76,7 +81,7 @@ class TlsCloseTests(TestCase):
 
     async def test_chat_quit(self) -> None:
         await self.start("chat")
-        gone = all_closed(self, self.tree.listeners["chat"].factory)  # type: ignore[arg-type]
+        gone = all_closed(self, self.tree.listeners["chat"].factory)  # type: ignore[attr-defined]
         client = await self.chat_client("alice")
         client.send("/quit")
         await client.closed
@@ -86,11 +91,11 @@ class TlsCloseTests(TestCase):
 
     async def test_chat_disconnect_while_the_server_holds_back_its_input(self) -> None:
         await self.start("chat")
-        gone = all_closed(self, self.tree.listeners["chat"].factory)  # type: ignore[arg-type]
+        gone = all_closed(self, self.tree.listeners["chat"].factory)  # type: ignore[attr-defined]
         client = await self.chat_client("mallory")
         [server] = self.tree.listeners["chat"].factory.connections  # type: ignore[attr-defined]
         server.transport.pauseProducing()  # reading stopped (as when replies back up): the close must read on
-        self.assertTrue(await self.tree.hub.disconnect("mallory", "spam"))
+        self.assertTrue(await self.tree.hub.disconnect("mallory", "spam"))  # type: ignore[union-attr]
         self.assertEqual((await client.read_until("ERR"))[-1], "ERR DISCONNECTED spam")
         await client.closed
         await gone
@@ -99,12 +104,12 @@ class TlsCloseTests(TestCase):
 
     async def test_framed_disconnect(self) -> None:
         await self.start("framed")
-        gone = all_closed(self, self.tree.listeners["framed"].factory)  # type: ignore[arg-type]
+        gone = all_closed(self, self.tree.listeners["framed"].factory)  # type: ignore[attr-defined]
         endpoint = f"tls:127.0.0.1:{port_of(self.tree, 'framed')}:trustRoots={self.trust_dir}"
         client = await framed_connect(reactor, endpoint)
         self.addCleanup(lambda: client.transport.abortConnection() if client.transport.connected else None)
         await client.call("hub.nick", nick="mallory")
-        self.assertTrue(await self.tree.hub.disconnect("mallory", "spam"))
+        self.assertTrue(await self.tree.hub.disconnect("mallory", "spam"))  # type: ignore[union-attr]
         await client.closed
         await gone
         self.assertEqual(client.closing_error["code"], "DISCONNECTED")  # type: ignore[index]
@@ -118,3 +123,32 @@ class TlsCloseTests(TestCase):
         await self.tree.stopService()  # says goodbye to every connection: gracefully, not after shutdown_timeout
         await client.closed
         self.assert_no_close_timeout("echo")
+
+    async def test_chat_quit_by_a_slow_reader_gets_everything_then_bye(self) -> None:
+        await self.start("chat")
+        gone = all_closed(self, self.tree.listeners["chat"].factory)  # type: ignore[attr-defined]
+        client: Any = await self.chat_client("alice")
+        paused = signal_first_call(self, Outbound, "pauseProducing")
+        closing = signal_first_call(self, TrackedProtocol, "close_gracefully")  # where it is defined
+        client.transport.pauseProducing()  # a client that does not read for a while
+        client.transport.write(b"/help\n" * 400 + b"/quit\n")
+        await paused
+        await closing  # /quit ran while the output waits in the server's queue
+        # on the drain the queue goes to the TLS transport, which holds small writes back for a turn: the
+        # close_notify must not overtake them
+        client.transport.resumeProducing()
+        await client.closed
+        await gone
+        self.assertEqual(client.unread.count("END help"), 400)
+        self.assertEqual(client.unread[-1], "BYE goodbye")
+        self.assert_no_close_timeout("chat")
+
+    async def test_http_rejected_request(self) -> None:
+        await self.start("http")
+        gone = all_closed(self, self.tree.listeners["http"].factory)  # type: ignore[attr-defined]
+        client = await self.connect("http", Collector())
+        client.transport.write(b"GET /api/counter HTTP/1.1\r\n\r\n")  # no Host: 400, and reading stops
+        await client.closed
+        await gone
+        self.assertIn(b"400 Bad Request", client.data)
+        self.assert_no_close_timeout("http")

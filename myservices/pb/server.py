@@ -141,6 +141,8 @@ class PBConnection(HalfCloseableProtocol, pb.Broker):
         self._gate = ReadGate(self.transport)
         self._message_bytes = 0  # received since the last complete message
         self._answer_required = True
+        self._in_message = False  # inside proto_message: a close waits until the broker answered
+        self._close_after_message = False
         self._timers: dict[str, IDelayedCall] = {}
         if f.login_timeout:
             self._timers["login"] = f.clock.callLater(f.login_timeout, self._login_timeout)
@@ -193,9 +195,19 @@ class PBConnection(HalfCloseableProtocol, pb.Broker):
     def proto_message(self, requestID: int, objectID: Any, message: Any, answerRequired: int, netArgs: Any, netKw: Any) -> None:
         # a call sent without wanting an answer has nobody to take its failure: see call()
         self._answer_required = bool(answerRequired)
-        super().proto_message(requestID, objectID, message, answerRequired, netArgs, netKw)
+        self._in_message = True
+        try:
+            super().proto_message(requestID, objectID, message, answerRequired, netArgs, netKw)
+        finally:
+            self._in_message = False
+        if self._close_after_message:
+            # a call that made us close (malformed arguments) is answered first: the broker wrote it by now
+            self._close_after_message = False
+            self.close_gracefully()
 
     def expressionReceived(self, sexp: Any) -> None:
+        if self.closing:
+            return  # the rest of a chunk that made us close
         self._message_bytes = 0
         self.factory.messages_in += 1
         try:
@@ -210,7 +222,10 @@ class PBConnection(HalfCloseableProtocol, pb.Broker):
         self.closing = True
         _log.info("pb: closing {peer}: {detail}", peer=self.peer, detail=detail)
         self.factory.metrics.closed(reason)
-        self.close_gracefully()
+        if self._in_message:
+            self._close_after_message = True
+        else:
+            self.close_gracefully()
 
     # --- output ------------------------------------------------------------------
 

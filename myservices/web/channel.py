@@ -22,7 +22,7 @@ from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
 from myservices.errors import BAD_REQUEST, TIMEOUT, TOO_LARGE, ErrorCode
-from myservices.listeners import TrackedProtocol
+from myservices.listeners import TrackedProtocol, resume_reading_to_close
 from myservices.flow import ReadGate
 from myservices.web.idle import MovedIdleTimeout
 from myservices.web.request import LimitedRequest, error_body
@@ -105,6 +105,8 @@ class LimitedHTTPChannel(TrackedProtocol, MovedIdleTimeout, HTTPChannel):
     # --- parsing, with the limits -------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
+        if self.closing_gracefully:
+            return  # what TLS still delivers while the close waits for the peer's close_notify
         self.factory.bytes_in += len(data)
         self._parse(data)
 
@@ -354,6 +356,7 @@ class LimitedHTTPChannel(TrackedProtocol, MovedIdleTimeout, HTTPChannel):
     def lose_connection(self) -> None:
         # HTTPChannel's close leaves the transport's producer first: with a full buffer the transport
         # would otherwise resume this channel when it drains, instead of closing
+        resume_reading_to_close(self.transport)  # a rejected request stopped reading
         HTTPChannel.loseConnection(self)
 
     # --- shutdown ---------------------------------------------------------------

@@ -116,6 +116,8 @@ class WebSocketConnection(HalfCloseableProtocol, WebSocketServerProtocol):  # ty
     # --- the opening handshake ------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
+        if self.closing_gracefully:
+            return  # after the closing handshake (or a refused opening one): only TLS's close_notify is awaited
         if self.state == WebSocketProtocol.STATE_CONNECTING:
             # autobahn buffers the handshake until its blank line, without a bound
             limit = self.factory.max_handshake_size
