@@ -9,7 +9,7 @@ from twisted.trial.unittest import TestCase
 
 from myservices.pb.banana import encode
 from myservices.pb.plain import jelly_plain, serialize
-from myservices.pb.server import _security
+from myservices.pb.calls import jelly_security
 
 SEXPS: list[Any] = [
     [b"answer", 1, [b"dictionary", [[b"unicode", b"data"], [b"unicode", b"x" * 40]]]],
@@ -50,13 +50,13 @@ class EncodingTests(TestCase):
 
     def test_plain_results_are_jellied_as_jelly_does(self) -> None:
         for value in VALUES:
-            self.assertEqual(jelly_plain(value), jelly.jelly(value, _security()), value)
+            self.assertEqual(jelly_plain(value), jelly.jelly(value, jelly_security()), value)
 
     def test_anything_else_goes_through_the_broker(self) -> None:
         broker = self.broker(b"pb")
         shared: list[Any] = [1]
         value = {"a": shared, "b": shared}  # jelly writes the second as a reference to the first
         self.assertEqual(serialize(broker, [shared, shared]), jelly_plain([shared, shared]))  # copies: equal data
-        self.assertEqual(serialize(broker, {1: "int key"}), jelly.jelly({1: "int key"}, _security()))
+        self.assertEqual(serialize(broker, {1: "int key"}), jelly.jelly({1: "int key"}, jelly_security()))
         self.assertEqual(serialize(broker, {"set": {1}}), broker.serialize({"set": {1}}))
         self.assertIsInstance(serialize(broker, value), list)

@@ -36,7 +36,6 @@ from myservices.errors import (
 )
 from myservices.flow import IdleTimer, ReadGate
 from myservices.halfclose import HalfCloseableProtocol
-from myservices.handlers import values
 from myservices.handlers.commands import SharedServices
 from myservices.handlers.pipeline import call, classify
 from myservices.handlers.router import Command
@@ -44,6 +43,7 @@ from myservices.listeners import ConnectionTrackingFactory, StreamListenerServic
 from myservices.metrics import Metrics, RequestCounts
 from myservices.outbound import Outbound
 from myservices.pb.banana import encode as banana_encode
+from myservices.pb.calls import bind_call, jelly_security
 from myservices.pb.errors import RequestFailed
 from myservices.login_limits import peer_host
 from myservices.pb.login import GatewayRoot, make_portal
@@ -80,46 +80,6 @@ class PBConfig(StreamServiceConfig):
     )
 
 
-def _security() -> SecurityOptions:
-    # plain data and PB's references only: no client-chosen class is ever instantiated here;
-    # failures are let in so a listener's error can be reported
-    options = SecurityOptions()
-    options.allowBasicTypes()
-    options.allowTypes("remote", "local", "twisted.spread.pb.CopyableFailure")
-    return options
-
-
-def check_json(name: str, value: Any) -> None:
-    """PB carries more types than JSON; values the shared handlers store or echo must be JSON."""
-    try:
-        values.check_value(value)
-    except values.InvalidValue as e:
-        raise RequestError(BAD_ARGUMENTS, f'"{name}" must be a JSON value (str, int, finite float, bool, None, '
-                           f"lists and dicts with str keys): {e}") from None
-
-
-def bind_call(command: Command, label: str, args: Any, kw: Any) -> dict[str, Any]:
-    """Map a PB call's positional and keyword arguments onto C{command}'s arguments and check them."""
-    if not isinstance(args, (list, tuple)) or not isinstance(kw, dict):
-        raise RequestError(BAD_ARGUMENTS, f"{label}: malformed arguments")
-    names = command.arg_names
-    if len(args) > len(names):
-        raise RequestError(
-            BAD_ARGUMENTS, f"{label} takes at most {len(names)} arguments ({', '.join(names) or 'none'}), got {len(args)}"
-        )
-    given = dict(zip(names, args))
-    for key, value in kw.items():
-        key = key.decode("utf-8", "replace") if isinstance(key, bytes) else key
-        if key in given:
-            raise RequestError(BAD_ARGUMENTS, f'{label}: argument "{key}" given twice')
-        given[key] = value
-    kwargs = command.bind(given, label=label)
-    for name in command.any_args:
-        if name in kwargs:
-            check_json(name, kwargs[name])
-    return kwargs
-
-
 class PBConnection(HalfCloseableProtocol, pb.Broker):
     """One PB connection: Twisted's broker with limits, flow control and error translation."""
 
@@ -127,7 +87,7 @@ class PBConnection(HalfCloseableProtocol, pb.Broker):
     outbound: Outbound  # set in connectionMade
 
     def __init__(self, isClient: bool = False, security: SecurityOptions | None = None) -> None:
-        pb.Broker.__init__(self, isClient, security if security is not None else _security())
+        pb.Broker.__init__(self, isClient, security if security is not None else jelly_security())
 
     def connectionMade(self) -> None:
         f = self.factory
@@ -416,7 +376,7 @@ class PBFactory(RequestCounts, ConnectionTrackingFactory, pb.PBServerFactory):
         self.allow_anonymous = cfg.allow_anonymous
         self.root = GatewayRoot()
         self.unsafeTracebacks = False  # never: a client must not read server internals
-        self.security = _security()
+        self.security = jelly_security()
         self.configure(cfg)
         self.max_pending = max_pending
         self.start_counting(metrics, self.metrics)
