@@ -22,8 +22,8 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from myservices.errors import BUSY, INTERNAL, RequestError
-from myservices.handlers.values import client_error
+from myservices.errors import BUSY, RequestError
+from myservices.handlers.pipeline import classify
 from myservices.hub import Hub, RoomInfo, Session, Stats, UnencodableEvent
 from myservices.metrics import Metrics
 from myservices.operator.config import AdminConfig
@@ -175,11 +175,8 @@ class Sampler(Service):
         error = None
         try:
             infos = await self.hub.rooms()
-        except Exception as e:  # the engine away (ENGINE_UNAVAILABLE), say: the rest is still worth seeing
-            known = client_error(e)
-            if known is None:
-                self.log.failure("operator: listing the rooms failed", code=INTERNAL.code)
-            infos, error = [], (known.error.code if known is not None else INTERNAL.code)
+        except Exception:  # the engine away (ENGINE_UNAVAILABLE), say: the rest is still worth seeing
+            infos, error = [], classify(Failure(), "operator", "listing the rooms").error.code
         now = self.clock.seconds()
         rooms, total_rate = self._rooms(infos, now)
         cap = self.config.max_rooms

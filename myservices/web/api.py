@@ -4,7 +4,7 @@ JSON in and out, every answer of a key-protected route preceded by the same
 steps: the bearer key (L{ApiKeys}), the body (C{Content-Type:
 application/json}, at most C{[api] max_body_size}, strict JSON of the
 expected shape), the key's rate limit, then one hub call. Every failure goes
-through L{HttpErrors.respond}: a L{RequestError} (or what L{client_error} makes
+through L{HttpErrors.respond}: a L{RequestError} (or what L{classify} makes
 one of) is the client's and answered with its status and the shared error
 shape; anything else is logged once and answered 500 INTERNAL. docs/api.md
 describes the routes, L{myservices.web.openapi} documents them for clients.
@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from myservices.errors import BAD_ARGUMENTS, INTERNAL, NOT_FOUND, RequestError, error_json
-from myservices.handlers.pipeline import message_json
-from myservices.handlers.values import client_error
+from myservices.errors import BAD_ARGUMENTS, NOT_FOUND, RequestError, error_json
+from myservices.handlers.pipeline import classify, message_json
 from myservices.hub.rules import MAX_MESSAGE_ID
 from myservices.web.api_keys import ApiConfig, ApiKeys
 from myservices.web.openapi import document
@@ -147,11 +147,8 @@ class BroadcastApi(ApiRoute):
         """One room's result: its message, or its error object (the other rooms still go out)."""
         try:
             message: Message = await self.api.hub.post(room, text, nick)
-        except Exception as e:
-            error = client_error(e)
-            if error is None:
-                log.failure("broadcast to {room} failed", room=room)
-                error = RequestError(INTERNAL)
+        except Exception:
+            error = classify(Failure(), "api", f"broadcast to {room}")
             return {"room": room, "error": error_json(error.error, error.detail)}
         return message_json(message)
 

@@ -11,21 +11,18 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client.exposition import choose_encoder
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from myservices.errors import INTERNAL, NOT_FOUND, UNAUTHENTICATED, RequestError
-from myservices.handlers.values import client_error
+from myservices.errors import NOT_FOUND, UNAUTHENTICATED, RequestError
+from myservices.handlers.pipeline import classify
 from myservices.web.request import error_response, http_status
 
 if TYPE_CHECKING:
     from myservices.counter import DurableCounter
     from myservices.health import Readiness
     from myservices.metrics import Metrics
-
-log = Logger()
 
 
 def _no_store(request: Request, content_type: bytes) -> None:
@@ -64,14 +61,8 @@ class HttpErrors:
         self.retry_after = retry_after
 
     def respond(self, failure: Failure, request: Request) -> None:
-        error = client_error(failure.value)
-        if error is None:
-            log.failure(
-                "{method} {uri} failed", failure,
-                method=request.method.decode("latin-1"), uri=request.uri.decode("latin-1"),
-            )
-            error = RequestError(INTERNAL)
-        self.answer(error, request)
+        route = f"{request.method.decode('latin-1')} {request.uri.decode('latin-1')}"
+        self.answer(classify(failure, "http", route), request)
 
     def answer(self, error: RequestError, request: Request) -> None:
         if gone(request):
